@@ -1,0 +1,23 @@
+"""Writes the JSON Schema of each message for the teams that consume the topics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from schemas.messages import DeadLetter, EmotionResult, Post
+
+SCHEMAS = {"post": Post, "emotion-result": EmotionResult, "dead-letter": DeadLetter}
+
+
+def export_json_schemas(directory: Path) -> list[Path]:
+    """Write `<name>.schema.json` for each message into ``directory``; return the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, model in SCHEMAS.items():
+        path = directory / f"{name}.schema.json"
+        schema = model.model_json_schema(mode="serialization" if name != "post" else "validation")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written

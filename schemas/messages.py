@@ -1,0 +1,157 @@
+"""Pydantic models of the three messages: the input post, the result and the dead letter.
+
+All travel as UTF-8 JSON. Posts are lenient (unknown fields are ignored) so producers can
+add fields without breaking the worker; results and dead letters are strict and complete,
+so dashboards can rely on every field being there.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.labels import LABELS, Emotion
+
+MAX_TEXT_CHARS = 5000
+"""Longest accepted post text. Tweets are far shorter; the bound keeps one message from
+monopolising a batch (the model sees at most its max token length anyway)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Post(BaseModel):
+    """A social-media post on the input topic."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    id: str = Field(min_length=1, max_length=256, description="Producer's id of the post; the key of its result.")
+    text: str = Field(max_length=MAX_TEXT_CHARS, description="The post's text; must not be blank.")
+    author: Optional[str] = None
+    created_at: Optional[datetime] = None
+    lang: Optional[str] = Field(default=None, max_length=35, description="BCP 47 language tag, if known.")
+    source: Optional[str] = Field(default=None, description="Where the post came from (platform, feed).")
+    metadata: Optional[dict[str, Any]] = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_is_string(cls, value: Any) -> Any:
+        # Numeric ids are common in producers' JSON; accept them as their decimal string,
+        # but never silently coerce floats, booleans or objects.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _id_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("id must not be blank")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must not be blank")
+        return value
+
+
+class ResultSource(BaseModel):
+    """Where the post was read from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class ModelInfo(BaseModel):
+    """Which model produced a result."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    version: str
+
+
+class EmotionResult(BaseModel):
+    """One result per post on the output topic, keyed by the post id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    label: Emotion
+    score: float = Field(ge=0.0, le=1.0, description="Probability of `label`.")
+    scores: dict[str, float] = Field(description="Probability of every label; sums to 1.")
+    model: ModelInfo
+    source: ResultSource
+    processed_at: datetime = Field(default_factory=utc_now, description="UTC, ISO 8601.")
+
+    @field_validator("scores")
+    @classmethod
+    def _all_labels(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) != set(LABELS):
+            raise ValueError(f"scores must have exactly the labels {', '.join(LABELS)}")
+        return value
+
+
+ErrorKind = Literal["not_utf8", "not_json", "invalid_post", "processing_failed"]
+
+
+class ErrorInfo(BaseModel):
+    """Why a message was dead-lettered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ErrorKind
+    message: str
+
+
+class Payload(BaseModel):
+    """The original message bytes: as text when they are UTF-8, else base64."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoding: Literal["utf-8", "base64"]
+    data: str
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> "Payload":
+        raw = raw or b""
+        try:
+            return cls(encoding="utf-8", data=raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return cls(encoding="base64", data=base64.b64encode(raw).decode("ascii"))
+
+    def to_bytes(self) -> bytes:
+        if self.encoding == "utf-8":
+            return self.data.encode("utf-8")
+        return base64.b64decode(self.data)
+
+
+class DeadLetterSource(BaseModel):
+    """Where the rejected message was read from, with its key as given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[Payload] = None
+
+
+class DeadLetter(BaseModel):
+    """A message the worker could not turn into a result, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorInfo
+    payload: Payload
+    source: DeadLetterSource
+    failed_at: datetime = Field(default_factory=utc_now, description="UTC, ISO 8601.")

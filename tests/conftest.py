@@ -1,0 +1,92 @@
+"""Shared fixtures: a real broker, a tiny model, topic names and a worker in a child process.
+
+The broker is, in order: the bootstrap address in EMOTION_TEST_BOOTSTRAP; a Kafka container
+from testcontainers when a Docker engine is reachable; the embedded broker.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.tiny_model import build_tiny_model
+
+
+@dataclass(frozen=True)
+class TestBroker:
+    bootstrap: str
+    backend: str
+    kind: str
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[TestBroker]:
+    given = os.environ.get("EMOTION_TEST_BOOTSTRAP")
+    if given:
+        yield TestBroker(given, os.environ.get("EMOTION_TEST_BROKER_BACKEND", "kafka"), "given")
+        return
+    if _docker_reachable():
+        from testcontainers.community.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield TestBroker(kafka.get_bootstrap_server(), "kafka", "testcontainers")
+        return
+    from worker.broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker() as embedded:
+        yield TestBroker(embedded.bootstrap, "embedded", "embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-emotion")
+
+
+@dataclass(frozen=True)
+class Topics:
+    input: str
+    output: str
+    dlq: str
+    group: str
+
+
+@pytest.fixture
+def topics() -> Topics:
+    suffix = uuid.uuid4().hex[:8]
+    return Topics(f"posts-{suffix}", f"post-emotions-{suffix}", f"posts-dlq-{suffix}", f"emotion-test-{suffix}")
+
+
+@pytest.fixture
+def worker_env(broker: TestBroker, tiny_model: Path, topics: Topics) -> dict[str, str]:
+    """EMOTION_* settings for a worker on the test broker and the test's own topics."""
+    return {
+        "EMOTION_BROKER": broker.url,
+        "EMOTION_BROKER_BACKEND": broker.backend,
+        "EMOTION_MODEL": str(tiny_model),
+        "EMOTION_INPUT_TOPIC": topics.input,
+        "EMOTION_OUTPUT_TOPIC": topics.output,
+        "EMOTION_DLQ_TOPIC": topics.dlq,
+        "EMOTION_GROUP_ID": topics.group,
+        "EMOTION_LOG_FORMAT": "console",
+        "EMOTION_TORCH_THREADS": "1",
+    }

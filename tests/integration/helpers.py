@@ -1,0 +1,62 @@
+"""Helpers for tests against a real broker: produce posts, collect outputs until a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Callable, Optional
+
+from worker.clients import follow, produce
+
+
+def make_posts(n: int, prefix: str = "p") -> list[tuple[bytes, bytes]]:
+    words = ["glad", "furious", "scared", "lonely", "amazed", "adore", "calm", "tired"]
+    posts = []
+    for i in range(n):
+        post_id = f"{prefix}-{i:05d}"
+        text = f"post {i}: i feel {words[i % len(words)]} " + "very " * (i % 13) + "today"
+        posts.append((post_id.encode(), json.dumps({"id": post_id, "text": text}).encode()))
+    return posts
+
+
+MALFORMED: list[tuple[Optional[bytes], bytes, str]] = [
+    (None, b"this is not json", "not_json"),
+    (b"bin", b"\xff\xfe\x00garbage", "not_utf8"),
+    (b"m-1", b'{"id": "m-1"}', "invalid_post"),
+    (b"m-2", b'{"id": "m-2", "text": "   "}', "invalid_post"),
+    (None, b'["a", "list"]', "invalid_post"),
+    (b"m-3", b'{"text": "no id here"}', "invalid_post"),
+    (b"m-4", b'{"id": "m-4", "text": 42}', "invalid_post"),
+    (None, b'{"id": "m-5", "text": "' + b"x" * 6000 + b'"}', "invalid_post"),
+]
+
+
+def produce_sync(broker, topic: str, messages) -> int:
+    return asyncio.run(produce(broker.bootstrap, topic, messages, broker.backend))
+
+
+def collect(broker, topics: list[str], done: Callable[[dict[str, list]], bool], timeout: float) -> dict[str, list]:
+    """Read ``topics`` from the beginning until ``done(records by topic)`` or ``timeout``."""
+
+    async def run() -> dict[str, list]:
+        seen: dict[str, list] = {t: [] for t in topics}
+        deadline = time.monotonic() + timeout
+
+        async def reader() -> None:
+            async for record in follow(broker.bootstrap, topics, backend=broker.backend):
+                seen[record.topic].append(record)
+                if done(seen):
+                    return
+
+        try:
+            await asyncio.wait_for(reader(), max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            pass
+        return seen
+
+    return asyncio.run(run())
+
+
+def result_ids(records) -> list[str]:
+    return [json.loads(r.value)["id"] for r in records]

@@ -1,0 +1,119 @@
+"""The worker against a real broker: results, dead letters, crash recovery, graceful stop."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+
+import pytest
+
+from schemas import LABELS, DeadLetter, EmotionResult
+from tests.integration.helpers import MALFORMED, collect, make_posts, produce_sync, result_ids
+from worker.process import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_valid_posts_get_results_and_malformed_ones_dead_letters(broker, topics, worker_env, tmp_path):
+    posts = make_posts(120)
+    mixed = [(k, v) for k, v in posts] + [(k, v) for k, v, _ in MALFORMED]
+    random.Random(7).shuffle(mixed)
+    produce_sync(broker, topics.input, mixed)
+
+    worker = WorkerProcess({**worker_env, "EMOTION_BATCH_SIZE": "16"}, log_path=tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(timeout=90)
+        seen = collect(
+            broker, [topics.output, topics.dlq],
+            lambda s: len(s[topics.output]) >= len(posts) and len(s[topics.dlq]) >= len(MALFORMED), timeout=90,
+        )
+    finally:
+        assert worker.stop() == 0, (tmp_path / "worker.log").read_text()
+
+    ids = result_ids(seen[topics.output])
+    assert sorted(ids) == sorted(k.decode() for k, _ in posts)  # every valid id exactly once
+    for record in seen[topics.output]:
+        result = EmotionResult.model_validate_json(record.value)
+        assert record.key == result.id.encode()
+        assert result.label.value in LABELS
+        assert abs(sum(result.scores.values()) - 1.0) < 1e-4
+        assert result.score == max(result.scores.values())
+        assert result.source.topic == topics.input
+        assert result.model.name == "tiny-emotion"
+
+    letters = [DeadLetter.model_validate_json(r.value) for r in seen[topics.dlq]]
+    assert len(letters) == len(MALFORMED)
+    by_payload = {letter.payload.to_bytes(): letter for letter in letters}
+    for key, value, kind in MALFORMED:
+        letter = by_payload[value]
+        assert letter.error.kind == kind
+        assert letter.error.message
+        assert letter.source.topic == topics.input
+        assert (letter.source.key.to_bytes() if letter.source.key else None) == key
+    binary = by_payload[b"\xff\xfe\x00garbage"]
+    assert binary.payload.encoding == "base64"
+    assert base64.b64decode(binary.payload.data) == b"\xff\xfe\x00garbage"
+
+
+def test_worker_killed_mid_stream_loses_nothing(broker, topics, worker_env, tmp_path):
+    posts = make_posts(3000)
+    valid_ids = {k.decode() for k, _ in posts}
+    produce_sync(broker, topics.input, posts)
+    env = {**worker_env, "EMOTION_BATCH_SIZE": "8", "EMOTION_BATCH_WAIT_MS": "5"}
+
+    first = WorkerProcess(env, log_path=tmp_path / "first.log").start()
+    try:
+        first.wait_ready(timeout=90)
+        before = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= 200, timeout=90)
+    finally:
+        first.kill()  # SIGKILL: no flush, no commit
+    done_before_kill = set(result_ids(before[topics.output]))
+    assert 200 <= len(done_before_kill) < len(valid_ids), "the kill must land mid-stream"
+
+    second = WorkerProcess(env, log_path=tmp_path / "second.log").start()
+    try:
+        second.wait_ready(timeout=90)
+        after = collect(broker, [topics.output], lambda s: set(result_ids(s[topics.output])) >= valid_ids, timeout=180)
+    finally:
+        assert second.stop() == 0
+    assert set(result_ids(after[topics.output])) == valid_ids
+
+
+def test_graceful_stop_commits_what_it_processed(broker, topics, worker_env, tmp_path):
+    posts = make_posts(200)
+    produce_sync(broker, topics.input, posts)
+
+    first = WorkerProcess(worker_env, log_path=tmp_path / "first.log").start()
+    try:
+        first.wait_ready(timeout=90)
+        collect(broker, [topics.output], lambda s: len(s[topics.output]) >= len(posts), timeout=90)
+    finally:
+        assert first.stop() == 0  # SIGTERM: finish, flush, commit
+
+    # A new worker in the same group starts from the committed offsets: nothing to redo.
+    second = WorkerProcess(worker_env, log_path=tmp_path / "second.log").start()
+    try:
+        second.wait_ready(timeout=90)
+        time.sleep(3)
+        seen = collect(broker, [topics.output], lambda s: False, timeout=5)
+    finally:
+        assert second.stop() == 0
+    assert sorted(result_ids(seen[topics.output])) == sorted(k.decode() for k, _ in posts)
+    metrics_text = (tmp_path / "second.log").read_text()
+    assert "posts_in=0" in metrics_text
+
+
+def test_worker_refuses_bad_settings_with_a_clear_message(worker_env, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**worker_env, "EMOTION_BATCH_SIZE": "0", "EMOTION_DEVICE": "tpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "worker"], env={**__import__("os").environ, **env},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "EMOTION_BATCH_SIZE" in proc.stderr and "EMOTION_DEVICE" in proc.stderr
+    assert "Traceback" not in proc.stderr

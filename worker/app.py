@@ -1,0 +1,165 @@
+"""The Faust app: a thin agent around the micro-batcher and the batch processor.
+
+Delivery is at-least-once and nothing is lost: the agent's stream never acks on its own;
+a batch's input events are acked only after every result and dead letter of that batch has
+been acknowledged by the broker, and Faust commits only acked offsets. A crash between the
+two re-reads the batch (duplicates, keyed by post id, are possible; gaps are not).
+On SIGTERM/SIGINT Faust stops the consumer first and waits for unacked events, so the
+batch in progress and the ones already gathered finish, are flushed and are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Sequence
+
+import faust
+import structlog
+from prometheus_client import generate_latest
+
+from worker.batching import MicroBatcher
+from worker.broker.profiles import profile_for
+from worker.observability import WorkerMetrics
+from worker.processing import BatchOutcome, BatchProcessor, InboundRecord
+from worker.settings import WorkerSettings
+
+log = structlog.get_logger(__name__)
+
+
+class EmotionStream:
+    """Wires settings, a batch processor and metrics into a Faust app."""
+
+    def __init__(self, settings: WorkerSettings, processor: BatchProcessor, metrics: Optional[WorkerMetrics] = None) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.metrics = metrics or WorkerMetrics()
+        # One thread: the model is the bottleneck, and batches must finish in order.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._assigned = False
+        self.app = self._build_app()
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.group_id,
+            broker=s.faust_broker,
+            autodiscover=False,
+            store="memory://",
+            web_enabled=s.web_enabled,
+            web_bind=s.web_host,
+            web_host=s.web_host,
+            web_port=s.web_port,
+            topic_disable_leader=True,
+            **profile_for(s.broker_backend).faust,
+        )
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.input_topic = app.topic(s.input_topic, **raw)
+        self.output_topic = app.topic(s.output_topic, **raw)
+        self.dlq_topic = app.topic(s.dlq_topic, **raw)
+        app.agent(self.input_topic, name="classify", concurrency=1)(self._agent)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        self._add_pages(app)
+        app.timer(10.0)(self._progress)
+        app.on_before_shutdown.connect(self._on_shutdown)
+        return app
+
+    async def _agent(self, stream: Any) -> None:
+        s = self.settings
+        log.info(
+            "worker started", input_topic=s.input_topic, output_topic=s.output_topic, dlq_topic=s.dlq_topic,
+            batch_size=s.batch_size, batch_wait_ms=s.batch_wait_ms, model=self.processor.model.name,
+            model_version=self.processor.model.version, broker_backend=s.broker_backend,
+        )
+        events_stream = stream.noack()
+        batches = MicroBatcher(events_stream.events(), self.settings.batch_size, self.settings.batch_wait_ms / 1000)
+        async for events in batches:
+            try:
+                await self.handle(events)
+            except Exception as exc:
+                # The batch stays unacked, so its offsets are never committed: stop the
+                # worker and let a restart re-read it rather than skip it.
+                log.error("batch failed; stopping so the batch is re-read on restart", error=repr(exc), size=len(events))
+                await self.app.crash(exc)
+                return
+            for event in events:
+                await events_stream.ack(event)
+
+    async def handle(self, events: Sequence[Any]) -> BatchOutcome:
+        """Process one batch of events and wait until the broker has every output."""
+        started = time.perf_counter()
+        records = [
+            InboundRecord(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)
+        ]
+        self.metrics.posts_in.inc(len(records))
+        self.metrics.batch_size.observe(len(records))
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self._executor, self.processor.process, records)
+        pending = [await self.output_topic.send(key=m.key, value=m.value, force=True) for m in outcome.results]
+        pending += [await self.dlq_topic.send(key=m.key, value=m.value, force=True) for m in outcome.dead_letters]
+        await asyncio.gather(*pending)
+        self._record(outcome, time.perf_counter() - started)
+        return outcome
+
+    def _record(self, outcome: BatchOutcome, seconds: float) -> None:
+        m = self.metrics
+        m.results_out.inc(len(outcome.results))
+        for label in outcome.labels:
+            m.labels.labels(label=label).inc()
+        for kind in outcome.dead_letter_kinds:
+            m.dead_letters.labels(kind=kind).inc()
+        m.batch_seconds.observe(seconds)
+        if outcome.model_seconds:
+            m.model_seconds.observe(outcome.model_seconds)
+        log.debug(
+            "batch done", results=len(outcome.results), dead_letters=len(outcome.dead_letters),
+            model_ms=round(outcome.model_seconds * 1000, 1), batch_ms=round(seconds * 1000, 1),
+        )
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        self._assigned = True
+        self.metrics.ready.set(1)
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+    async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        self.metrics.ready.set(0)
+        log.info(
+            "stopped consuming; in-flight batches finished and committed",
+            posts_in=int(self.metrics.posts_in._value.get()), results_out=int(self.metrics.results_out._value.get()),
+        )
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        self._assigned = False
+        self.metrics.ready.set(0)
+
+    @property
+    def ready(self) -> bool:
+        return self._assigned and not self.app.should_stop and not self.app.rebalancing
+
+    def _add_pages(self, app: faust.App) -> None:
+        # Faust turns a plain function into a view class (it becomes the class's `get`),
+        # so the handlers are closures rather than bound methods.
+        async def health(view: Any, request: Any) -> Any:
+            return view.json({"status": "ok"})
+
+        async def ready(view: Any, request: Any) -> Any:
+            body = {"ready": self.ready, "model": self.processor.model.model_dump()}
+            return view.json(body, status=200 if self.ready else 503)
+
+        async def metrics(view: Any, request: Any) -> Any:
+            return view.text(generate_latest(self.metrics.registry).decode("utf-8"), content_type="text/plain")
+
+        app.page("/health")(health)
+        app.page("/ready")(ready)
+        app.page("/metrics")(metrics)
+
+    async def _progress(self) -> None:
+        m = self.metrics
+        log.info(
+            "progress",
+            posts_in=int(m.posts_in._value.get()),
+            results_out=int(m.results_out._value.get()),
+            ready=self.ready,
+        )

@@ -1,0 +1,96 @@
+"""The micro-batcher: gathers items from an async source into batches.
+
+A batch is released when it holds ``max_size`` items, or ``max_wait`` seconds after its
+first item arrived, whichever comes first; an idle source releases nothing. Reading the
+source runs in a task of its own that fills a bounded queue, so the next batch gathers
+while the current one is being processed (and a slow consumer holds the source back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterable, AsyncIterator, Generic, List, Optional, TypeVar
+
+T = TypeVar("T")
+
+_END = object()
+
+
+class MicroBatcher(Generic[T]):
+    """Async iterator of lists of at most ``max_size`` items from ``source``."""
+
+    def __init__(self, source: AsyncIterable[T], max_size: int, max_wait: float) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        if max_wait < 0:
+            raise ValueError("max_wait must not be negative")
+        self._source = source
+        self.max_size = max_size
+        self.max_wait = max_wait
+        # Room for one batch in progress and one gathering: enough to keep the model fed,
+        # little enough that few unprocessed messages are held in memory.
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=2 * max_size)
+        self._pump: Optional[asyncio.Task] = None
+        self._error: Optional[BaseException] = None
+        self._ended = False
+
+    async def _fill(self) -> None:
+        try:
+            async for item in self._source:
+                await self._queue.put(item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # surfaced to the reader, never swallowed
+            self._error = exc
+        await self._queue.put(_END)
+
+    def __aiter__(self) -> AsyncIterator[List[T]]:
+        return self._batches()
+
+    async def _batches(self) -> AsyncIterator[List[T]]:
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._fill())
+        try:
+            while not self._ended:
+                batch = await self._next_batch()
+                if batch:
+                    yield batch
+            if self._error is not None:
+                raise self._error
+        finally:
+            await self.aclose()
+
+    async def _next_batch(self) -> List[T]:
+        first = await self._queue.get()
+        if first is _END:
+            self._ended = True
+            return []
+        batch: List[T] = [first]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if item is _END:
+                self._ended = True
+                break
+            batch.append(item)
+        return batch
+
+    async def aclose(self) -> None:
+        """Stop reading the source."""
+        pump, self._pump = self._pump, None
+        if pump is not None and not pump.done():
+            pump.cancel()
+            try:
+                await pump
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,6 @@
+"""Broker backends: the embedded Kafka-compatible broker, and each backend's quirks."""
+
+from worker.broker.embedded import EmbeddedBroker, EmbeddedBrokerError
+from worker.broker.profiles import BrokerProfile, profile_for
+
+__all__ = ["EmbeddedBroker", "EmbeddedBrokerError", "BrokerProfile", "profile_for"]

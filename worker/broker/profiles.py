@@ -1,0 +1,55 @@
+"""Per-backend client settings: the one place where a broker's quirks are handled.
+
+The embedded broker (Tansu 0.6) differs from Apache Kafka in ways that matter here
+(measured, see FACTS.md):
+- group joins are slow with Kafka's default session timeout (the first join waits half of
+  it), so the session timeout and heartbeat are shortened;
+- "latest" offsets are wrong after batched produces, so consumers start from the earliest
+  offset and nothing relies on end offsets;
+- there is no idempotent or transactional producer, so processing is at-least-once.
+Apache Kafka gets the client defaults, with the same at-least-once guarantee.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BrokerProfile:
+    name: str
+    faust: dict[str, Any] = field(default_factory=dict)
+    """Faust app settings for this backend."""
+    consumer: dict[str, Any] = field(default_factory=dict)
+    """aiokafka consumer keyword arguments for this backend (tools, tests, benchmarks)."""
+    producer: dict[str, Any] = field(default_factory=dict)
+    """aiokafka producer keyword arguments for this backend."""
+
+
+_COMMON_FAUST: dict[str, Any] = {
+    "processing_guarantee": "at_least_once",
+    "consumer_auto_offset_reset": "earliest",
+}
+
+PROFILES: dict[str, BrokerProfile] = {
+    "kafka": BrokerProfile(
+        name="kafka",
+        faust=dict(_COMMON_FAUST),
+        consumer={"auto_offset_reset": "earliest"},
+        producer={"acks": "all"},
+    ),
+    "embedded": BrokerProfile(
+        name="embedded",
+        faust={**_COMMON_FAUST, "broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0},
+        consumer={"auto_offset_reset": "earliest", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
+        producer={"acks": "all", "enable_idempotence": False},
+    ),
+}
+
+
+def profile_for(backend: str) -> BrokerProfile:
+    try:
+        return PROFILES[backend]
+    except KeyError:
+        raise ValueError(f"unknown broker backend {backend!r}: use one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,171 @@
+"""The model runner: texts in, emotion probabilities out. No Kafka, no event loop.
+
+Loads a Hugging Face sequence-classification directory (or hub id) with safetensors only
+and no remote code. A call to :meth:`EmotionClassifier.predict` tokenizes the whole window
+once without padding, sorts it by token length and runs it as sub-batches of similar
+length, each padded only to its own longest post: the padding a stream of short posts
+would otherwise carry is most of the work (see FACTS.md: sorting doubles throughput).
+On CUDA, inputs go through pinned memory and the forward pass runs under autocast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import structlog
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from schemas import LABELS, ModelInfo
+
+log = structlog.get_logger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+def select_device(requested: str) -> torch.device:
+    """Map ``auto|cpu|cuda`` to a torch device, refusing ``cuda`` when there is none."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("EMOTION_DEVICE=cuda but no CUDA device is visible: use auto or cpu")
+    if requested not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unknown device {requested!r}: use auto, cpu or cuda")
+    return torch.device(requested)
+
+
+def _model_info(source: str, directory: Optional[Path], config) -> ModelInfo:
+    """Name and version of the model, for every result it produces.
+
+    A directory written by the training module carries `emotion_model.json`; otherwise the
+    version is a digest of the weights, so two different models never share a version.
+    """
+    if directory is not None:
+        card = directory / "emotion_model.json"
+        if card.is_file():
+            meta = json.loads(card.read_text(encoding="utf-8"))
+            return ModelInfo(name=str(meta.get("name", directory.name)), version=str(meta.get("version", "unknown")))
+        weights = directory / "model.safetensors"
+        digest = hashlib.sha256()
+        if weights.is_file():
+            with weights.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        return ModelInfo(name=directory.resolve().name, version=digest.hexdigest()[:12])
+    return ModelInfo(name=source, version=str(getattr(config, "_commit_hash", None) or "hub"))
+
+
+class EmotionClassifier:
+    """A sequence-classification model with the six emotion labels, ready to predict."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        max_length: int = 128,
+        batch_size: int = 32,
+        torch_threads: Optional[int] = None,
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a progress bar in a service log is noise
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = select_device(device)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        directory = Path(model) if Path(model).exists() else None
+        if directory is not None and not (directory / "config.json").is_file():
+            raise ModelLoadError(f"{model} has no config.json: it is not a Hugging Face model directory")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                model, use_safetensors=True, trust_remote_code=False
+            )
+        except OSError as exc:
+            raise ModelLoadError(
+                f"cannot load model {model!r}: {exc}. Set EMOTION_MODEL to a model directory "
+                "(train one with `emotion-stream train`) or to a hub id reachable from here."
+            ) from exc
+        self._columns = self._label_columns(self.model.config)
+        self.info = _model_info(model, directory, self.model.config)
+        self.model.to(self.device).eval()
+        self._pad_id = self.tokenizer.pad_token_id or 0
+        self._autocast_dtype = None
+        if self.device.type == "cuda":
+            self._autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        log.info("model loaded", model=self.info.name, version=self.info.version, device=str(self.device))
+
+    @staticmethod
+    def _label_columns(config) -> list[str]:
+        """The emotion name of each output column, checked against the label set."""
+        id2label = {int(k): str(v).lower() for k, v in (config.id2label or {}).items()}
+        names = [id2label.get(i, "") for i in range(config.num_labels)]
+        if sorted(names) != sorted(LABELS):
+            raise ModelLoadError(
+                f"the model's labels {names} are not the six emotions {list(LABELS)}: "
+                "serve a model fine-tuned for emotion-stream (its config.json needs id2label)"
+            )
+        return names
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """Probabilities for each text, in the order given."""
+        if not texts:
+            return []
+        probs = self.predict_proba(texts)
+        out = []
+        for row in probs.tolist():
+            scores = {self._columns[i]: float(p) for i, p in enumerate(row)}
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append(Prediction(label=self._columns[best], score=float(row[best]), scores=scores))
+        return out
+
+    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
+        """A (len(texts), 6) float32 CPU tensor of probabilities, columns as in the model."""
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, padding=False,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        result = torch.empty((len(encoded), len(self._columns)), dtype=torch.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                ids, mask = self._pad([encoded[i] for i in idx])
+                result[idx] = self._forward(ids, mask)
+        return result
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, row in enumerate(rows):
+            ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[j, : len(row)] = 1
+        return ids, mask
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            # Pinned host memory lets the copy run asynchronously with the previous kernel.
+            ids = ids.pin_memory().to(self.device, non_blocking=True)
+            mask = mask.pin_memory().to(self.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=self._autocast_dtype):
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        return torch.softmax(logits.float(), dim=-1).cpu()

@@ -1,0 +1,171 @@
+"""The subcommands of `emotion-stream` (each returns a process exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import IO, Iterator
+
+from pydantic import ValidationError
+
+
+class UsageError(Exception):
+    """A bad option or setting; the message says what to do."""
+
+
+def load_settings():
+    from worker.settings import WorkerSettings
+
+    try:
+        return WorkerSettings()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            name = "EMOTION_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
+            lines.append(f"  {name}: {err['msg']}")
+        raise UsageError("invalid settings:\n" + "\n".join(lines) + "\nFix these environment variables and try again.") from None
+
+
+def model_missing_message(model: str) -> str:
+    return (
+        f"no model at {model}. Train one with\n"
+        f"    emotion-stream train --data ../shared/data/emotion --output {model}\n"
+        "(about 15 minutes on 2 CPU cores), or set EMOTION_MODEL to a model directory "
+        "or a hub id such as bhadresh-savani/distilbert-base-uncased-emotion."
+    )
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    from worker.observability import configure_logging
+
+    log_config = configure_logging(settings.log_level, settings.log_format)
+
+    import faust
+
+    from worker.app import EmotionStream
+    from worker.classifier import EmotionClassifier, ModelLoadError
+    from worker.processing import BatchProcessor
+
+    if looks_like_path(settings.model) and not Path(settings.model).exists():
+        raise UsageError(model_missing_message(settings.model))
+    try:
+        classifier = EmotionClassifier(
+            settings.model, device=settings.device, max_length=settings.max_length,
+            batch_size=settings.model_batch_size, torch_threads=settings.torch_threads,
+        )
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+    stream = EmotionStream(settings, BatchProcessor(classifier.predict, classifier.info))
+    worker = faust.Worker(
+        stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()
+    return 0
+
+
+def looks_like_path(model: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (./x, /x, a/b/c, x/) is a directory."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or model.endswith("/") or Path(model).exists()
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    from worker.broker.embedded import EmbeddedBroker, EmbeddedBrokerError
+
+    broker = EmbeddedBroker(port=args.port or None)
+    try:
+        broker.start()
+    except EmbeddedBrokerError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"embedded broker listening on {broker.bootstrap}", flush=True)
+    print(f"    export EMOTION_BROKER={broker.url} EMOTION_BROKER_BACKEND=embedded", flush=True)
+    print("memory only: everything is lost when it stops. Ctrl-C to stop.", flush=True)
+    try:
+        while broker._process is not None and broker._process.poll() is None:
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def _lines(path: str) -> Iterator[str]:
+    stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    try:
+        for line in stream:
+            if line.strip():
+                yield line
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def run_produce(args: argparse.Namespace) -> int:
+    from worker.clients import line_to_message, produce
+
+    settings = load_settings()
+    if args.file != "-" and not Path(args.file).is_file():
+        raise UsageError(f"{args.file} is not a file: give a file of JSON or text lines, or - for stdin")
+    topic = args.topic or settings.input_topic
+    messages = [line_to_message(line) for line in _lines(args.file)]
+    sent = asyncio.run(produce(settings.bootstrap_servers, topic, messages, settings.broker_backend))
+    print(f"sent {sent} messages to {topic}", file=sys.stderr)
+    return 0
+
+
+def format_result_row(value: dict) -> str:
+    model = value.get("model", {})
+    return (
+        f"{value.get('id', '?')[:24]:<24}  {value.get('label', '?'):<9} {value.get('score', 0):>5.2f}  "
+        f"{model.get('name', '?')}@{model.get('version', '?')}  {value.get('processed_at', '')}"
+    )
+
+
+def format_dead_letter_row(value: dict) -> str:
+    src = value.get("source", {})
+    err = value.get("error", {})
+    return f"{src.get('topic')}[{src.get('partition')}]@{src.get('offset')}  {err.get('kind')}: {err.get('message')}"
+
+
+def run_consume(args: argparse.Namespace) -> int:
+    from worker.clients import follow
+
+    settings = load_settings()
+    topic = args.topic or (settings.dlq_topic if args.dead_letters else settings.output_topic)
+    as_table = sys.stdout.isatty() and not args.json
+    row = format_dead_letter_row if args.dead_letters else format_result_row
+
+    async def loop() -> None:
+        if as_table and not args.dead_letters:
+            print(f"{'id':<24}  {'label':<9} {'score':>5}  model  processed_at")
+        async for record in follow(settings.bootstrap_servers, [topic], idle_timeout=args.idle_timeout, backend=settings.broker_backend):
+            text = (record.value or b"").decode("utf-8", errors="replace")
+            if as_table:
+                try:
+                    print(row(json.loads(text)), flush=True)
+                except (ValueError, AttributeError):
+                    print(text, flush=True)
+            else:
+                print(text, flush=True)
+
+    asyncio.run(loop())
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from worker.cli.demo import run
+
+    return run(args)
+
+
+def run_schemas_export(args: argparse.Namespace) -> int:
+    from schemas.export import export_json_schemas
+
+    for path in export_json_schemas(Path(args.directory)):
+        print(path)
+    return 0

@@ -1,0 +1,73 @@
+"""Plain Kafka clients for the command line, the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import AsyncIterator, Iterable, Optional, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from worker.broker.profiles import profile_for
+
+
+def line_to_message(line: str) -> tuple[Optional[bytes], bytes]:
+    """A line of `produce` input as (key, value).
+
+    A line that is a JSON object is sent as it is (keyed by its `id` when it has one), so
+    malformed posts can be produced on purpose; any other line becomes a post with a new id.
+    """
+    stripped = line.strip()
+    if stripped.startswith("{"):
+        try:
+            obj = json.loads(stripped)
+        except ValueError:
+            obj = None
+        key = obj.get("id") if isinstance(obj, dict) else None
+        return (str(key).encode("utf-8") if key is not None else None), stripped.encode("utf-8")
+    post_id = uuid.uuid4().hex
+    return post_id.encode(), json.dumps({"id": post_id, "text": stripped}).encode("utf-8")
+
+
+async def produce(
+    bootstrap: Sequence[str] | str, topic: str, messages: Iterable[tuple[Optional[bytes], bytes]], backend: str = "kafka"
+) -> int:
+    """Send every message and wait until the broker acknowledged all of them."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **profile_for(backend).producer)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=key, value=value) for key, value in messages]
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()
+
+
+async def follow(
+    bootstrap: Sequence[str] | str, topics: Sequence[str], *, idle_timeout: Optional[float] = None,
+    backend: str = "kafka", from_beginning: bool = True,
+) -> AsyncIterator[ConsumerRecord]:
+    """Yield records of ``topics`` as they arrive; stop after ``idle_timeout`` seconds of silence.
+
+    No consumer group: a reader never moves the worker's offsets or anyone else's.
+    """
+    settings = dict(profile_for(backend).consumer)
+    settings.pop("session_timeout_ms", None)
+    settings.pop("heartbeat_interval_ms", None)
+    if not from_beginning and backend != "embedded":
+        settings["auto_offset_reset"] = "latest"
+    # Short metadata age: topics that do not exist yet are picked up within a second.
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, metadata_max_age_ms=1000, **settings)
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=int((idle_timeout or 1.0) * 1000), max_records=500)
+            records = [r for rs in batch.values() for r in rs]
+            if not records and idle_timeout is not None:
+                return
+            for record in sorted(records, key=lambda r: r.timestamp):
+                yield record
+    finally:
+        await consumer.stop()

@@ -1,0 +1,122 @@
+"""One batch of raw input records in, encoded results and dead letters out. No Kafka.
+
+Runs in a worker thread (it holds the model call), so everything CPU-bound for a batch,
+decoding, validation, the forward pass and encoding, happens off the event loop in one hop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import structlog
+
+from schemas import DeadLetter, DeadLetterSource, EmotionResult, ErrorInfo, ModelInfo, Payload, Post, ResultSource
+from worker.classifier import Prediction
+from worker.codec import Rejected, decode_post
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """One message as read from the input topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[bytes]
+    value: Optional[bytes]
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    key: Optional[bytes]
+    value: bytes
+
+
+@dataclass
+class BatchOutcome:
+    results: list[OutboundMessage] = field(default_factory=list)
+    dead_letters: list[OutboundMessage] = field(default_factory=list)
+    dead_letter_kinds: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    model_seconds: float = 0.0
+
+
+Predict = Callable[[Sequence[str]], list[Prediction]]
+
+
+def dead_letter(record: InboundRecord, error: ErrorInfo) -> OutboundMessage:
+    letter = DeadLetter(
+        error=error,
+        payload=Payload.from_bytes(record.value),
+        source=DeadLetterSource(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=None if record.key is None else Payload.from_bytes(record.key),
+        ),
+    )
+    return OutboundMessage(key=record.key, value=letter.model_dump_json().encode("utf-8"))
+
+
+class BatchProcessor:
+    """Decodes, classifies and encodes a batch; a model failure isolates the failing post."""
+
+    def __init__(self, predict: Predict, model: ModelInfo) -> None:
+        self._predict = predict
+        self.model = model
+
+    def process(self, records: Sequence[InboundRecord]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        valid: list[tuple[InboundRecord, Post]] = []
+        for record in records:
+            decoded = decode_post(record.value)
+            if isinstance(decoded, Rejected):
+                self._reject(outcome, record, decoded.error)
+            else:
+                valid.append((record, decoded))
+        if not valid:
+            return outcome
+        started = time.perf_counter()
+        predictions = self._predict_isolating_failures(outcome, valid)
+        outcome.model_seconds = time.perf_counter() - started
+        for (record, post), prediction in zip(valid, predictions):
+            if prediction is not None:
+                outcome.results.append(self._result(record, post, prediction))
+                outcome.labels.append(prediction.label)
+        return outcome
+
+    def _predict_isolating_failures(
+        self, outcome: BatchOutcome, valid: list[tuple[InboundRecord, Post]]
+    ) -> list[Optional[Prediction]]:
+        try:
+            return list(self._predict([post.text for _, post in valid]))
+        except Exception as exc:  # the batch failed: find the posts that fail on their own
+            log.warning("batch prediction failed; retrying post by post", error=repr(exc), posts=len(valid))
+        single: list[Optional[Prediction]] = []
+        for record, post in valid:
+            try:
+                single.append(self._predict([post.text])[0])
+            except Exception as exc:
+                self._reject(outcome, record, ErrorInfo(kind="processing_failed", message=f"model failed on this post: {exc!r}"))
+                single.append(None)
+        return single
+
+    @staticmethod
+    def _reject(outcome: BatchOutcome, record: InboundRecord, error: ErrorInfo) -> None:
+        outcome.dead_letters.append(dead_letter(record, error))
+        outcome.dead_letter_kinds.append(error.kind)
+
+    def _result(self, record: InboundRecord, post: Post, prediction: Prediction) -> OutboundMessage:
+        result = EmotionResult(
+            id=post.id,
+            label=prediction.label,
+            score=prediction.score,
+            scores=prediction.scores,
+            model=self.model,
+            source=ResultSource(topic=record.topic, partition=record.partition, offset=record.offset),
+        )
+        return OutboundMessage(key=post.id.encode("utf-8"), value=result.model_dump_json().encode("utf-8"))

@@ -1,0 +1,85 @@
+"""The worker's settings: one pydantic-settings object, overridable by ``EMOTION_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path("artifacts/model")
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the worker can be told. Each field is read from ``EMOTION_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="EMOTION_", extra="ignore", protected_namespaces=())
+
+    broker: str = Field(
+        default="kafka://127.0.0.1:9092",
+        description="Bootstrap servers, `kafka://host:port`; several separated by `;`.",
+    )
+    broker_backend: Literal["kafka", "embedded"] = Field(
+        default="kafka",
+        description="`kafka` for Apache Kafka or compatible brokers; `embedded` for the bundled "
+        "broker, whose quirks are worked around (set by `emotion-stream broker` and the demo).",
+    )
+    group_id: str = Field(default="emotion-stream", description="Consumer group and Faust app id.")
+    input_topic: str = Field(default="posts", min_length=1)
+    output_topic: str = Field(default="post-emotions", min_length=1)
+    dlq_topic: str = Field(default="posts-dlq", min_length=1)
+
+    model: str = Field(
+        default=str(DEFAULT_MODEL_DIR),
+        description="Model directory (Hugging Face format) or hub id.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(default=128, ge=1, le=4096, description="Most posts gathered into one batch.")
+    batch_wait_ms: int = Field(default=50, ge=0, le=60_000, description="Longest wait to fill a batch.")
+    model_batch_size: int = Field(
+        default=32, ge=1, le=1024,
+        description="Most posts per forward pass; a batch is cut into length-sorted sub-batches of this size.",
+    )
+    max_length: int = Field(default=128, ge=8, le=512, description="Token limit per post (longer posts are truncated).")
+    torch_threads: Optional[int] = Field(default=None, ge=1, description="CPU threads for the model; default: torch's choice.")
+
+    web_enabled: bool = True
+    web_host: str = Field(default="127.0.0.1", description="Address of the health, readiness and metrics endpoints.")
+    web_port: int = Field(default=6066, ge=1, le=65535)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        for part in value.split(";"):
+            part = part.strip()
+            host_port = part.split("://", 1)[1] if "://" in part else part
+            scheme = part.split("://", 1)[0] if "://" in part else "kafka"
+            if scheme != "kafka" or ":" not in host_port or not host_port.rsplit(":", 1)[1].isdigit():
+                raise ValueError(
+                    f"{part!r} is not a broker address: use kafka://host:port (several separated by ';')"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> "WorkerSettings":
+        if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
+            raise ValueError("input_topic, output_topic and dlq_topic must be three different topics")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """The broker addresses as `host:port` strings, for plain Kafka clients."""
+        return [p.strip().split("://", 1)[-1] for p in self.broker.split(";") if p.strip()]
+
+    @property
+    def faust_broker(self) -> list[str]:
+        return [f"kafka://{hp}" for hp in self.bootstrap_servers]
