@@ -63,8 +63,11 @@ def api_versions_ok(host: str, port: int, timeout: float = 0.5) -> bool:
 class EmbeddedBroker:
     """Runs the embedded broker on 127.0.0.1 as a child process. Use as a context manager."""
 
-    def __init__(self, port: Optional[int] = None, host: str = "127.0.0.1", log_level: str = "warn") -> None:
+    def __init__(
+        self, port: Optional[int] = None, host: str = "127.0.0.1", log_level: str = "warn", quiet: bool = True
+    ) -> None:
         self.host = host
+        self.quiet = quiet
         self.port = port or free_port(host)
         self.log_level = log_level
         self._process: Optional[subprocess.Popen] = None
@@ -99,6 +102,7 @@ class EmbeddedBroker:
             ],
             env=env,
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if self.quiet else None,
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
         )
         deadline = time.monotonic() + timeout

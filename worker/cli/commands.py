@@ -69,14 +69,22 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def looks_like_path(model: str) -> bool:
-    """A hub id is `name` or `org/name`; anything else (./x, /x, a/b/c, x/) is a directory."""
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or model.endswith("/") or Path(model).exists()
+    """Whether ``model`` names a directory rather than a hub id (`name` or `org/name`)."""
+    from worker.settings import DEFAULT_MODEL_DIR
+
+    return (
+        Path(model).exists()
+        or Path(model) == DEFAULT_MODEL_DIR
+        or model.startswith((".", "/", "~"))
+        or model.count("/") > 1
+        or model.endswith("/")
+    )
 
 
 def run_broker(args: argparse.Namespace) -> int:
     from worker.broker.embedded import EmbeddedBroker, EmbeddedBrokerError
 
-    broker = EmbeddedBroker(port=args.port or None)
+    broker = EmbeddedBroker(port=args.port or None, quiet=False)
     try:
         broker.start()
     except EmbeddedBrokerError as exc:

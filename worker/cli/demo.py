@@ -1,0 +1,173 @@
+"""`emotion-stream demo`: the whole pipeline on the embedded broker, with sample posts.
+
+Starts the embedded broker and a worker process, sends the sample posts that ship with
+the project (every emotion, and a few malformed messages), prints each result and dead
+letter as it arrives, then stops the worker gracefully and the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from worker.codec import Rejected, decode_post
+
+BINARY_MESSAGE = b"\x89PNG\r\n\x1a\n\x00 binary bytes, not a post"
+WIDTH = 58
+
+
+def sample_messages() -> list[tuple[Optional[bytes], bytes]]:
+    """The demo's messages, as (key, value): each line of the sample file as is, plus one binary."""
+    text = resources.files("worker.demo").joinpath("sample_posts.jsonl").read_text(encoding="utf-8")
+    messages: list[tuple[Optional[bytes], bytes]] = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                key = json.loads(line).get("id")
+            except (ValueError, AttributeError):
+                key = None
+            messages.append((key.encode() if isinstance(key, str) else None, line.encode("utf-8")))
+    messages.append((None, BINARY_MESSAGE))
+    return messages
+
+
+def resolve_model() -> Path | str:
+    from worker.cli.commands import UsageError, looks_like_path, model_missing_message
+    from worker.settings import DEFAULT_MODEL_DIR
+
+    model = os.environ.get("EMOTION_MODEL") or str(DEFAULT_MODEL_DIR)
+    if looks_like_path(model) and not Path(model).exists():
+        trained = train_default_model(Path(model))
+        if trained is None:
+            raise UsageError(model_missing_message(model))
+        return trained
+    return model
+
+
+def train_default_model(directory: Path) -> Optional[Path]:
+    """Train the default model into ``directory``; None when training is not available."""
+    try:
+        from training.api import train_default
+    except ImportError:
+        return None
+    print(f"No model at {directory}: training the default model first (about 15 minutes on 2 CPU cores).", flush=True)
+    return train_default(directory, progress=True)
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= WIDTH else text[: WIDTH - 1] + "…"
+
+
+class DemoPrinter:
+    """Prints results and dead letters as they arrive; knows what the demo sent."""
+
+    def __init__(self, messages: list[tuple[Optional[bytes], bytes]]) -> None:
+        self.texts: dict[str, str] = {}
+        self.expected_results = 0
+        self.expected_dead = 0
+        for _, value in messages:
+            post = decode_post(value)
+            if isinstance(post, Rejected):
+                self.expected_dead += 1
+            else:
+                self.expected_results += 1
+                self.texts[post.id] = post.text
+        self.results: dict[str, str] = {}
+        self.dead: list[str] = []
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) >= self.expected_results and len(self.dead) >= self.expected_dead
+
+    def on_result(self, value: dict) -> None:
+        post_id = value["id"]
+        if post_id in self.results:
+            return
+        self.results[post_id] = value["label"]
+        print(f"  {value['label']:<9} {value['score']:.2f}  {post_id:<8}  {_short(self.texts.get(post_id, ''))}", flush=True)
+
+    def on_dead_letter(self, value: dict) -> None:
+        error, payload = value["error"], value["payload"]
+        self.dead.append(error["kind"])
+        shown = payload["data"] if payload["encoding"] == "utf-8" else f"<{payload['encoding']}> {payload['data'][:24]}"
+        print(f"  DEAD LETTER  {error['kind']}: {error['message']}", flush=True)
+        print(f"               payload: {_short(shown)}", flush=True)
+
+
+async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: float) -> None:
+    from worker.clients import follow
+
+    async def reader() -> None:
+        async for record in follow(broker.bootstrap, [output, dlq], backend="embedded"):
+            value = json.loads(record.value)
+            (printer.on_result if record.topic == output else printer.on_dead_letter)(value)
+            if printer.complete:
+                return
+
+    try:
+        await asyncio.wait_for(reader(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    from worker.broker.embedded import EmbeddedBroker
+    from worker.clients import produce
+    from worker.cli.commands import UsageError
+    from worker.process import WorkerProcess
+
+    model = resolve_model()
+    messages = sample_messages()
+    printer = DemoPrinter(messages)
+    log_path = Path("artifacts/demo/worker.log").resolve()
+    if log_path.exists():
+        log_path.unlink()
+    topics = {"input": "posts", "output": "post-emotions", "dlq": "posts-dlq"}
+    started = time.monotonic()
+    with EmbeddedBroker() as broker:
+        print(f"embedded broker on {broker.bootstrap}", flush=True)
+        worker = WorkerProcess(
+            {
+                "EMOTION_BROKER": broker.url, "EMOTION_BROKER_BACKEND": "embedded", "EMOTION_MODEL": str(model),
+                "EMOTION_INPUT_TOPIC": topics["input"], "EMOTION_OUTPUT_TOPIC": topics["output"],
+                "EMOTION_DLQ_TOPIC": topics["dlq"], "EMOTION_LOG_FORMAT": "console",
+            },
+            log_path=log_path,
+        ).start()
+        try:
+            print(f"worker starting (model {model}; log: {log_path}) ...", flush=True)
+            try:
+                ready = worker.wait_ready(timeout=120)
+            except (RuntimeError, TimeoutError) as exc:
+                tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log_path.exists() else []
+                raise UsageError(f"{exc}\n" + "\n".join(tail)) from None
+            model_info = ready.get("model", {})
+            print(f"worker ready: model {model_info.get('name')} version {model_info.get('version')}", flush=True)
+            sent = asyncio.run(produce(broker.bootstrap, topics["input"], messages, "embedded"))
+            print(f"sent {sent} messages to '{topics['input']}' "
+                  f"({printer.expected_results} posts, {printer.expected_dead} malformed)\n", flush=True)
+            asyncio.run(_watch(broker, printer, topics["output"], topics["dlq"], args.timeout))
+        finally:
+            print("\nstopping the worker (SIGTERM: finish, flush, commit) ...", flush=True)
+            code = worker.stop()
+    return _summary(printer, code, time.monotonic() - started, log_path)
+
+
+def _summary(printer: DemoPrinter, worker_code: int, seconds: float, log_path: Path) -> int:
+    counts: dict[str, int] = {}
+    for label in printer.results.values():
+        counts[label] = counts.get(label, 0) + 1
+    print(f"\n{len(printer.results)}/{printer.expected_results} posts labelled, "
+          f"{len(printer.dead)}/{printer.expected_dead} dead letters, in {seconds:.1f}s; worker exit code {worker_code}")
+    print("labels: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    if not printer.complete or worker_code != 0:
+        print(f"the demo did not complete: see the worker log {log_path}")
+        return 1
+    return 0
