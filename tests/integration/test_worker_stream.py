@@ -6,6 +6,7 @@ import base64
 import json
 import random
 import time
+import urllib.request
 
 import pytest
 
@@ -14,6 +15,24 @@ from tests.integration.helpers import MALFORMED, collect, make_posts, produce_sy
 from worker.process import WorkerProcess
 
 pytestmark = pytest.mark.integration
+
+
+def _get(worker, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}{path}", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def _health(worker):
+    return json.loads(_get(worker, "/health"))
+
+
+def _metrics(worker):
+    values = {}
+    for line in _get(worker, "/metrics").splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
 
 
 def test_valid_posts_get_results_and_malformed_ones_dead_letters(broker, topics, worker_env, tmp_path):
@@ -29,8 +48,18 @@ def test_valid_posts_get_results_and_malformed_ones_dead_letters(broker, topics,
             broker, [topics.output, topics.dlq],
             lambda s: len(s[topics.output]) >= len(posts) and len(s[topics.dlq]) >= len(MALFORMED), timeout=90,
         )
+        metrics = _metrics(worker)
+        assert _health(worker) == {"status": "ok"}
     finally:
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()
+
+    assert metrics["emotion_posts_in_total"] == len(mixed)
+    assert metrics["emotion_results_out_total"] == len(posts)
+    assert sum(v for k, v in metrics.items() if k.startswith("emotion_dead_letters_total{")) == len(MALFORMED)
+    assert metrics['emotion_dead_letters_total{kind="not_utf8"}'] == 1
+    log_text = (tmp_path / "worker.log").read_text()
+    assert "worker started" in log_text and "partitions assigned" in log_text
+    assert "i feel" not in log_text  # post text never reaches the logs at info level
 
     ids = result_ids(seen[topics.output])
     assert sorted(ids) == sorted(k.decode() for k, _ in posts)  # every valid id exactly once

@@ -1,0 +1,87 @@
+import asyncio
+
+import pytest
+
+from worker.batching import MicroBatcher
+
+
+async def _source(items, delays=None):
+    for i, item in enumerate(items):
+        if delays:
+            await asyncio.sleep(delays[i])
+        yield item
+
+
+async def _collect(batcher):
+    return [batch async for batch in batcher]
+
+
+async def test_full_batches_are_released_at_max_size():
+    batches = await _collect(MicroBatcher(_source(range(10)), max_size=4, max_wait=5.0))
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+async def test_a_partial_batch_is_released_after_max_wait():
+    loop = asyncio.get_running_loop()
+    release_times = []
+
+    async def slow():
+        yield 1
+        yield 2
+        await asyncio.sleep(0.5)
+        yield 3
+
+    start = loop.time()
+    async for batch in MicroBatcher(slow(), max_size=100, max_wait=0.05):
+        release_times.append((batch, loop.time() - start))
+    assert [b for b, _ in release_times] == [[1, 2], [3]]
+    first_release = release_times[0][1]
+    assert 0.04 <= first_release < 0.4  # released by the wait, not by the next item
+
+
+async def test_the_wait_starts_at_the_first_item_of_a_batch():
+    # Items trickle in every 20 ms; with a 70 ms wait a batch holds about four of them.
+    delays = [0.02] * 12
+    batches = await _collect(MicroBatcher(_source(range(12), delays), max_size=100, max_wait=0.07))
+    assert sum(len(b) for b in batches) == 12
+    assert all(len(b) <= 5 for b in batches)
+    assert len(batches) >= 3
+
+
+async def test_order_is_preserved_and_nothing_is_lost():
+    items = list(range(1000))
+    batches = await _collect(MicroBatcher(_source(items), max_size=7, max_wait=0.01))
+    assert [x for b in batches for x in b] == items
+    assert max(len(b) for b in batches) == 7
+
+
+async def test_source_errors_reach_the_reader():
+    async def failing():
+        yield 1
+        raise RuntimeError("broken source")
+
+    batcher = MicroBatcher(failing(), max_size=10, max_wait=0.01)
+    with pytest.raises(RuntimeError, match="broken source"):
+        await _collect(batcher)
+
+
+async def test_reading_ahead_is_bounded():
+    pulled = []
+
+    async def counting():
+        for i in range(1000):
+            pulled.append(i)
+            yield i
+
+    batcher = MicroBatcher(counting(), max_size=10, max_wait=0.01)
+    async for _ in batcher:
+        await asyncio.sleep(0.05)  # a slow consumer holds the source back
+        assert len(pulled) <= 10 + 2 * 10 + 2
+        break
+    await batcher.aclose()
+
+
+@pytest.mark.parametrize("size,wait", [(0, 0.1), (1, -1)])
+def test_bad_limits_are_refused(size, wait):
+    with pytest.raises(ValueError):
+        MicroBatcher(_source([]), max_size=size, max_wait=wait)

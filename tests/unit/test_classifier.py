@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from schemas import LABELS
+from worker.classifier import EmotionClassifier, ModelLoadError, select_device
+
+TEXTS = [
+    "i feel wonderful",
+    "a much longer post about how i have been feeling rather anxious and uneasy for most of the week now",
+    "ok",
+    "i am so angry about the delayed train this morning",
+    "tiny",
+]
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model):
+    return EmotionClassifier(str(tiny_model), device="cpu", batch_size=2)
+
+
+def test_predictions_are_distributions_over_the_six_labels(classifier):
+    predictions = classifier.predict(TEXTS)
+    assert len(predictions) == len(TEXTS)
+    for p in predictions:
+        assert set(p.scores) == set(LABELS)
+        assert abs(sum(p.scores.values()) - 1.0) < 1e-5
+        assert p.label == max(p.scores, key=p.scores.get) and p.score == p.scores[p.label]
+
+
+def test_length_sorted_sub_batches_match_one_post_at_a_time(classifier):
+    together = classifier.predict_proba(TEXTS)
+    alone = torch.cat([classifier.predict_proba([t]) for t in TEXTS])
+    # Sorting and padding per sub-batch must not change any post's result or its position.
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_sub_batches_pad_only_to_their_own_longest_post(classifier, monkeypatch):
+    widths = []
+    forward = classifier._forward
+
+    def spy(ids, mask):
+        widths.append(ids.shape[1])
+        return forward(ids, mask)
+
+    monkeypatch.setattr(classifier, "_forward", spy)
+    classifier.predict(TEXTS)
+    assert len(widths) == 3  # five posts, sub-batches of two
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+
+
+def test_long_posts_are_truncated_to_max_length(tiny_model):
+    short = EmotionClassifier(str(tiny_model), device="cpu", max_length=16)
+    seen = []
+    forward = short._forward
+    short._forward = lambda ids, mask: (seen.append(ids.shape[1]), forward(ids, mask))[1]
+    short.predict(["word " * 500])
+    assert seen == [16]
+
+
+def test_empty_input_gives_no_predictions(classifier):
+    assert classifier.predict([]) == []
+
+
+def test_model_version_is_a_digest_without_a_card_and_the_card_when_present(tiny_model, tmp_path):
+    import shutil
+
+    info = EmotionClassifier(str(tiny_model), device="cpu").info
+    assert info.name == tiny_model.name and len(info.version) == 12
+    copy = tmp_path / "carded"
+    shutil.copytree(tiny_model, copy)
+    (copy / "emotion_model.json").write_text(json.dumps({"name": "emotion-minilm", "version": "2026.11.22"}))
+    assert EmotionClassifier(str(copy), device="cpu").info.model_dump() == {"name": "emotion-minilm", "version": "2026.11.22"}
+
+
+def test_a_model_without_the_emotion_labels_is_refused(tiny_model, tmp_path):
+    import shutil
+
+    copy = tmp_path / "generic"
+    shutil.copytree(tiny_model, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["id2label"] = {str(i): f"LABEL_{i}" for i in range(6)}
+    config["label2id"] = {f"LABEL_{i}": i for i in range(6)}
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="not the six emotions"):
+        EmotionClassifier(str(copy), device="cpu")
+
+
+def test_a_directory_that_is_not_a_model_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="config.json"):
+        EmotionClassifier(str(tmp_path), device="cpu")
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA device"):
+            select_device("cuda")
