@@ -50,14 +50,14 @@ class Post(BaseModel):
     @classmethod
     def _id_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("id must not be blank")
+            raise ValueError("must not be blank")
         return value
 
     @field_validator("text")
     @classmethod
     def _text_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("text must not be blank")
+            raise ValueError("must not be blank")
         return value
 
 

@@ -18,7 +18,7 @@ def test_valid_post_decodes():
         (b"[1, 2]", "invalid_post", "JSON object"),
         (b'"just a string"', "invalid_post", "JSON object"),
         (b'{"id": "1"}', "invalid_post", "text: Field required"),
-        (b'{"id": "1", "text": ""}', "invalid_post", "text must not be blank"),
+        (b'{"id": "1", "text": ""}', "invalid_post", "text: must not be blank"),
         (b"[" * 100000 + b"]" * 100000, "not_json", "JSON"),
     ],
 )
