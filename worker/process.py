@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Mapping, Optional, Union
+from typing import IO, Mapping, Optional, Sequence, Union
 
 from worker.broker.embedded import free_port
 
@@ -19,7 +19,10 @@ from worker.broker.embedded import free_port
 class WorkerProcess:
     """A worker in a child process, configured by ``EMOTION_*`` variables."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Optional[Path] = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Optional[Path] = None, command: Optional[Sequence[str]] = None
+    ) -> None:
+        self.command = list(command or [sys.executable, "-m", "worker.cli.main", "worker"])
         self.web_port = int(env.get("EMOTION_WEB_PORT") or free_port())
         self.env = {**os.environ, **env, "EMOTION_WEB_PORT": str(self.web_port), "EMOTION_WEB_HOST": "127.0.0.1"}
         self.log_path = log_path
@@ -32,7 +35,7 @@ class WorkerProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = out = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli.main", "worker"],
+            self.command,
             env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
         )
         return self

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all results (default 300)")
     p.set_defaults(run=commands.run_demo)
 
+    from training.cli import register as register_training  # cheap: heavy imports happen when a command runs
+
+    register_training(sub)
+
     p = sub.add_parser("schemas", help="the wire contract")
     schemas_sub = p.add_subparsers(dest="schemas_command", metavar="ACTION", required=True)
     e = schemas_sub.add_parser("export", help="write the JSON Schema of each message into DIR")

@@ -1,0 +1,1 @@
+"""Benchmarks of emotion-stream (not tests): `python -m bench.run --help`."""

@@ -1,0 +1,153 @@
+"""Measuring a worker through the broker: throughput over a whole stream, and latency per post."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Optional, Sequence
+
+from aiokafka import AIOKafkaProducer
+
+from worker.broker.embedded import EmbeddedBroker
+from worker.broker.profiles import profile_for
+from worker.clients import follow, produce
+from worker.process import WorkerProcess
+
+
+@dataclass
+class StreamRun:
+    posts: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.posts / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def as_posts(texts: Sequence[str], prefix: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (f"{prefix}-{i}".encode(), json.dumps({"id": f"{prefix}-{i}", "text": t}).encode()) for i, t in enumerate(texts)
+    ]
+
+
+def _processed_at(value: bytes) -> float:
+    return datetime.fromisoformat(json.loads(value)["processed_at"].replace("Z", "+00:00")).timestamp()
+
+
+class BenchStream:
+    """An embedded broker plus one worker process (the product's, or another module's)."""
+
+    def __init__(self, env: dict[str, str], module: str = "worker.cli.main", args: Sequence[str] = ("worker",), log: Optional[Path] = None) -> None:
+        self.suffix = uuid.uuid4().hex[:6]
+        self.topics = {"input": f"posts-{self.suffix}", "output": f"out-{self.suffix}", "dlq": f"dlq-{self.suffix}"}
+        self.env = env
+        self.module, self.args, self.log = module, list(args), log
+        self.broker = EmbeddedBroker()
+        self.worker: Optional[WorkerProcess] = None
+
+    def __enter__(self) -> "BenchStream":
+        self.broker.start()
+        return self
+
+    def start_worker(self) -> None:
+        env = {
+            **self.env, "EMOTION_BROKER": self.broker.url, "EMOTION_BROKER_BACKEND": "embedded",
+            "EMOTION_INPUT_TOPIC": self.topics["input"], "EMOTION_OUTPUT_TOPIC": self.topics["output"],
+            "EMOTION_DLQ_TOPIC": self.topics["dlq"], "EMOTION_GROUP_ID": f"bench-{self.suffix}",
+            "EMOTION_LOG_LEVEL": "WARNING",
+        }
+        self.worker = WorkerProcess(env, log_path=self.log, command=[sys.executable, "-m", self.module, *self.args]).start()
+
+    def __exit__(self, *exc) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.broker.stop()
+
+    def preload(self, posts: list[tuple[bytes, bytes]]) -> None:
+        asyncio.run(produce(self.broker.bootstrap, self.topics["input"], posts, "embedded"))
+
+    def drain_throughput(self, n: int, timeout: float) -> StreamRun:
+        """Posts/s over a preloaded stream, from the results' own processing timestamps."""
+        records = self._read(n, timeout)
+        stamps = [_processed_at(r.value) for r in records]
+        if len(stamps) < n:
+            raise RuntimeError(f"only {len(stamps)} of {n} results within {timeout:.0f}s")
+        span = max(stamps) - min(stamps)
+        # n results span n - 1 intervals between the first and the last.
+        return StreamRun(posts=n - 1, seconds=span, latencies_ms=[])
+
+    def _read(self, n: int, timeout: float) -> list:
+        async def run() -> list:
+            seen: dict[bytes, object] = {}
+
+            async def reader() -> None:
+                async for r in follow(self.broker.bootstrap, [self.topics["output"]], backend="embedded"):
+                    seen.setdefault(r.key, r)
+                    if len(seen) >= n:
+                        return
+
+            try:
+                await asyncio.wait_for(reader(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            return list(seen.values())
+
+        return asyncio.run(run())
+
+    def paced(self, posts: list[tuple[bytes, bytes]], rate: float, timeout: float) -> StreamRun:
+        """Send posts at ``rate`` per second while reading results; latency = receipt - send."""
+        return asyncio.run(self._paced(posts, rate, timeout))
+
+    async def _paced(self, posts: list[tuple[bytes, bytes]], rate: float, timeout: float) -> StreamRun:
+        sent_at: dict[bytes, float] = {}
+        got_at: dict[bytes, float] = {}
+        done = asyncio.Event()
+
+        async def reader() -> None:
+            async for r in follow(self.broker.bootstrap, [self.topics["output"]], backend="embedded"):
+                if r.key in sent_at and r.key not in got_at:
+                    got_at[r.key] = time.time()
+                    if len(got_at) >= len(posts):
+                        done.set()
+                        return
+
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, linger_ms=0, **profile_for("embedded").producer)
+        await producer.start()
+        read_task = asyncio.create_task(reader())
+        await asyncio.sleep(1.0)  # the reader is assigned before the first send
+        start = time.time()
+        try:
+            for i, (key, value) in enumerate(posts):
+                delay = start + i / rate - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent_at[key] = time.time()
+                await producer.send(self.topics["input"], key=key, value=value)
+            await producer.flush()
+            await asyncio.wait_for(done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            read_task.cancel()
+            await producer.stop()
+        latencies = [(got_at[k] - sent_at[k]) * 1000 for k in got_at]
+        span = (max(got_at.values()) - start) if got_at else 0.0
+        return StreamRun(posts=len(got_at), seconds=span, latencies_ms=latencies)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,63 @@
+"""The model card (``README.md``) written into every exported model directory."""
+
+from __future__ import annotations
+
+from schemas import LABELS
+from training.metrics import fmt, per_class_markdown
+
+
+def model_card(identity: dict, record: dict, metrics: dict) -> str:
+    """Markdown describing what the model is for, how it was made and how well it does."""
+    report = metrics[metrics["eval_split"]]
+    hp = record["hyperparameters"]
+    base = record["base_model"]
+    data = record["data"]
+    base_line = f"`{base['requested']}`"
+    if base["origin"] == "fallback":
+        base_line += f", replaced by `{base['name']}` ({base['note']})"
+    elif base["source"] != base["requested"]:
+        base_line += f" (loaded from `{base['source']}`)"
+    sections = [
+        f"---\nlibrary_name: transformers\npipeline_tag: text-classification\nlanguage: en\n"
+        f"tags: [emotion, text-classification, emotion-stream]\n---\n\n# {identity['name']}\n",
+        f"Version `{identity['version']}`, created {identity['created_at']}. Classifies a short English "
+        f"social-media post as one of six emotions: {', '.join(LABELS)}. Fine-tuned from {base_line}.\n",
+        "## Intended use\n\nLabelling streams of English posts (tweets and similar short texts) for "
+        "aggregate monitoring: emotion trends over time, dashboards, routing posts for human review. "
+        "Load it with `transformers.pipeline(\"text-classification\", model=DIR)` or serve it with "
+        "`emotion-stream worker` (`EMOTION_MODEL=DIR`).\n",
+        "## Out-of-scope use\n\nDecisions about individuals (hiring, credit, moderation sanctions, "
+        "health or mental-state assessment) without human review; texts that are long, non-English, "
+        "or far from social-media posts; anything that treats one predicted emotion as the author's "
+        "real state of mind. Every post gets one of the six labels, even when it expresses none.\n",
+        "## Limitations and bias\n\nThe training data labels a post by the emotion words it contains, so "
+        "the model leans on keywords and misses sarcasm, negation and context. " + _balance(data) + " "
+        "The texts are English tweets from one period and community; dialects, slang and topics "
+        "outside them are handled worse, and biases in the source posts carry over. Validation "
+        "figures overstate performance on new data: measure on your own posts before relying on it.\n",
+        f"## Data\n\nSource: `{data['source']}`. The dair-ai/emotion dataset is licensed for research "
+        f"and education use only; check the licence of any other data. Trained on {data['train_examples']} posts; selected and measured on the "
+        f"{data['eval_split']} split ({data['eval_examples']} posts).\n\n"
+        + "| emotion | training posts |\n|---|---|\n"
+        + "\n".join(f"| {k} | {v} |" for k, v in data["train_label_counts"].items()) + "\n",
+        "## Training\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in hp.items())
+        + f"\n- seed: `{record['seed']}`\n- max length: `{record['max_length']}` tokens\n"
+        f"- precision: `{record['precision']}`, device: `{record['device']}`\n"
+        f"- command: `{' '.join(record['command_line']) or 'n/a'}`\n",
+        f"## Metrics ({data['eval_split']} split)\n\n| metric | value |\n|---|---|\n"
+        + "\n".join(f"| {k} | {fmt(report.get(k))} |" for k in
+                    ("accuracy", "f1_weighted", "f1_macro", "roc_auc_weighted", "roc_auc_macro", "log_loss"))
+        + "\n\n" + per_class_markdown(report) + "\n\n![confusion matrix](confusion_matrix.png)\n",
+    ]
+    return "\n".join(sections)
+
+
+def _balance(data: dict) -> str:
+    """A sentence on class imbalance, from the training counts."""
+    counts = sorted(data["train_label_counts"].items(), key=lambda kv: kv[1], reverse=True)
+    if counts[0][1] <= 1.5 * max(counts[-1][1], 1):
+        return "The training classes were roughly balanced; real streams are not, so expect other error rates."
+    return (
+        f"The training classes are imbalanced ({counts[0][0]} {counts[0][1]} posts, {counts[-1][0]} "
+        f"{counts[-1][1]}): the rare classes ({counts[-1][0]}, {counts[-2][0]}) are learnt least well."
+    )

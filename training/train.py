@@ -1,0 +1,134 @@
+"""``emotion-stream train``: fine-tune a base model on the emotion data and export it.
+
+Checkpoints go to ``<output>/checkpoints`` while training (one per epoch, the best kept for
+``load_best_model_at_end``) and are deleted at the end, so the output directory holds
+only what the worker and ``pipeline()`` need plus the record of how it was made.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import transformers
+
+from training.base_models import DEFAULT_BASE_MODEL, BaseModel
+from training.config import Hyperparameters, TrainOptions
+from training.export import export_model
+from training.metrics import full_report, softmax
+from training.prepare import PreparedRun, prepare_run
+from training.settings import TrainingSettings, resolve_data_dir
+from training.trainer import RemainingTimeCallback, build_trainer, model_factory, training_arguments, tokenized_dataset
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    identity: dict
+    metrics: dict
+    base: BaseModel
+
+
+def train(options: TrainOptions, hp: Hyperparameters) -> TrainResult:
+    """Train, select the best epoch on the eval split, measure it and export the model directory."""
+    transformers.set_seed(options.seed)
+    run = prepare_run(options)
+    output = Path(options.output_dir)
+    checkpoints = output / "checkpoints"
+    print(
+        f"[train] {run.base.name} on {len(run.train_split)} posts, selecting on {run.eval_name} "
+        f"({len(run.eval_split)} posts); output {output}",
+        file=sys.stderr, flush=True,
+    )
+    started = time.monotonic()
+    try:
+        args = training_arguments(hp, checkpoints, seed=options.seed, max_steps=options.max_steps,
+                                  keep_best=True, progress=options.progress)
+        trainer = build_trainer(
+            model=model_factory(run.base.source)(), tokenizer=run.tokenizer, hp=hp, args=args,
+            train_dataset=run.train_dataset, eval_dataset=run.eval_dataset, train_labels=run.train_split.labels,
+            callbacks=[RemainingTimeCallback()] if options.progress else [],
+        )
+        trainer.train()
+        metrics = _measure(trainer, run, options)
+        metrics["training"] = {
+            "runtime_s": round(time.monotonic() - started, 1), "epochs": trainer.state.epoch,
+            "steps": trainer.state.global_step, "best_checkpoint": _checkpoint_name(trainer.state.best_model_checkpoint),
+        }
+        record = training_record(options, hp, run)
+        identity = export_model(output, trainer.model, run.tokenizer, record=record, metrics=metrics)
+    finally:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    report = metrics[run.eval_name]
+    print(
+        f"[train] {identity['name']} {identity['version']} written to {output}: {run.eval_name} accuracy "
+        f"{report['accuracy']:.4f}, weighted F1 {report['f1_weighted']:.4f}, macro F1 {report['f1_macro']:.4f}",
+        file=sys.stderr, flush=True,
+    )
+    return TrainResult(output, identity, metrics, run.base)
+
+
+def _measure(trainer, run: PreparedRun, options: TrainOptions) -> dict:
+    """Full metrics of the selected model on the eval split (and on validation when selecting on dev)."""
+    metrics = {"eval_split": run.eval_name}
+    splits = {run.eval_name: run.eval_dataset}
+    if run.eval_name != "validation" and "validation" in run.data.splits:
+        splits["validation"] = tokenized_dataset(
+            run.tokenizer, run.data.split("validation"), options.max_length, sort_by_length=True)
+    for name, dataset in splits.items():
+        prediction = trainer.predict(dataset)
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        # label_ids, not the split's labels: the eval dataset is sorted by length.
+        metrics[name] = full_report(prediction.label_ids.tolist(), softmax(np.asarray(logits, dtype=np.float64)))
+    return metrics
+
+
+def training_record(options: TrainOptions, hp: Hyperparameters, run: PreparedRun) -> dict:
+    """The exact resolved configuration, written to ``training_config.json``."""
+    cuda = torch.cuda.is_available()
+    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    return {
+        "hyperparameters": hp.model_dump(),
+        "base_model": run.base.as_dict(),
+        "data": run.describe_data(),
+        "seed": options.seed,
+        "max_length": options.max_length,
+        "options": opts,
+        "command_line": list(options.command_line),
+        "device": "cuda" if cuda else "cpu",
+        "precision": precision,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def train_default(
+    output_dir: Path, data_dir: Optional[Path] = None, *, progress: bool = True,
+    base_model: str = DEFAULT_BASE_MODEL, hyperparameters: Optional[Hyperparameters] = None,
+) -> TrainResult:
+    """Train the default model into ``output_dir`` (for the demo when no model exists yet).
+
+    Uses the default base model, which falls back to the offline minilm-l6 preset without
+    network, and the default hyperparameters. Progress and the estimated time left go to stderr.
+    """
+    settings = TrainingSettings()
+    options = TrainOptions(
+        output_dir=Path(output_dir), data_dir=resolve_data_dir(data_dir), base_model=base_model,
+        hub_timeout=settings.hub_timeout, progress=progress, command_line=["train_default"],
+    )
+    print("[train] no model yet: training one; the time left is printed as it goes", file=sys.stderr, flush=True)
+    return train(options, hyperparameters or Hyperparameters())
+
+
+def _checkpoint_name(path: Optional[str]) -> Optional[str]:
+    return Path(path).name if path else None
