@@ -24,6 +24,7 @@ from worker.broker.profiles import profile_for
 from worker.observability import WorkerMetrics
 from worker.processing import BatchOutcome, BatchProcessor, InboundRecord
 from worker.settings import WorkerSettings
+from worker.transport import EmotionApp
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +61,7 @@ class EmotionStream:
 
     def _build_app(self) -> faust.App:
         s = self.settings
-        app = faust.App(
+        app = EmotionApp(
             s.group_id,
             broker=s.faust_broker,
             autodiscover=False,

@@ -35,6 +35,10 @@ class WorkerSettings(BaseSettings):
         description="Model directory (Hugging Face format) or hub id.",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    numeric: Literal["fp32", "bf16", "int8"] = Field(
+        default="fp32",
+        description="CPU numeric mode: fp32, bf16 autocast or int8 dynamic quantization (see bench/ for speed and accuracy).",
+    )
     batch_size: int = Field(default=128, ge=1, le=4096, description="Most posts gathered into one batch.")
     batch_wait_ms: int = Field(default=50, ge=0, le=60_000, description="Longest wait to fill a batch.")
     model_batch_size: int = Field(

@@ -98,3 +98,18 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(ModelLoadError, match="no CUDA device"):
             select_device("cuda")
+
+
+@pytest.mark.parametrize("numeric,tolerance", [("bf16", 0.02), ("int8", 0.02)])
+def test_faster_numeric_modes_stay_close_to_fp32(tiny_model, numeric, tolerance):
+    exact = EmotionClassifier(str(tiny_model), device="cpu").predict_proba(TEXTS)
+    fast = EmotionClassifier(str(tiny_model), device="cpu", numeric=numeric)
+    approx = fast.predict_proba(TEXTS)
+    assert approx.dtype == torch.float32
+    assert torch.allclose(approx.sum(dim=1), torch.ones(len(TEXTS)), atol=1e-4)
+    assert (approx - exact).abs().max() < tolerance
+
+
+def test_unknown_numeric_mode_is_refused(tiny_model):
+    with pytest.raises(ModelLoadError, match="use fp32, bf16 or int8"):
+        EmotionClassifier(str(tiny_model), device="cpu", numeric="fp8")

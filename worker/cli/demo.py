@@ -51,13 +51,14 @@ def resolve_model() -> Path | str:
 
 
 def train_default_model(directory: Path) -> Optional[Path]:
-    """Train the default model into ``directory``; None when training is not available."""
+    """Train the default model into ``directory``; None when the training extra is missing."""
     try:
-        from training.api import train_default
+        from training.train import train_default
     except ImportError:
         return None
-    print(f"No model at {directory}: training the default model first (about 15 minutes on 2 CPU cores).", flush=True)
-    return train_default(directory, progress=True)
+    print(f"No model at {directory}: training the default model first "
+          "(about 15 minutes on 2 CPU cores; progress and time left below).", flush=True)
+    return train_default(directory, progress=True).output_dir
 
 
 def _short(text: str) -> str:

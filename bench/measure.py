@@ -1,0 +1,52 @@
+"""Measurements of the model alone and of the naive way of serving it (no broker involved)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from worker.classifier import EmotionClassifier
+
+
+@dataclass
+class ModelRate:
+    window: int
+    model_batch: int
+    numeric: str
+    rate: float
+
+
+def model_alone(model: Path, texts: Sequence[str], window: int, model_batch: int, numeric: str = "fp32") -> ModelRate:
+    """Posts/s of the model runner over ``texts`` cut into windows, as the worker sees them."""
+    clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric)
+    clf.predict(list(texts[:32]))  # warm-up: first calls allocate
+    started = time.perf_counter()
+    for i in range(0, len(texts), window):
+        clf.predict(texts[i : i + window])
+    return ModelRate(window, model_batch, numeric, len(texts) / (time.perf_counter() - started))
+
+
+def best_model_rate(model: Path, texts: Sequence[str], windows: Sequence[int], batches: Sequence[int]) -> tuple[ModelRate, list[ModelRate]]:
+    rates = [model_alone(model, texts, w, b) for w in windows for b in batches]
+    return max(rates, key=lambda r: r.rate), rates
+
+
+def naive_pipeline(model: Path, texts: Sequence[str]) -> float:
+    """Posts/s of `transformers.pipeline`, one post at a time, padded to 128 tokens."""
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(model), device=-1)
+    kwargs = dict(padding="max_length", max_length=128, truncation=True)
+    clf(texts[0], **kwargs)
+    started = time.perf_counter()
+    for text in texts:
+        clf(text, **kwargs)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def accuracy(model: Path, texts: Sequence[str], labels: Sequence[str], numeric: str, model_batch: int = 32) -> float:
+    clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric)
+    predictions = clf.predict(list(texts))
+    return sum(p.label == y for p, y in zip(predictions, labels)) / len(labels)

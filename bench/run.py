@@ -1,0 +1,223 @@
+"""emotion-stream benchmarks: one command, one table, ratios measured side by side in one run.
+
+    python -m bench.run --data ../shared/data/emotion [--model artifacts/model] [--quick]
+
+1. Model alone: the model runner over the validation texts, best batch settings (the limit).
+2. End to end: posts through the embedded broker and a worker, posts/s over the whole stream,
+   and latency per post (send to result receipt) at the saturated rate and at half of it.
+3. The naive way: `transformers.pipeline`, one post at a time, padded to 128 tokens.
+4. Pipeline ceiling: the worker with a model that costs nothing, against a plain aiokafka loop.
+5. Numeric modes (bf16 autocast, int8 dynamic quantization): speed-up and accuracy side by side.
+1-3 run for the DistilBERT-base architecture (random weights) and for the trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from bench.measure import accuracy, best_model_rate, model_alone, naive_pipeline
+from bench.models import build_distilbert_architecture, read_split
+from bench.streaming import BenchStream, as_posts
+
+CACHE = Path("artifacts/bench")
+
+
+def machine() -> str:
+    flags = set()
+    model_name = platform.processor()
+    with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+    import torch
+
+    return (
+        f"{os.cpu_count()} cores, {model_name}; flags: {' '.join(f for f in wanted if f in flags) or 'none of note'}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
+def worker_metrics(stream: BenchStream) -> dict[str, float]:
+    values = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{stream.worker.web_port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+    return values
+
+
+def histogram_median(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    """Median of a Prometheus histogram over the interval between two scrapes (interpolated in its bucket)."""
+    buckets = []
+    for key, value in after.items():
+        if key.startswith(f"{name}_bucket{{le="):
+            le = key.split('le="', 1)[1].rstrip('"}')
+            buckets.append((float("inf") if le == "+Inf" else float(le), value - before.get(key, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return float("nan")
+    previous_le, previous_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= total / 2:
+            if le == float("inf"):
+                return previous_le
+            share = (total / 2 - previous_count) / max(count - previous_count, 1e-9)
+            return previous_le + (le - previous_le) * share
+        previous_le, previous_count = le, count
+    return previous_le
+
+
+def end_to_end(model: Path, texts: list[str], window: int, model_batch: int, wait_ms: int, seconds: float) -> dict:
+    env = {
+        "EMOTION_MODEL": str(model), "EMOTION_BATCH_SIZE": str(window), "EMOTION_MODEL_BATCH_SIZE": str(model_batch),
+        "EMOTION_BATCH_WAIT_MS": str(wait_ms),
+    }
+    with BenchStream(env, log=CACHE / "e2e-worker.log") as stream:
+        stream.preload(as_posts(texts, "sat"))
+        stream.start_worker()
+        stream.worker.wait_ready(timeout=120)
+        saturated = stream.drain_throughput(len(texts), timeout=len(texts) / 5 + 60)
+        rate = saturated.rate
+        paced_full = stream.paced(as_posts(texts[: int(rate * seconds)], "full"), rate, timeout=seconds * 4 + 30)
+        before = worker_metrics(stream)
+        paced_half = stream.paced(as_posts(texts[: int(rate * seconds / 2)], "half"), rate / 2, timeout=seconds * 2 + 30)
+        after = worker_metrics(stream)
+    return {
+        "rate": rate,
+        "latency_saturated": [paced_full.percentile(q) for q in (50, 95, 99)],
+        "latency_half": [paced_half.percentile(q) for q in (50, 95, 99)],
+        "half_median_batch_ms": histogram_median(before, after, "emotion_batch_seconds") * 1000,
+        "wait_ms": wait_ms,
+    }
+
+
+def ceiling(n: int) -> dict:
+    texts = [f"post number {i}: i feel rather calm about the whole thing today" for i in range(n)]
+    rates = {}
+    for name, module in (("worker", "bench.constant_worker"), ("plain aiokafka", "bench.plain_loop")):
+        env = {"EMOTION_BATCH_SIZE": "512", "EMOTION_BATCH_WAIT_MS": "20"}
+        with BenchStream(env, module=module, args=(), log=CACHE / f"ceiling-{module}.log") as stream:
+            stream.preload(as_posts(texts, "c"))
+            stream.start_worker()
+            rates[name] = stream.drain_throughput(n, timeout=180).rate
+    return rates
+
+
+def run(args: argparse.Namespace) -> dict:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    texts, labels = read_split(Path(args.data), "validation")
+    sweep_texts = texts[: 256 if args.quick else 1024]
+    models = [("DistilBERT arch.", build_distilbert_architecture(CACHE / "distilbert-random"))]
+    if args.model and Path(args.model, "config.json").is_file():
+        models.append((f"trained ({Path(args.model).name})", Path(args.model)))
+    report: dict = {"machine": machine(), "models": {}, "args": vars(args)}
+    for name, path in models:
+        print(f"[bench] {name}: model alone", flush=True)
+        best, sweep = best_model_rate(path, sweep_texts, windows=(128, 512), batches=(16, 32, 64))
+        print(f"[bench] {name}: naive pipeline", flush=True)
+        naive = naive_pipeline(path, texts[: 30 if args.quick else 150])
+        print(f"[bench] {name}: end to end (window {best.window}, sub-batch {best.model_batch})", flush=True)
+        n_e2e = 300 if args.quick else int(min(len(texts), max(600, best.rate * 12)))
+        e2e = end_to_end(path, texts[:n_e2e], best.window, best.model_batch, args.wait_ms, seconds=5 if args.quick else 20)
+        report["models"][name] = {
+            "model_alone": best.rate, "best": {"window": best.window, "model_batch": best.model_batch},
+            "sweep": [r.__dict__ for r in sweep], "naive": naive, "e2e": e2e,
+        }
+    print("[bench] numeric modes", flush=True)
+    report["numeric"] = numeric_modes(models, texts, labels, report, quick=args.quick)
+    print("[bench] pipeline ceiling", flush=True)
+    report["ceiling"] = ceiling(3000 if args.quick else 30000)
+    return report
+
+
+def numeric_modes(models, texts, labels, report, quick: bool) -> list[dict]:
+    rows = []
+    n_speed = 256 if quick else 1024
+    for name, path in models:
+        best = report["models"][name]["best"]
+        base_rate = None
+        for numeric in ("fp32", "bf16", "int8"):
+            rate = model_alone(path, texts[:n_speed], best["window"], best["model_batch"], numeric).rate
+            base_rate = base_rate or rate
+            acc = None
+            if not name.startswith("DistilBERT"):
+                acc = accuracy(path, texts[: 300 if quick else len(texts)], labels, numeric, best["model_batch"])
+            rows.append({"model": name, "numeric": numeric, "rate": rate, "speedup": rate / base_rate, "accuracy": acc})
+    return rows
+
+
+def print_table(report: dict) -> bool:
+    print(f"\nmachine: {report['machine']}\n")
+    ok = True
+    print(f"{'model':<26} {'alone/s':>8} {'e2e/s':>7} {'e2e/alone':>9} {'naive/s':>8} {'e2e/naive':>9}  latency p50/p95/p99 ms (saturated | half rate)")
+    for name, m in report["models"].items():
+        e2e = m["e2e"]
+        ratio_alone, ratio_naive = e2e["rate"] / m["model_alone"], e2e["rate"] / m["naive"]
+        sat = "/".join(f"{x:.0f}" for x in e2e["latency_saturated"])
+        half = "/".join(f"{x:.0f}" for x in e2e["latency_half"])
+        print(f"{name:<26} {m['model_alone']:>8.1f} {e2e['rate']:>7.1f} {ratio_alone:>9.2f} {m['naive']:>8.1f} {ratio_naive:>9.1f}  {sat} | {half}")
+    print(f"\n{'numeric mode':<34} {'posts/s':>8} {'speed-up':>8} {'val. accuracy':>13}")
+    for row in report["numeric"]:
+        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        print(f"{row['model'] + ' ' + row['numeric']:<34} {row['rate']:>8.1f} {row['speedup']:>8.2f} {acc:>13}")
+    c = report["ceiling"]
+    print(f"\npipeline ceiling (model costs nothing): worker {c['worker']:.0f} posts/s, plain aiokafka loop "
+          f"{c['plain aiokafka']:.0f} posts/s, ratio {c['worker'] / c['plain aiokafka']:.2f}")
+    print("\ntargets:")
+    for name, m in report["models"].items():
+        e2e = m["e2e"]
+        ok &= _target(f"{name}: end to end >= 0.9 x model alone", e2e["rate"] / m["model_alone"] >= 0.9)
+        if name.startswith("DistilBERT"):
+            ok &= _target(f"{name}: end to end >= 6 x naive", e2e["rate"] / m["naive"] >= 6)
+        bound = e2e["wait_ms"] + 2 * e2e["half_median_batch_ms"]
+        ok &= _target(f"{name}: p99 at half rate {e2e['latency_half'][2]:.0f} ms <= wait + 2 x median batch = {bound:.0f} ms",
+                      e2e["latency_half"][2] <= bound)
+    ok &= _target("ceiling >= 10,000 posts/s", c["worker"] >= 10_000)
+    ok &= _target("ceiling >= 0.5 x plain aiokafka loop", c["worker"] >= 0.5 * c["plain aiokafka"])
+    for row in report["numeric"]:
+        if row["accuracy"] is not None and row["numeric"] != "fp32":
+            fp32 = next(r for r in report["numeric"] if r["model"] == row["model"] and r["numeric"] == "fp32")
+            ok &= _target(f"{row['model']} {row['numeric']}: accuracy loss {fp32['accuracy'] - row['accuracy']:.4f} <= 0.005",
+                          fp32["accuracy"] - row["accuracy"] <= 0.005)
+    return ok
+
+
+def _target(label: str, passed: bool) -> bool:
+    print(f"  [{'PASS' if passed else 'FAIL'}] {label}")
+    return passed
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("EMOTION_DATA_DIR", "../shared/data/emotion"),
+                        help="directory with validation.txt (default: EMOTION_DATA_DIR, else ../shared/data/emotion)")
+    parser.add_argument("--model", default="artifacts/model", help="trained model directory, if any (default artifacts/model)")
+    parser.add_argument("--wait-ms", type=int, default=50, help="the worker's batch wait (default 50)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small samples, not for the numbers")
+    args = parser.parse_args(argv)
+    if not Path(args.data, "validation.txt").is_file():
+        parser.error(f"{args.data} has no validation.txt: pass --data DIR or set EMOTION_DATA_DIR")
+    started = time.monotonic()
+    report = run(args)
+    report["seconds"] = time.monotonic() - started
+    (CACHE / "results.json").write_text(json.dumps(report, indent=2))
+    ok = print_table(report)
+    print(f"\n{time.monotonic() - started:.0f} s; results in {CACHE / 'results.json'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
