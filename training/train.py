@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from training.base_models import DEFAULT_BASE_MODEL, BaseModel
-from training.config import Hyperparameters, TrainOptions
+from training.config import DEMO_RECIPE, Hyperparameters, TrainOptions
 from training.export import export_model
 from training.metrics import full_report, softmax
 from training.prepare import PreparedRun, prepare_run
@@ -127,7 +127,7 @@ def train_default(
         hub_timeout=settings.hub_timeout, progress=progress, command_line=["train_default"],
     )
     print("[train] no model yet: training one; the time left is printed as it goes", file=sys.stderr, flush=True)
-    return train(options, hyperparameters or Hyperparameters())
+    return train(options, hyperparameters or DEMO_RECIPE)
 
 
 def _checkpoint_name(path: Optional[str]) -> Optional[str]:

@@ -57,8 +57,15 @@ def train_default_model(directory: Path) -> Optional[Path]:
     except ImportError:
         return None
     print(f"No model at {directory}: training the default model first "
-          "(about 15 minutes on 2 CPU cores; progress and time left below).", flush=True)
-    return train_default(directory, progress=True).output_dir
+          "(about 13 minutes on 2 CPU cores; progress and time left below).\n"
+          "Data: EMOTION_DATA_DIR, else the hub dataset dair-ai/emotion.", flush=True)
+    from training.errors import TrainingError
+    from worker.cli.commands import UsageError
+
+    try:
+        return train_default(directory, progress=True).output_dir
+    except TrainingError as exc:
+        raise UsageError(f"cannot train the default model: {exc}") from None
 
 
 def _short(text: str) -> str:
