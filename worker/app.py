@@ -40,7 +40,10 @@ async def _channel_events(stream: Any) -> AsyncIterator[Any]:
     """
     queue = stream.channel.queue
     while True:
-        event = await queue.get()
+        try:
+            event = await queue.get()
+        except StopAsyncIteration:  # Faust closes the channel this way when the worker stops
+            return
         yield event
         # Whatever else is already queued needs no await per event.
         while not queue.empty():

@@ -48,10 +48,11 @@ def logging_config(level: str = "INFO", fmt: str = "json") -> dict:
         },
         "root": {"handlers": ["default"], "level": level},
         # Faust, mode and aiokafka narrate every service start and group join at INFO; the
-        # worker logs its own lifecycle, so theirs is kept for DEBUG.
+        # worker logs its own lifecycle, so theirs is kept for DEBUG (worker.transport holds
+        # Faust's app and consumer classes, whose services log under that name).
         "loggers": {
             name: {"level": level if level == "DEBUG" else "WARNING"}
-            for name in ("aiokafka", "faust", "mode", "kafka")
+            for name in ("aiokafka", "faust", "mode", "kafka", "worker.transport")
         },
     }
 

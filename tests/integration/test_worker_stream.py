@@ -130,8 +130,10 @@ def test_graceful_stop_commits_what_it_processed(broker, topics, worker_env, tmp
     finally:
         assert second.stop() == 0
     assert sorted(result_ids(seen[topics.output])) == sorted(k.decode() for k, _ in posts)
-    metrics_text = (tmp_path / "second.log").read_text()
-    assert "posts_in=0" in metrics_text
+    second_log = (tmp_path / "second.log").read_text()
+    assert "posts_in=0" in second_log
+    for log in (tmp_path / "first.log", tmp_path / "second.log"):
+        assert "Traceback" not in log.read_text() and "Crashed" not in log.read_text()
 
 
 def test_worker_refuses_bad_settings_with_a_clear_message(worker_env, tmp_path):
