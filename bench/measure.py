@@ -49,4 +49,5 @@ def naive_pipeline(model: Path, texts: Sequence[str]) -> float:
 def accuracy(model: Path, texts: Sequence[str], labels: Sequence[str], numeric: str, model_batch: int = 32) -> float:
     clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric)
     predictions = clf.predict(list(texts))
-    return sum(p.label == y for p, y in zip(predictions, labels)) / len(labels)
+    assert len(predictions) == len(labels), "one label per text"
+    return sum(p.label == y for p, y in zip(predictions, labels)) / len(predictions)

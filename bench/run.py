@@ -86,10 +86,12 @@ def end_to_end(model: Path, texts: list[str], window: int, model_batch: int, wai
         "EMOTION_BATCH_WAIT_MS": str(wait_ms),
     }
     with BenchStream(env, log=CACHE / "e2e-worker.log") as stream:
-        stream.preload(as_posts(texts, "sat"))
         stream.start_worker()
         stream.worker.wait_ready(timeout=120)
-        saturated = stream.drain_throughput(len(texts), timeout=len(texts) / 5 + 60)
+        stream.paced(as_posts(texts[:64], "warm"), rate=None, timeout=60)  # first batches allocate
+        saturated = stream.paced(as_posts(texts, "sat"), rate=None, timeout=len(texts) / 5 + 60)
+        if saturated.posts < len(texts):
+            raise RuntimeError(f"only {saturated.posts} of {len(texts)} results came back; see {CACHE / 'e2e-worker.log'}")
         rate = saturated.rate
         paced_full = stream.paced(as_posts(texts[: int(rate * seconds)], "full"), rate, timeout=seconds * 4 + 30)
         before = worker_metrics(stream)
@@ -154,7 +156,8 @@ def numeric_modes(models, texts, labels, report, quick: bool) -> list[dict]:
             base_rate = base_rate or rate
             acc = None
             if not name.startswith("DistilBERT"):
-                acc = accuracy(path, texts[: 300 if quick else len(texts)], labels, numeric, best["model_batch"])
+                n = 300 if quick else len(texts)
+                acc = accuracy(path, texts[:n], labels[:n], numeric, best["model_batch"])
             rows.append({"model": name, "numeric": numeric, "rate": rate, "speedup": rate / base_rate, "accuracy": acc})
     return rows
 

@@ -108,11 +108,15 @@ class BenchStream:
 
         return asyncio.run(run())
 
-    def paced(self, posts: list[tuple[bytes, bytes]], rate: float, timeout: float) -> StreamRun:
-        """Send posts at ``rate`` per second while reading results; latency = receipt - send."""
+    def paced(self, posts: list[tuple[bytes, bytes]], rate: Optional[float], timeout: float) -> StreamRun:
+        """Send posts at ``rate`` per second (None: all at once) while reading results.
+
+        Latency of a post = its result's receipt - its send; the run's rate = posts over the
+        time from the first send to the last result.
+        """
         return asyncio.run(self._paced(posts, rate, timeout))
 
-    async def _paced(self, posts: list[tuple[bytes, bytes]], rate: float, timeout: float) -> StreamRun:
+    async def _paced(self, posts: list[tuple[bytes, bytes]], rate: Optional[float], timeout: float) -> StreamRun:
         sent_at: dict[bytes, float] = {}
         got_at: dict[bytes, float] = {}
         done = asyncio.Event()
@@ -132,7 +136,7 @@ class BenchStream:
         start = time.time()
         try:
             for i, (key, value) in enumerate(posts):
-                delay = start + i / rate - time.time()
+                delay = start + i / rate - time.time() if rate else 0
                 if delay > 0:
                     await asyncio.sleep(delay)
                 sent_at[key] = time.time()
