@@ -99,28 +99,36 @@ class EmotionStream:
             model_version=self.processor.model.version, broker_backend=s.broker_backend,
         )
         batches = MicroBatcher(_channel_events(stream), s.batch_size, s.batch_wait_ms / 1000)
-        async for events in batches:
-            try:
-                await self.handle(events)
-            except Exception as exc:
-                # The batch stays unacked, so its offsets are never committed: stop the
-                # worker and let a restart re-read it rather than skip it.
-                log.error("batch failed; stopping so the batch is re-read on restart", error=repr(exc), size=len(events))
-                await self.app.crash(exc)
-                return
-            for event in events:
-                event.ack()
+        publishing: Optional[asyncio.Future] = None
+        try:
+            async for events in batches:
+                started = time.perf_counter()
+                outcome = await self.classify(events)
+                # Batch N is sent and acknowledged while batch N+1 is in the model; batches
+                # still finish in order, so acks (and commits) never overtake a send.
+                if publishing is not None:
+                    await asyncio.shield(publishing)
+                publishing = asyncio.ensure_future(self.publish(events, outcome, started))
+            if publishing is not None:
+                await asyncio.shield(publishing)
+        except Exception as exc:
+            # The failed batch stays unacked, so its offsets are never committed: stop the
+            # worker and let a restart re-read it rather than skip it.
+            log.error("batch failed; stopping so the batch is re-read on restart", error=repr(exc))
+            await self.app.crash(exc)
 
-    async def handle(self, events: Sequence[Any]) -> BatchOutcome:
-        """Process one batch of events and wait until the broker has every output."""
-        started = time.perf_counter()
+    async def classify(self, events: Sequence[Any]) -> BatchOutcome:
+        """Decode, classify and encode one batch of events, off the event loop."""
         records = [
             InboundRecord(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)
         ]
         self.metrics.posts_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self._executor, self.processor.process, records)
+        return await loop.run_in_executor(self._executor, self.processor.process, records)
+
+    async def publish(self, events: Sequence[Any], outcome: BatchOutcome, started: float) -> None:
+        """Send a batch's results and dead letters; once the broker has them all, ack its events."""
         # Straight to the app's producer: Topic.send wraps every message in futures and
         # sensor calls that cost more than the send itself. Each call returns the broker's ack.
         send = self.app.producer.send
@@ -128,8 +136,9 @@ class EmotionStream:
         pending = [await send(output, m.key, m.value, None, None, None) for m in outcome.results]
         pending += [await send(dlq, m.key, m.value, None, None, None) for m in outcome.dead_letters]
         await asyncio.gather(*pending)
+        for event in events:
+            event.ack()
         self._record(outcome, time.perf_counter() - started)
-        return outcome
 
     def _record(self, outcome: BatchOutcome, seconds: float) -> None:
         m = self.metrics

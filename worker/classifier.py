@@ -162,12 +162,15 @@ class EmotionClassifier:
             return_attention_mask=False, return_token_type_ids=False,
         )["input_ids"]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        result = torch.empty((len(encoded), len(self._columns)), dtype=torch.float32)
+        chunks = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                ids, mask = self._pad([encoded[i] for i in idx])
-                result[idx] = self._forward(ids, mask)
+            # On CUDA each forward pass is only queued: padding and copying the next
+            # sub-batch on the CPU overlaps the GPU's work on this one, and the results
+            # come back to the host in one synchronising copy at the end.
+            outputs = [self._forward(*self._pad([encoded[i] for i in idx])) for idx in chunks]
+            probs = torch.cat(outputs).cpu() if outputs else torch.empty((0, len(self._columns)))
+        result = torch.empty((len(encoded), len(self._columns)), dtype=torch.float32)
+        result[torch.tensor([i for idx in chunks for i in idx], dtype=torch.long)] = probs
         return result
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,4 +194,4 @@ class EmotionClassifier:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
         else:
             logits = self.model(input_ids=ids, attention_mask=mask).logits
-        return torch.softmax(logits.float(), dim=-1).cpu()
+        return torch.softmax(logits.float(), dim=-1)
