@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 import urllib.request
 from pathlib import Path

@@ -7,7 +7,6 @@ topic, so stop it together with the workers that use it.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import struct
