@@ -44,12 +44,13 @@ def model_card(identity: dict, record: dict, metrics: dict) -> str:
         + f"\n- seed: `{record['seed']}`\n- max length: `{record['max_length']}` tokens\n"
         f"- precision: `{record['precision']}`, device: `{record['device']}`\n"
         f"- command: `{' '.join(record['command_line']) or 'n/a'}`\n",
+        _soup_section(record, metrics),
         f"## Metrics ({data['eval_split']} split)\n\n| metric | value |\n|---|---|\n"
         + "\n".join(f"| {k} | {fmt(report.get(k))} |" for k in
                     ("accuracy", "f1_weighted", "f1_macro", "roc_auc_weighted", "roc_auc_macro", "log_loss"))
         + "\n\n" + per_class_markdown(report) + "\n\n![confusion matrix](confusion_matrix.png)\n",
     ]
-    return "\n".join(sections)
+    return "\n".join(section for section in sections if section)
 
 
 def _balance(data: dict) -> str:
@@ -60,4 +61,21 @@ def _balance(data: dict) -> str:
     return (
         f"The training classes are imbalanced ({counts[0][0]} {counts[0][1]} posts, {counts[-1][0]} "
         f"{counts[-1][1]}): the rare classes ({counts[-1][0]}, {counts[-2][0]}) are learnt least well."
+    )
+
+
+def _soup_section(record: dict, metrics: dict) -> str:
+    """For a model soup: the models averaged, how each was trained and how each scored alone."""
+    if not record.get("soup_of"):
+        return ""
+    alone = {m["directory"]: m["validation"] for m in metrics.get("soup", [])}
+    rows = []
+    for part in record["soup_of"]:
+        v = alone.get(part["directory"], {})
+        rows.append(f"| `{part['version']}` | {fmt(v.get('accuracy'))} | {fmt(v.get('f1_weighted'))} | "
+                    f"{fmt(v.get('f1_macro'))} | `{' '.join(part.get('command_line') or []) or 'n/a'}` |")
+    return (
+        f"## Model soup\n\nThe weights are the average of {len(record['soup_of'])} models fine-tuned from the same "
+        "base (the hyperparameters above are the first one's). Each alone, on validation:\n\n"
+        "| version | accuracy | weighted F1 | macro F1 | command |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )

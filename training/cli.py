@@ -27,6 +27,11 @@ def register(subparsers) -> None:
         "tune", help="search hyperparameters with Optuna",
         description="Search learning rate, batch size, epochs and class weighting; write the best as a --params file.",
     ))
+    _add_soup(subparsers.add_parser(
+        "soup", help="average several fine-tuned models into one",
+        description="Average the weights of models fine-tuned from the same base (a uniform model soup), "
+        "measure the result on validation and export it like a trained model.",
+    ))
     _add_evaluate(subparsers.add_parser(
         "evaluate", help="measure a model directory on a split",
         description="Metrics, confusion matrix, confident mistakes and a TF-IDF baseline comparison.",
@@ -133,6 +138,24 @@ def run_tune(args: argparse.Namespace) -> int:
         return 0
 
     return _guarded("tune", go)
+
+
+def _add_soup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", type=Path, metavar="MODEL_DIR", help="two or more model directories")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="model directory to write")
+    p.add_argument("--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)")
+    p.set_defaults(run=run_soup)
+
+
+def run_soup(args: argparse.Namespace) -> int:
+    def go() -> int:
+        from training.soup import soup
+
+        data_dir = args.data if args.data is not None else _settings().data_dir
+        soup(args.models, args.output, data_dir, command_line=["emotion-stream", *sys.argv[1:]])
+        return 0
+
+    return _guarded("soup", go)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
