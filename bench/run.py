@@ -79,10 +79,10 @@ def histogram_median(before: dict[str, float], after: dict[str, float], name: st
     return previous_le
 
 
-def end_to_end(model: Path, texts: list[str], window: int, model_batch: int, wait_ms: int, seconds: float) -> dict:
+def end_to_end(model: Path, texts: list[str], window: int, model_batch: int, wait_ms: int, seconds: float, extra_env: dict = {}) -> dict:
     env = {
         "EMOTION_MODEL": str(model), "EMOTION_BATCH_SIZE": str(window), "EMOTION_MODEL_BATCH_SIZE": str(model_batch),
-        "EMOTION_BATCH_WAIT_MS": str(wait_ms),
+        "EMOTION_BATCH_WAIT_MS": str(wait_ms), **extra_env,
     }
     with BenchStream(env, log=CACHE / "e2e-worker.log") as stream:
         stream.start_worker()
@@ -133,9 +133,12 @@ def run(args: argparse.Namespace) -> dict:
         print(f"[bench] {name}: end to end (window {best.window}, sub-batch {best.model_batch})", flush=True)
         n_e2e = 300 if args.quick else int(min(len(texts), max(600, best.rate * 12)))
         e2e = end_to_end(path, texts[:n_e2e], best.window, best.model_batch, args.wait_ms, seconds=5 if args.quick else 20)
+        print(f"[bench] {name}: end to end with EMOTION_NUMERIC=int8", flush=True)
+        e2e_int8 = end_to_end(path, texts[:n_e2e], best.window, best.model_batch, args.wait_ms,
+                              seconds=5 if args.quick else 10, extra_env={"EMOTION_NUMERIC": "int8"})
         report["models"][name] = {
             "model_alone": best.rate, "best": {"window": best.window, "model_batch": best.model_batch},
-            "sweep": [r.__dict__ for r in sweep], "naive": naive, "e2e": e2e,
+            "sweep": [r.__dict__ for r in sweep], "naive": naive, "e2e": e2e, "e2e_int8": e2e_int8["rate"],
         }
     print("[bench] numeric modes", flush=True)
     report["numeric"] = numeric_modes(models, texts, labels, report, quick=args.quick)
@@ -171,6 +174,9 @@ def print_table(report: dict) -> bool:
         sat = "/".join(f"{x:.0f}" for x in e2e["latency_saturated"])
         half = "/".join(f"{x:.0f}" for x in e2e["latency_half"])
         print(f"{name:<26} {m['model_alone']:>8.1f} {e2e['rate']:>7.1f} {ratio_alone:>9.2f} {m['naive']:>8.1f} {ratio_naive:>9.1f}  {sat} | {half}")
+    for name, m in report["models"].items():
+        print(f"{name} end to end with EMOTION_NUMERIC=int8: {m['e2e_int8']:.1f} posts/s = "
+              f"{m['e2e_int8'] / m['naive']:.1f} x naive")
     print(f"\n{'numeric mode':<34} {'posts/s':>8} {'speed-up':>8} {'val. accuracy':>13}")
     for row in report["numeric"]:
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"

@@ -129,7 +129,9 @@ class BenchStream:
                         done.set()
                         return
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, linger_ms=0, **profile_for("embedded").producer)
+        # Paced sends go out one by one (latency); a burst is batched like any bulk producer.
+        linger = 0 if rate else 5
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, linger_ms=linger, **profile_for("embedded").producer)
         await producer.start()
         read_task = asyncio.create_task(reader())
         await asyncio.sleep(1.0)  # the reader is assigned before the first send

@@ -79,6 +79,7 @@ class EmotionStream:
             producer_linger=0.005,
             **profile_for(s.broker_backend).faust,
         )
+        app.fetch_max_wait_ms = profile_for(s.broker_backend).consumer.get("fetch_max_wait_ms")
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.input_topic = app.topic(s.input_topic, **raw)
         self.output_topic = app.topic(s.output_topic, **raw)

@@ -4,6 +4,9 @@ A batch is released when it holds ``max_size`` items, or ``max_wait`` seconds af
 first item arrived, whichever comes first; an idle source releases nothing. Reading the
 source runs in a task of its own that fills a bounded queue, so the next batch gathers
 while the current one is being processed (and a slow consumer holds the source back).
+The wait counts from the first item's arrival, not from when the reader asks: items that
+queued up while the previous batch was processed have waited already, so under load a
+batch leaves as soon as the reader is free.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ class MicroBatcher(Generic[T]):
 
     async def _fill(self) -> None:
         try:
+            loop = asyncio.get_running_loop()
             async for item in self._source:
-                await self._queue.put(item)
+                await self._queue.put((loop.time(), item))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # surfaced to the reader, never swallowed
             self._error = exc
-        await self._queue.put(_END)
+        await self._queue.put((0.0, _END))
 
     def __aiter__(self) -> AsyncIterator[List[T]]:
         return self._batches()
@@ -61,22 +65,22 @@ class MicroBatcher(Generic[T]):
             await self.aclose()
 
     async def _next_batch(self) -> List[T]:
-        first = await self._queue.get()
+        arrived, first = await self._queue.get()
         if first is _END:
             self._ended = True
             return []
         batch: List[T] = [first]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
+        deadline = arrived + self.max_wait
         while len(batch) < self.max_size:
             try:
-                item = self._queue.get_nowait()
+                _, item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    _, item = await asyncio.wait_for(self._queue.get(), remaining)
                 except asyncio.TimeoutError:
                     break
             if item is _END:

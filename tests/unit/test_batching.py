@@ -85,3 +85,23 @@ async def test_reading_ahead_is_bounded():
 def test_bad_limits_are_refused(size, wait):
     with pytest.raises(ValueError):
         MicroBatcher(_source([]), max_size=size, max_wait=wait)
+
+
+async def test_items_that_waited_while_the_reader_was_busy_leave_without_a_new_wait():
+    async def source():
+        yield 0
+        await asyncio.sleep(0.3)
+        for i in (1, 2, 3):
+            yield i
+        await asyncio.sleep(10)  # nothing more for a long time
+        yield 99
+
+    loop = asyncio.get_running_loop()
+    batcher = MicroBatcher(source(), max_size=100, max_wait=0.2)
+    batches = batcher.__aiter__()
+    assert await batches.__anext__() == [0]
+    await asyncio.sleep(0.5)  # the reader is busy; 1, 2 and 3 arrive meanwhile
+    asked = loop.time()
+    assert await batches.__anext__() == [1, 2, 3]
+    assert loop.time() - asked < 0.05  # released at once: their wait was already over
+    await batcher.aclose()

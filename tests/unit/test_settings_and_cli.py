@@ -42,6 +42,7 @@ def test_embedded_profile_shortens_group_timeouts_and_never_asks_for_idempotence
     embedded, kafka = profile_for("embedded"), profile_for("kafka")
     assert embedded.faust["broker_session_timeout"] < 10
     assert embedded.producer["enable_idempotence"] is False
+    assert embedded.consumer["fetch_max_wait_ms"] <= 50  # it holds fetches for the full wait
     assert embedded.faust["processing_guarantee"] == kafka.faust["processing_guarantee"] == "at_least_once"
     with pytest.raises(ValueError, match="unknown broker backend"):
         profile_for("pulsar")

@@ -6,7 +6,9 @@ The embedded broker (Tansu 0.6) differs from Apache Kafka in ways that matter he
   it), so the session timeout and heartbeat are shortened;
 - "latest" offsets are wrong after batched produces, so consumers start from the earliest
   offset and nothing relies on end offsets;
-- there is no idempotent or transactional producer, so processing is at-least-once.
+- there is no idempotent or transactional producer, so processing is at-least-once;
+- a fetch is held for the full fetch wait even when data arrives sooner (measured: a
+  500 ms wait gave 216 ms median latency per hop, a 20 ms wait 1 ms), so fetches wait 10 ms.
 Apache Kafka gets the client defaults, with the same at-least-once guarantee.
 """
 
@@ -42,7 +44,10 @@ PROFILES: dict[str, BrokerProfile] = {
     "embedded": BrokerProfile(
         name="embedded",
         faust={**_COMMON_FAUST, "broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0},
-        consumer={"auto_offset_reset": "earliest", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
+        consumer={
+            "auto_offset_reset": "earliest", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
+            "fetch_max_wait_ms": 10,
+        },
         producer={"acks": "all", "enable_idempotence": False},
     ),
 }
