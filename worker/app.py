@@ -80,10 +80,9 @@ class EmotionStream:
             **profile_for(s.broker_backend).faust,
         )
         app.fetch_max_wait_ms = profile_for(s.broker_backend).consumer.get("fetch_max_wait_ms")
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.input_topic = app.topic(s.input_topic, **raw)
-        self.output_topic = app.topic(s.output_topic, **raw)
-        self.dlq_topic = app.topic(s.dlq_topic, **raw)
+        # Raw bytes in: decoding is the worker's own job, so a bad message becomes a dead
+        # letter instead of a Faust decode error. Outputs go straight to the producer.
+        self.input_topic = app.topic(s.input_topic, key_serializer="raw", value_serializer="raw")
         app.agent(self.input_topic, name="classify", concurrency=1)(self._agent)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
