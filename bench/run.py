@@ -79,10 +79,10 @@ def histogram_median(before: dict[str, float], after: dict[str, float], name: st
     return previous_le
 
 
-def end_to_end(model: Path, texts: list[str], window: int, model_batch: int, wait_ms: int, seconds: float, extra_env: dict = {}) -> dict:
+def end_to_end(model: Path, texts: list[str], window: int, model_batch: int, wait_ms: int, seconds: float, extra_env: Optional[dict] = None) -> dict:
     env = {
         "EMOTION_MODEL": str(model), "EMOTION_BATCH_SIZE": str(window), "EMOTION_MODEL_BATCH_SIZE": str(model_batch),
-        "EMOTION_BATCH_WAIT_MS": str(wait_ms), **extra_env,
+        "EMOTION_BATCH_WAIT_MS": str(wait_ms), **(extra_env or {}),
     }
     with BenchStream(env, log=CACHE / "e2e-worker.log") as stream:
         stream.start_worker()

@@ -164,7 +164,7 @@ class EmotionStream:
         self.metrics.ready.set(0)
         log.info(
             "stopped consuming; in-flight batches finished and committed",
-            posts_in=int(self.metrics.posts_in._value.get()), results_out=int(self.metrics.results_out._value.get()),
+            **self.metrics.totals(),
         )
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -193,10 +193,4 @@ class EmotionStream:
         app.page("/metrics")(metrics)
 
     async def _progress(self) -> None:
-        m = self.metrics
-        log.info(
-            "progress",
-            posts_in=int(m.posts_in._value.get()),
-            results_out=int(m.results_out._value.get()),
-            ready=self.ready,
-        )
+        log.info("progress", **self.metrics.totals(), ready=self.ready)

@@ -94,3 +94,10 @@ class WorkerMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.ready = Gauge("emotion_ready", "1 when the worker has a model and partitions assigned.", registry=r)
+
+    def totals(self) -> dict[str, int]:
+        """Posts read and results acknowledged so far, for lifecycle logs."""
+        return {
+            "posts_in": int(self.registry.get_sample_value("emotion_posts_in_total") or 0),
+            "results_out": int(self.registry.get_sample_value("emotion_results_out_total") or 0),
+        }

@@ -82,6 +82,10 @@ class EmbeddedBroker:
         return f"kafka://{self.bootstrap}"
 
     @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def pid(self) -> Optional[int]:
         return self._process.pid if self._process else None
 

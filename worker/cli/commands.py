@@ -94,7 +94,7 @@ def run_broker(args: argparse.Namespace) -> int:
     print(f"    export EMOTION_BROKER={broker.url} EMOTION_BROKER_BACKEND=embedded", flush=True)
     print("memory only: everything is lost when it stops. Ctrl-C to stop.", flush=True)
     try:
-        while broker._process is not None and broker._process.poll() is None:
+        while broker.running:
             time.sleep(0.5)
         return 1
     except KeyboardInterrupt:
