@@ -24,7 +24,7 @@ from worker.broker.profiles import profile_for
 from worker.observability import WorkerMetrics
 from worker.processing import BatchOutcome, BatchProcessor, InboundRecord
 from worker.settings import WorkerSettings
-from worker.transport import EmotionApp
+from worker.transport import EmotionApp, FetchPacer
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,7 @@ class EmotionStream:
         # One thread: the model is the bottleneck, and batches must finish in order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._assigned = False
+        self._seconds_per_post: Optional[float] = None  # running estimate, for the fetch pacer
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -79,7 +80,10 @@ class EmotionStream:
             producer_linger=0.005,
             **profile_for(s.broker_backend).faust,
         )
-        app.fetch_max_wait_ms = profile_for(s.broker_backend).consumer.get("fetch_max_wait_ms")
+        profile = profile_for(s.broker_backend)
+        app.fetch_max_wait_ms = profile.consumer.get("fetch_max_wait_ms")
+        if app.fetch_max_wait_ms and profile.busy_fetch_wait_ms:
+            app.fetch_pacer = FetchPacer(app.fetch_max_wait_ms, profile.busy_fetch_wait_ms)
         # Raw bytes in: decoding is the worker's own job, so a bad message becomes a dead
         # letter instead of a Faust decode error. Outputs go straight to the producer.
         self.input_topic = app.topic(s.input_topic, key_serializer="raw", value_serializer="raw")
@@ -125,7 +129,21 @@ class EmotionStream:
         self.metrics.posts_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.processor.process, records)
+        pacer = self.app.fetch_pacer
+        if pacer is not None and self._seconds_per_post is not None:
+            # A little under the expected model time: a fetch that comes back early costs
+            # one more request, one that comes back late delays the next batch.
+            pacer.busy_for(0.8 * self._seconds_per_post * len(records))
+        try:
+            outcome = await loop.run_in_executor(self._executor, self.processor.process, records)
+        finally:
+            if pacer is not None:
+                pacer.idle()
+        if outcome.model_seconds and records:
+            per_post = outcome.model_seconds / len(records)
+            previous = self._seconds_per_post
+            self._seconds_per_post = per_post if previous is None else 0.8 * previous + 0.2 * per_post
+        return outcome
 
     async def publish(self, events: Sequence[Any], outcome: BatchOutcome, started: float) -> None:
         """Send a batch's results and dead letters; once the broker has them all, ack its events."""

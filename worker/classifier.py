@@ -5,6 +5,9 @@ and no remote code. A call to :meth:`EmotionClassifier.predict` tokenizes the wh
 once without padding, sorts it by token length and runs it as sub-batches of similar
 length, each padded only to its own longest post: the padding a stream of short posts
 would otherwise carry is most of the work (see FACTS.md: sorting doubles throughput).
+Where the sub-batches are cut is planned per window (:func:`plan_sub_batches`): each
+forward pass has a fixed cost (on the CPU, streaming the weights; on a GPU, launching the
+kernels), measured when the model loads, and it is weighed against the padding saved.
 On CUDA, inputs go through pinned memory and the forward pass runs under autocast.
 """
 
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
+import time
 import structlog
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,34 @@ class Prediction:
     label: str
     score: float
     scores: dict[str, float]
+
+
+def plan_sub_batches(lengths: Sequence[int], max_size: int, call_cost_tokens: float) -> list[tuple[int, int]]:
+    """Cut posts sorted by ascending token length into contiguous sub-batches, cheapest first.
+
+    A sub-batch ``[start, end)`` costs one forward pass (``call_cost_tokens``, the fixed
+    cost of a pass in units of one token's work) plus ``(end - start) * lengths[end - 1]``
+    tokens of work, as each is padded to its longest post. Returns the ``(start, end)``
+    pairs, each at most ``max_size`` long, that minimise the total (dynamic programming
+    over the cut points, O(len * max_size)).
+    """
+    n = len(lengths)
+    if max_size < 1:
+        raise ValueError("max_size must be at least 1")
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest way to run the first j posts
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = lengths[end - 1]
+        for start in range(max(0, end - max_size), end):
+            cost = best[start] + call_cost_tokens + (end - start) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    plan = []
+    end = n
+    while end > 0:
+        plan.append((cut[end], end))
+        end = cut[end]
+    return plan[::-1]
 
 
 def select_device(requested: str) -> torch.device:
@@ -79,6 +112,7 @@ class EmotionClassifier:
         batch_size: int = 32,
         torch_threads: Optional[int] = None,
         numeric: str = "fp32",
+        call_cost_tokens: Optional[float] = None,
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -109,7 +143,38 @@ class EmotionClassifier:
         self._pad_id = self.tokenizer.pad_token_id or 0
         self.numeric = numeric
         self._autocast_dtype = self._numeric_mode(numeric)
-        log.info("model loaded", model=self.info.name, version=self.info.version, device=str(self.device))
+        self.call_cost_tokens = call_cost_tokens if call_cost_tokens is not None else self._measure_call_cost()
+        log.info(
+            "model loaded", model=self.info.name, version=self.info.version, device=str(self.device),
+            numeric=numeric, call_cost_tokens=round(self.call_cost_tokens, 1),
+        )
+
+    def _measure_call_cost(self) -> float:
+        """The fixed cost of one forward pass, in tokens of work, timed on this device.
+
+        Two shapes, a single short post and a padded sub-batch, give the per-pass and the
+        per-token time; their ratio is what :func:`plan_sub_batches` weighs padding against.
+        The first passes also warm the model up (allocations, kernel selection).
+        """
+        def timed(rows: int, width: int, repeats: int) -> float:
+            ids = torch.full((rows, width), self._pad_id + 1, dtype=torch.long)
+            mask = torch.ones_like(ids)
+            times = []
+            with torch.inference_mode():
+                for _ in range(repeats + 1):
+                    started = time.perf_counter()
+                    probs = self._forward(ids, mask)
+                    probs.cpu()  # waits for the device
+                    times.append(time.perf_counter() - started)
+            return statistics.median(times[1:])
+
+        small_tokens, large_rows, large_width = 8, max(1, min(self.batch_size, 16)), 48
+        small = timed(1, small_tokens, 3)
+        large = timed(large_rows, large_width, 2)
+        per_token = (large - small) / (large_rows * large_width - small_tokens)
+        if per_token <= 0:  # timing noise swamped the difference: plan as if padding were all
+            return 1.0
+        return float(min(1024.0, max(1.0, small / per_token - small_tokens)))
 
     def _numeric_mode(self, numeric: str) -> Optional[torch.dtype]:
         """Apply ``numeric`` (fp32, bf16 or int8) and return the autocast dtype, if any.
@@ -162,7 +227,8 @@ class EmotionClassifier:
             return_attention_mask=False, return_token_type_ids=False,
         )["input_ids"]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        chunks = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        plan = plan_sub_batches([len(encoded[i]) for i in order], self.batch_size, self.call_cost_tokens)
+        chunks = [order[start:end] for start, end in plan]
         with torch.inference_mode():
             # On CUDA each forward pass is only queued: padding and copying the next
             # sub-batch on the CPU overlaps the GPU's work on this one, and the results

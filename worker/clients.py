@@ -47,13 +47,17 @@ async def produce(
 
 async def follow(
     bootstrap: Sequence[str] | str, topics: Sequence[str], *, idle_timeout: Optional[float] = None,
-    backend: str = "kafka", from_beginning: bool = True,
+    backend: str = "kafka", from_beginning: bool = True, fetch_max_wait_ms: Optional[int] = None,
 ) -> AsyncIterator[ConsumerRecord]:
     """Yield records of ``topics`` as they arrive; stop after ``idle_timeout`` seconds of silence.
 
     No consumer group: a reader never moves the worker's offsets or anyone else's.
+    ``fetch_max_wait_ms`` overrides the backend's fetch wait (a reader that can take its
+    results in larger, later chunks polls a broker that holds fetches less often).
     """
     settings = dict(profile_for(backend).consumer)
+    if fetch_max_wait_ms is not None:
+        settings["fetch_max_wait_ms"] = fetch_max_wait_ms
     settings.pop("session_timeout_ms", None)
     settings.pop("heartbeat_interval_ms", None)
     if not from_beginning and backend != "embedded":

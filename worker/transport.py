@@ -6,19 +6,69 @@ task for each of the four and waiting on them: per message, that bookkeeping cos
 than everything the worker does with the message (bench/ measures the difference). Here
 a message is delivered with a plain ``await`` while the flow is running, and the racing
 path is kept for the moment a rebalance or stop suspends it. Offsets, gaps and commits
-are handled exactly as Faust expects. The fetch wait comes from the broker profile.
+are handled exactly as Faust expects.
+
+The fetch wait comes from the broker profile. A broker that holds every fetch for the full
+wait (the embedded one) needs a short wait for low latency, but an idle consumer then
+polls it a hundred times a second, which costs CPU the model needs: a :class:`FetchPacer`
+stretches the wait while the model is busy with a batch (whatever arrives meanwhile
+cannot be processed before the model is free anyway) and shortens it again when not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator, Optional, Tuple
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from aiokafka.consumer.fetcher import Fetcher
 from faust.types import TP, Message
 
 _YIELD_EVERY = 100  # let other tasks run at least this often during a large fetch
+
+
+class FetchPacer:
+    """The fetch wait to ask for now: the floor, or up to the time the model is still busy.
+
+    The agent calls :meth:`busy_for` when a batch goes into the model and :meth:`idle` when
+    it comes out; the consumer's fetcher reads :meth:`wait_ms` as it builds each request
+    (from its own thread: a float read and write, no lock needed). A fetch issued while the
+    model is busy returns when the model is expected to be free, so posts arriving
+    meanwhile are not delayed, and the broker is asked a few times per batch, not every
+    ``floor_ms``.
+    """
+
+    def __init__(self, floor_ms: int, ceiling_ms: int) -> None:
+        if not 0 < floor_ms <= ceiling_ms:
+            raise ValueError("fetch waits need 0 < floor_ms <= ceiling_ms")
+        self.floor_ms, self.ceiling_ms = floor_ms, ceiling_ms
+        self._busy_until = 0.0
+
+    def busy_for(self, seconds: float) -> None:
+        self._busy_until = time.monotonic() + seconds
+
+    def idle(self) -> None:
+        self._busy_until = 0.0
+
+    def wait_ms(self) -> int:
+        remaining_ms = (self._busy_until - time.monotonic()) * 1000
+        return int(min(self.ceiling_ms, max(self.floor_ms, remaining_ms)))
+
+
+class _PacedFetcher(Fetcher):
+    """aiokafka's fetcher, asking a :class:`FetchPacer` for the wait of each fetch request."""
+
+    _pacer: FetchPacer
+
+    @property  # type: ignore[override]
+    def _fetch_max_wait_ms(self) -> int:
+        return self._pacer.wait_ms()
+
+    @_fetch_max_wait_ms.setter
+    def _fetch_max_wait_ms(self, value: int) -> None:
+        pass  # set once by Fetcher.__init__; the pacer decides from then on
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -31,6 +81,16 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if wait is not None:
             consumer._fetch_max_wait_ms = wait
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        pacer = getattr(self.consumer.app, "fetch_pacer", None)
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if pacer is not None and type(fetcher) is Fetcher:
+            # aiokafka builds its fetcher inside start(); the subclass only changes where
+            # the fetch wait is read from.
+            fetcher._pacer = pacer
+            fetcher.__class__ = _PacedFetcher
 
 
 class Consumer(faust_aiokafka.Consumer):
@@ -87,6 +147,9 @@ class EmotionApp(faust.App):
 
     fetch_max_wait_ms: Optional[int] = None
     """Longest a fetch may wait at the broker for data; None keeps Faust's choice."""
+
+    fetch_pacer: Optional[FetchPacer] = None
+    """Stretches the fetch wait while the model is busy (brokers that hold fetches)."""
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)

@@ -1,10 +1,12 @@
+import itertools
 import json
+import random
 
 import pytest
 import torch
 
 from schemas import LABELS
-from worker.classifier import EmotionClassifier, ModelLoadError, select_device
+from worker.classifier import EmotionClassifier, ModelLoadError, plan_sub_batches, select_device
 
 TEXTS = [
     "i feel wonderful",
@@ -17,7 +19,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def classifier(tiny_model):
-    return EmotionClassifier(str(tiny_model), device="cpu", batch_size=2)
+    # A huge per-pass cost makes the plan deterministic: as few passes as the size allows.
+    return EmotionClassifier(str(tiny_model), device="cpu", batch_size=2, call_cost_tokens=1e6)
 
 
 def test_predictions_are_distributions_over_the_six_labels(classifier):
@@ -113,3 +116,56 @@ def test_faster_numeric_modes_stay_close_to_fp32(tiny_model, numeric, tolerance)
 def test_unknown_numeric_mode_is_refused(tiny_model):
     with pytest.raises(ModelLoadError, match="use fp32, bf16 or int8"):
         EmotionClassifier(str(tiny_model), device="cpu", numeric="fp8")
+
+
+def _plan_cost(lengths, plan, call_cost):
+    return sum(call_cost + (end - start) * lengths[end - 1] for start, end in plan)
+
+
+def _is_partition(plan, n, max_size):
+    return (
+        [start for start, _ in plan] == [0] + [end for _, end in plan[:-1]]
+        and plan[-1][1] == n
+        and all(0 < end - start <= max_size for start, end in plan)
+    )
+
+
+def test_plan_cuts_a_long_post_off_from_short_ones():
+    lengths = [5, 5, 5, 5, 60]
+    assert plan_sub_batches(lengths, max_size=8, call_cost_tokens=10) == [(0, 4), (4, 5)]
+    # When a pass costs more than the padding it saves, they stay together.
+    assert plan_sub_batches(lengths, max_size=8, call_cost_tokens=500) == [(0, 5)]
+
+
+def test_plan_extremes_are_fixed_chunks_and_one_post_per_pass():
+    lengths = sorted(random.Random(3).randint(3, 60) for _ in range(50))
+    chunks = plan_sub_batches(lengths, max_size=16, call_cost_tokens=1e9)
+    assert len(chunks) == 4 and _is_partition(chunks, 50, 16)
+    distinct = list(range(3, 53))  # free passes and no ties: each post alone, padded to nothing
+    assert plan_sub_batches(distinct, max_size=16, call_cost_tokens=0) == [(i, i + 1) for i in range(50)]
+    assert plan_sub_batches([], max_size=16, call_cost_tokens=10) == []
+    with pytest.raises(ValueError):
+        plan_sub_batches(lengths, max_size=0, call_cost_tokens=10)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_is_the_cheapest_of_all_cuts(seed):
+    rng = random.Random(seed)
+    n, max_size, call_cost = rng.randint(1, 9), rng.randint(1, 4), rng.choice([0.5, 8, 30, 200])
+    lengths = sorted(rng.randint(1, 64) for _ in range(n))
+    plan = plan_sub_batches(lengths, max_size, call_cost)
+    assert _is_partition(plan, n, max_size)
+    every = []
+    for cuts in itertools.product([False, True], repeat=n - 1):
+        points = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+        candidate = list(zip(points, points[1:]))
+        if _is_partition(candidate, n, max_size):
+            every.append(_plan_cost(lengths, candidate, call_cost))
+    assert _plan_cost(lengths, plan, call_cost) == pytest.approx(min(every))
+
+
+def test_the_cost_of_a_pass_is_measured_when_the_model_loads(tiny_model):
+    clf = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8)
+    assert 1.0 <= clf.call_cost_tokens <= 1024.0
+    given = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, call_cost_tokens=12.5)
+    assert given.call_cost_tokens == 12.5
