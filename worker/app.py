@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 from worker.batching import MicroBatcher
 from worker.broker.profiles import profile_for
 from worker.observability import WorkerMetrics
-from worker.processing import BatchOutcome, BatchProcessor, InboundRecord
+from worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
 from worker.settings import WorkerSettings
 from worker.transport import EmotionApp, FetchPacer
 
@@ -57,9 +57,11 @@ class EmotionStream:
         self.settings = settings
         self.processor = processor
         self.metrics = metrics or WorkerMetrics()
-        # One thread: the model is the bottleneck, and batches must finish in order.
+        # One thread each: the model is the bottleneck, and batches must finish in order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._assigned = False
+        self._failed = False
         self._seconds_per_post: Optional[float] = None  # running estimate, for the fetch pacer
         self.app = self._build_app()
 
@@ -103,44 +105,76 @@ class EmotionStream:
             model_version=self.processor.model.version, broker_backend=s.broker_backend,
         )
         batches = MicroBatcher(_channel_events(stream), s.batch_size, s.batch_wait_ms / 1000)
+        # A batch goes through three stages: prepare (decode, tokenize) in one thread, the
+        # model in another, then publish on the event loop. Batch N+1 is prepared while N is
+        # in the model, and N is published while N+1 is in the model; batches still leave
+        # each stage in order, so acks (and commits) never overtake a send.
+        in_model: Optional[asyncio.Future] = None
         publishing: Optional[asyncio.Future] = None
         try:
             async for events in batches:
                 started = time.perf_counter()
-                outcome = await self.classify(events)
-                # Batch N is sent and acknowledged while batch N+1 is in the model; batches
-                # still finish in order, so acks (and commits) never overtake a send.
-                if publishing is not None:
-                    await asyncio.shield(publishing)
-                publishing = asyncio.ensure_future(self.publish(events, outcome, started))
+                prepared = await self.prepare(events)
+                if in_model is not None:
+                    await asyncio.shield(in_model)  # the model is free again
+                in_model = asyncio.ensure_future(self.run_model(prepared, len(events)))
+                publishing = asyncio.ensure_future(self._publish_after(events, in_model, publishing, started))
+                publishing.add_done_callback(self._crash_on_failure)
+                if not batches.full_batch_waiting():
+                    # A partial batch is taken only once the model is free, so it gathers
+                    # everything that arrives meanwhile (bigger batches cost less per post);
+                    # a full one is taken at once and prepared while this one runs.
+                    await asyncio.wait([in_model])
             if publishing is not None:
                 await asyncio.shield(publishing)
         except Exception as exc:
-            # The failed batch stays unacked, so its offsets are never committed: stop the
-            # worker and let a restart re-read it rather than skip it.
+            await self._fail(exc)
+
+    async def _fail(self, exc: BaseException) -> None:
+        # The failed batch stays unacked, so its offsets are never committed: stop the
+        # worker and let a restart re-read it rather than skip it.
+        if not self._failed:
+            self._failed = True
             log.error("batch failed; stopping so the batch is re-read on restart", error=repr(exc))
             await self.app.crash(exc)
 
-    async def classify(self, events: Sequence[Any]) -> BatchOutcome:
-        """Decode, classify and encode one batch of events, off the event loop."""
+    def _crash_on_failure(self, task: asyncio.Future) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            asyncio.ensure_future(self._fail(task.exception()))
+
+    async def _publish_after(
+        self, events: Sequence[Any], in_model: asyncio.Future, previous: Optional[asyncio.Future], started: float,
+    ) -> None:
+        outcome = await in_model
+        if previous is not None:
+            await previous  # the batch before this one is acked first
+        await self.publish(events, outcome, started)
+
+    async def prepare(self, events: Sequence[Any]) -> PreparedBatch:
+        """Decode the events and prepare the model's input, off the event loop."""
         records = [
             InboundRecord(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)
         ]
         self.metrics.posts_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._prepare_executor, self.processor.prepare, records)
+
+    async def run_model(self, prepared: PreparedBatch, posts: int) -> BatchOutcome:
+        """Run a prepared batch through the model and encode its results, off the event loop."""
+        loop = asyncio.get_running_loop()
         pacer = self.app.fetch_pacer
         if pacer is not None and self._seconds_per_post is not None:
             # A little under the expected model time: a fetch that comes back early costs
             # one more request, one that comes back late delays the next batch.
-            pacer.busy_for(0.8 * self._seconds_per_post * len(records))
+            pacer.busy_for(0.8 * self._seconds_per_post * posts)
         try:
-            outcome = await loop.run_in_executor(self._executor, self.processor.process, records)
+            outcome = await loop.run_in_executor(self._executor, self.processor.finish, prepared)
         finally:
             if pacer is not None:
                 pacer.idle()
-        if outcome.model_seconds and records:
-            per_post = outcome.model_seconds / len(records)
+        if outcome.model_seconds and posts:
+            per_post = outcome.model_seconds / posts
             previous = self._seconds_per_post
             self._seconds_per_post = per_post if previous is None else 0.8 * previous + 0.2 * per_post
         return outcome

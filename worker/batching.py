@@ -89,6 +89,10 @@ class MicroBatcher(Generic[T]):
             batch.append(item)
         return batch
 
+    def full_batch_waiting(self) -> bool:
+        """Whether a whole batch is already queued, so the next one can be taken at once."""
+        return self._queue.qsize() >= self.max_size
+
     async def aclose(self) -> None:
         """Stop reading the source."""
         pump, self._pump = self._pump, None

@@ -40,6 +40,16 @@ class Prediction:
     scores: dict[str, float]
 
 
+@dataclass(frozen=True)
+class PreparedTexts:
+    """Texts tokenized and padded into planned sub-batches, ready for the model."""
+
+    rows: list[int]
+    """For each row of the sub-batches, in order, the index of its text."""
+    inputs: list[tuple[torch.Tensor, torch.Tensor]]
+    """(input ids, attention mask) of each sub-batch."""
+
+
 def plan_sub_batches(lengths: Sequence[int], max_size: int, call_cost_tokens: float) -> list[tuple[int, int]]:
     """Cut posts sorted by ascending token length into contiguous sub-batches, cheapest first.
 
@@ -209,35 +219,53 @@ class EmotionClassifier:
         return names
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Probabilities for each text, in the order given."""
-        if not texts:
-            return []
-        probs = self.predict_proba(texts)
+        """The most likely emotion of each text, with all six probabilities, in the order given."""
+        return self.predict_prepared(self.prepare(texts))
+
+    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
+        """A (len(texts), 6) float32 CPU tensor of probabilities, columns as in the model."""
+        return self.run(self.prepare(texts))
+
+    def prepare(self, texts: Sequence[str]) -> PreparedTexts:
+        """The CPU half of a prediction: tokenize, sort, plan the sub-batches and pad them.
+
+        Needs nothing from the model, so the worker runs it for the next batch while the
+        model is still busy with the current one (on a GPU that hides the tokenizer).
+        """
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, padding=False,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"] if texts else []
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        plan = plan_sub_batches([len(encoded[i]) for i in order], self.batch_size, self.call_cost_tokens)
+        chunks = [order[start:end] for start, end in plan]
+        inputs = [self._pad([encoded[i] for i in idx]) for idx in chunks]
+        if self.device.type == "cuda":
+            # Pinned host memory lets each copy to the device run asynchronously.
+            inputs = [(ids.pin_memory(), mask.pin_memory()) for ids, mask in inputs]
+        return PreparedTexts(rows=[i for idx in chunks for i in idx], inputs=inputs)
+
+    def run(self, prepared: PreparedTexts) -> torch.Tensor:
+        """The model half: probabilities, a (posts, 6) float32 CPU tensor in the texts' order."""
+        with torch.inference_mode():
+            # On CUDA each forward pass is only queued: the copies and kernels of the next
+            # sub-batch are queued behind this one, and the results come back to the host
+            # in one synchronising copy at the end.
+            outputs = [self._forward(ids, mask) for ids, mask in prepared.inputs]
+            probs = torch.cat(outputs).cpu() if outputs else torch.empty((0, len(self._columns)))
+        result = torch.empty((len(prepared.rows), len(self._columns)), dtype=torch.float32)
+        if prepared.rows:
+            result[torch.tensor(prepared.rows, dtype=torch.long)] = probs
+        return result
+
+    def predict_prepared(self, prepared: PreparedTexts) -> list[Prediction]:
+        """:meth:`run`, as predictions."""
         out = []
-        for row in probs.tolist():
+        for row in self.run(prepared).tolist():
             scores = {self._columns[i]: float(p) for i, p in enumerate(row)}
             best = max(range(len(row)), key=row.__getitem__)
             out.append(Prediction(label=self._columns[best], score=float(row[best]), scores=scores))
         return out
-
-    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
-        """A (len(texts), 6) float32 CPU tensor of probabilities, columns as in the model."""
-        encoded = self.tokenizer(
-            list(texts), truncation=True, max_length=self.max_length, padding=False,
-            return_attention_mask=False, return_token_type_ids=False,
-        )["input_ids"]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        plan = plan_sub_batches([len(encoded[i]) for i in order], self.batch_size, self.call_cost_tokens)
-        chunks = [order[start:end] for start, end in plan]
-        with torch.inference_mode():
-            # On CUDA each forward pass is only queued: padding and copying the next
-            # sub-batch on the CPU overlaps the GPU's work on this one, and the results
-            # come back to the host in one synchronising copy at the end.
-            outputs = [self._forward(*self._pad([encoded[i] for i in idx])) for idx in chunks]
-            probs = torch.cat(outputs).cpu() if outputs else torch.empty((0, len(self._columns)))
-        result = torch.empty((len(encoded), len(self._columns)), dtype=torch.float32)
-        result[torch.tensor([i for idx in chunks for i in idx], dtype=torch.long)] = probs
-        return result
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -250,9 +278,9 @@ class EmotionClassifier:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
-            # Pinned host memory lets the copy run asynchronously with the previous kernel.
-            ids = ids.pin_memory().to(self.device, non_blocking=True)
-            mask = mask.pin_memory().to(self.device, non_blocking=True)
+            # From pinned memory (see prepare) the copy runs asynchronously with the previous kernel.
+            ids = ids.to(self.device, non_blocking=True)
+            mask = mask.to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=self._autocast_dtype):
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
         elif self._autocast_dtype is not None:

@@ -1,7 +1,9 @@
 """One batch of raw input records in, encoded results and dead letters out. No Kafka.
 
-Runs in a worker thread (it holds the model call), so everything CPU-bound for a batch,
-decoding, validation, the forward pass and encoding, happens off the event loop in one hop.
+Two stages, both run off the event loop: :meth:`BatchProcessor.prepare` decodes and
+validates the records and prepares the model's input (tokenizing, padding), and
+:meth:`BatchProcessor.finish` runs the model and encodes the results. The worker prepares
+the next batch while the model runs the current one.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import structlog
 
@@ -47,7 +49,19 @@ class BatchOutcome:
     model_seconds: float = 0.0
 
 
-Predict = Callable[[Sequence[str]], list[Prediction]]
+Predict = Callable[[Any], list[Prediction]]
+"""Predictions for a prepared model input (by default, the list of texts itself)."""
+Prepare = Callable[[Sequence[str]], Any]
+
+
+@dataclass
+class PreparedBatch:
+    """A batch between the two stages: decoded, rejected where invalid, input prepared."""
+
+    outcome: BatchOutcome
+    valid: list[tuple[InboundRecord, Post]]
+    model_input: Any = None
+    prepare_error: Optional[BaseException] = None
 
 
 def dead_letter(record: InboundRecord, error: ErrorInfo) -> OutboundMessage:
@@ -67,44 +81,61 @@ def dead_letter(record: InboundRecord, error: ErrorInfo) -> OutboundMessage:
 class BatchProcessor:
     """Decodes, classifies and encodes a batch; a model failure isolates the failing post."""
 
-    def __init__(self, predict: Predict, model: ModelInfo) -> None:
+    def __init__(self, predict: Predict, model: ModelInfo, prepare: Prepare = list) -> None:
+        """``prepare`` turns a batch's texts into the model's input and ``predict`` that input
+        into predictions (with the default, ``predict`` gets the texts)."""
         self._predict = predict
+        self._prepare = prepare
         self.model = model
         self._model_dict = model.model_dump()
 
     def process(self, records: Sequence[InboundRecord]) -> BatchOutcome:
-        outcome = BatchOutcome()
-        valid: list[tuple[InboundRecord, Post]] = []
+        """Both stages in one call."""
+        return self.finish(self.prepare(records))
+
+    def prepare(self, records: Sequence[InboundRecord]) -> PreparedBatch:
+        batch = PreparedBatch(outcome=BatchOutcome(), valid=[])
         for record in records:
             decoded = decode_post(record.value)
             if isinstance(decoded, Rejected):
-                self._reject(outcome, record, decoded.error)
+                self._reject(batch.outcome, record, decoded.error)
             else:
-                valid.append((record, decoded))
-        if not valid:
+                batch.valid.append((record, decoded))
+        if batch.valid:
+            try:
+                batch.model_input = self._prepare([post.text for _, post in batch.valid])
+            except Exception as exc:  # finish() finds the posts that fail on their own
+                batch.prepare_error = exc
+        return batch
+
+    def finish(self, batch: PreparedBatch) -> BatchOutcome:
+        outcome = batch.outcome
+        if not batch.valid:
             return outcome
         started = time.perf_counter()
-        predictions = self._predict_isolating_failures(outcome, valid)
+        predictions = self._predict_isolating_failures(batch)
         outcome.model_seconds = time.perf_counter() - started
-        for (record, post), prediction in zip(valid, predictions):
+        for (record, post), prediction in zip(batch.valid, predictions):
             if prediction is not None:
                 outcome.results.append(self._result(record, post, prediction))
                 outcome.labels.append(prediction.label)
         return outcome
 
-    def _predict_isolating_failures(
-        self, outcome: BatchOutcome, valid: list[tuple[InboundRecord, Post]]
-    ) -> list[Optional[Prediction]]:
-        try:
-            return list(self._predict([post.text for _, post in valid]))
-        except Exception as exc:  # the batch failed: find the posts that fail on their own
-            log.warning("batch prediction failed; retrying post by post", error=repr(exc), posts=len(valid))
-        single: list[Optional[Prediction]] = []
-        for record, post in valid:
+    def _predict_isolating_failures(self, batch: PreparedBatch) -> list[Optional[Prediction]]:
+        error = batch.prepare_error
+        if error is None:
             try:
-                single.append(self._predict([post.text])[0])
+                return list(self._predict(batch.model_input))
             except Exception as exc:
-                self._reject(outcome, record, ErrorInfo(kind="processing_failed", message=f"model failed on this post: {exc!r}"))
+                error = exc
+        # The batch failed: find the posts that fail on their own.
+        log.warning("batch prediction failed; retrying post by post", error=repr(error), posts=len(batch.valid))
+        single: list[Optional[Prediction]] = []
+        for record, post in batch.valid:
+            try:
+                single.append(self._predict(self._prepare([post.text]))[0])
+            except Exception as exc:
+                self._reject(batch.outcome, record, ErrorInfo(kind="processing_failed", message=f"model failed on this post: {exc!r}"))
                 single.append(None)
         return single
 

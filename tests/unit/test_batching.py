@@ -105,3 +105,22 @@ async def test_items_that_waited_while_the_reader_was_busy_leave_without_a_new_w
     assert await batches.__anext__() == [1, 2, 3]
     assert loop.time() - asked < 0.05  # released at once: their wait was already over
     await batcher.aclose()
+
+
+async def test_full_batch_waiting_says_whether_a_whole_batch_is_queued():
+    gate = asyncio.Event()
+
+    async def source():
+        for i in range(6):
+            yield i
+        await gate.wait()
+
+    batcher = MicroBatcher(source(), max_size=3, max_wait=0.01)
+    batches = batcher.__aiter__()
+    assert await batches.__anext__() == [0, 1, 2]
+    await asyncio.sleep(0.01)  # the pump queues the next three
+    assert batcher.full_batch_waiting()
+    assert await batches.__anext__() == [3, 4, 5]
+    assert not batcher.full_batch_waiting()
+    gate.set()
+    await batcher.aclose()

@@ -169,3 +169,16 @@ def test_the_cost_of_a_pass_is_measured_when_the_model_loads(tiny_model):
     assert 1.0 <= clf.call_cost_tokens <= 1024.0
     given = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, call_cost_tokens=12.5)
     assert given.call_cost_tokens == 12.5
+
+
+def test_prepare_then_run_is_predict_and_prepare_leaves_the_model_alone(classifier, monkeypatch):
+    calls = []
+    forward = classifier._forward
+    monkeypatch.setattr(classifier, "_forward", lambda ids, mask: (calls.append(ids.shape), forward(ids, mask))[1])
+    prepared = classifier.prepare(TEXTS)
+    assert calls == []  # tokenizing and padding only
+    assert sorted(prepared.rows) == list(range(len(TEXTS)))
+    assert sum(ids.shape[0] for ids, _ in prepared.inputs) == len(TEXTS)
+    assert torch.allclose(classifier.run(prepared), classifier.predict_proba(TEXTS))
+    assert [p.label for p in classifier.predict_prepared(prepared)] == [p.label for p in classifier.predict(TEXTS)]
+    assert classifier.run(classifier.prepare([])).shape == (0, len(LABELS))

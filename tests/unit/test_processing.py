@@ -53,3 +53,40 @@ def test_a_batch_of_only_bad_messages_never_calls_the_model():
     calls = []
     outcome = BatchProcessor(lambda t: calls.append(t) or [], MODEL).process([record(0, b"\xff")])
     assert calls == [] and len(outcome.dead_letters) == 1 and outcome.results == []
+
+
+def test_the_two_stages_give_what_one_call_gives_and_prepare_needs_no_model():
+    records = [record(i, json.dumps({"id": f"p{i}", "text": f"post {'x' * i}"}).encode()) for i in range(5)]
+    records.append(record(5, b"{}"))
+    prepared_texts = []
+
+    def prepare(texts):
+        prepared_texts.append(list(texts))
+        return [t.upper() for t in texts]
+
+    processor = BatchProcessor(lambda inputs: [_prediction(t.lower()) for t in inputs], MODEL, prepare=prepare)
+    batch = processor.prepare(records)
+    assert prepared_texts == [[f"post {'x' * i}" for i in range(5)]]
+    assert batch.outcome.dead_letter_kinds == ["invalid_post"] and not batch.outcome.results
+    outcome = processor.finish(batch)
+    whole = BatchProcessor(fake_predict, MODEL).process(records)
+    assert [json.loads(m.value)["label"] for m in outcome.results] == [json.loads(m.value)["label"] for m in whole.results]
+    assert outcome.dead_letter_kinds == whole.dead_letter_kinds
+
+
+def test_a_post_the_preparation_fails_on_is_dead_lettered_and_the_rest_classified():
+    def prepare(texts):
+        if any("\x00" in t for t in texts):
+            raise ValueError("tokenizer refused a NUL")
+        return list(texts)
+
+    records = [
+        record(0, b'{"id": "a", "text": "fine"}'),
+        record(1, b'{"id": "b", "text": "bad\\u0000post"}'),
+        record(2, b'{"id": "c", "text": "also fine"}'),
+    ]
+    outcome = BatchProcessor(fake_predict, MODEL, prepare=prepare).process(records)
+    assert [json.loads(m.value)["id"] for m in outcome.results] == ["a", "c"]
+    letters = [DeadLetter.model_validate_json(m.value) for m in outcome.dead_letters]
+    assert [(x.source.offset, x.error.kind) for x in letters] == [(1, "processing_failed")]
+    assert "NUL" in letters[0].error.message

@@ -61,7 +61,8 @@ def run_worker(args: argparse.Namespace) -> int:
         )
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from None
-    stream = EmotionStream(settings, BatchProcessor(classifier.predict, classifier.info))
+    processor = BatchProcessor(classifier.predict_prepared, classifier.info, prepare=classifier.prepare)
+    stream = EmotionStream(settings, processor)
     worker = faust.Worker(
         stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False,
     )
