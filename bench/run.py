@@ -88,16 +88,22 @@ def end_to_end(model: Path, texts: list[str], window: int, model_batch: int, wai
         stream.start_worker()
         stream.worker.wait_ready(timeout=120)
         stream.paced(as_posts(texts[:64], "warm"), rate=None, timeout=60)  # first batches allocate
-        saturated = stream.paced(as_posts(texts, "sat"), rate=None, timeout=len(texts) / 5 + 60)
-        if saturated.posts < len(texts):
-            raise RuntimeError(f"only {saturated.posts} of {len(texts)} results came back; see {CACHE / 'e2e-worker.log'}")
-        rate = saturated.rate
+        # Best of two bursts, as the model-alone figure is the best of its sweep: a run on
+        # these shared machines now and then loses a third to a neighbour.
+        rates = []
+        for attempt in range(2):
+            saturated = stream.paced(as_posts(texts, f"sat{attempt}"), rate=None, timeout=len(texts) / 5 + 60)
+            if saturated.posts < len(texts):
+                raise RuntimeError(f"only {saturated.posts} of {len(texts)} results came back; see {CACHE / 'e2e-worker.log'}")
+            rates.append(saturated.rate)
+        rate = max(rates)
         paced_full = stream.paced(as_posts(texts[: int(rate * seconds)], "full"), rate, timeout=seconds * 4 + 30)
         before = worker_metrics(stream)
         paced_half = stream.paced(as_posts(texts[: int(rate * seconds / 2)], "half"), rate / 2, timeout=seconds * 2 + 30)
         after = worker_metrics(stream)
     return {
         "rate": rate,
+        "burst_rates": rates,
         "latency_saturated": [paced_full.percentile(q) for q in (50, 95, 99)],
         "latency_half": [paced_half.percentile(q) for q in (50, 95, 99)],
         "half_median_batch_ms": histogram_median(before, after, "emotion_batch_seconds") * 1000,
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"[bench] {name}: naive pipeline", flush=True)
         naive = naive_pipeline(path, texts[: 30 if args.quick else 150])
         print(f"[bench] {name}: end to end (window {best.window}, sub-batch {best.model_batch})", flush=True)
-        n_e2e = 300 if args.quick else int(min(len(texts), max(600, best.rate * 12)))
+        n_e2e = 300 if args.quick else int(min(len(texts), max(600, best.rate * 20)))
         e2e = end_to_end(path, texts[:n_e2e], best.window, best.model_batch, args.wait_ms, seconds=5 if args.quick else 20)
         print(f"[bench] {name}: end to end with EMOTION_NUMERIC=int8", flush=True)
         e2e_int8 = end_to_end(path, texts[:n_e2e], best.window, best.model_batch, args.wait_ms,
