@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import time
 import structlog
@@ -158,6 +159,12 @@ class EmotionClassifier:
             "model loaded", model=self.info.name, version=self.info.version, device=str(self.device),
             numeric=numeric, call_cost_tokens=round(self.call_cost_tokens, 1),
         )
+
+    @property
+    def leaves_cpu_to_spare(self) -> bool:
+        """Whether CPU work can run beside the model without slowing it: on a GPU, or when
+        torch uses fewer threads than there are cores."""
+        return self.device.type == "cuda" or torch.get_num_threads() < (os.cpu_count() or 1)
 
     def _measure_call_cost(self) -> float:
         """The fixed cost of one forward pass, in tokens of work, timed on this device.

@@ -83,10 +83,10 @@ async def _run(stream: EmotionStream, events: list, until, timeout: float = 10.0
         await asyncio.gather(agent, return_exceptions=True)
 
 
-def _stream(stages: Stages, producer: Producer, batch_size: int = 4) -> EmotionStream:
+def _stream(stages: Stages, producer: Producer, batch_size: int = 4, prepare_ahead: bool = True) -> EmotionStream:
     settings = WorkerSettings(batch_size=batch_size, batch_wait_ms=20, web_enabled=False)
     processor = BatchProcessor(stages.predict, ModelInfo(name="m", version="1"), prepare=stages.prepare)
-    stream = EmotionStream(settings, processor)
+    stream = EmotionStream(settings, processor, prepare_ahead=prepare_ahead)
     stream.app._producer = producer
     return stream
 
@@ -104,6 +104,15 @@ async def test_a_full_batch_is_prepared_while_the_model_runs_the_previous_one_an
     # The model still takes one batch at a time, in order.
     assert stages.at("model", "post 0", "end") <= stages.at("model", "post 4", "start")
     assert stages.at("model", "post 4", "end") <= stages.at("model", "post 8", "start")
+
+
+async def test_without_cpu_to_spare_the_next_batch_is_prepared_only_once_the_model_is_free():
+    stages, producer, acks = Stages(model_seconds=0.1), Producer(), []
+    stream = _stream(stages, producer, prepare_ahead=False)
+    await _run(stream, [Event(i, acks) for i in range(12)], until=lambda: len(acks) == 12)
+    assert acks == list(range(12))
+    assert stages.at("prepare", "post 4", "start") >= stages.at("model", "post 0", "end")
+    assert stages.at("prepare", "post 8", "start") >= stages.at("model", "post 4", "end")
 
 
 async def test_a_partial_batch_waits_for_the_model_and_gathers_what_arrives_meanwhile():

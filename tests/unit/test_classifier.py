@@ -182,3 +182,11 @@ def test_prepare_then_run_is_predict_and_prepare_leaves_the_model_alone(classifi
     assert torch.allclose(classifier.run(prepared), classifier.predict_proba(TEXTS))
     assert [p.label for p in classifier.predict_prepared(prepared)] == [p.label for p in classifier.predict(TEXTS)]
     assert classifier.run(classifier.prepare([])).shape == (0, len(LABELS))
+
+
+def test_cpu_to_spare_beside_the_model(classifier, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert not classifier.leaves_cpu_to_spare  # every core runs the model: prepare in turn
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert classifier.leaves_cpu_to_spare

@@ -62,7 +62,7 @@ def run_worker(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from None
     processor = BatchProcessor(classifier.predict_prepared, classifier.info, prepare=classifier.prepare)
-    stream = EmotionStream(settings, processor)
+    stream = EmotionStream(settings, processor, prepare_ahead=classifier.leaves_cpu_to_spare)
     worker = faust.Worker(
         stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False,
     )
