@@ -117,9 +117,10 @@ class EmotionStream:
         )
         batches = MicroBatcher(_channel_events(stream), s.batch_size, s.batch_wait_ms / 1000)
         # A batch goes through three stages: prepare (decode, tokenize) in one thread, the
-        # model in another, then publish on the event loop. Batch N+1 is prepared while N is
-        # in the model, and N is published while N+1 is in the model; batches still leave
-        # each stage in order, so acks (and commits) never overtake a send.
+        # model in another, then publish on the event loop. Batch N is published while N+1
+        # is in the model, and with prepare_ahead a waiting full batch N+1 is prepared while
+        # N is in the model; batches leave each stage in order, so acks (and commits)
+        # never overtake a send.
         in_model: Optional[asyncio.Future] = None
         publishing: Optional[asyncio.Future] = None
         try:
