@@ -42,11 +42,6 @@ def _lower_priority() -> None:
     os.nice(INFRASTRUCTURE_NICE)
 
 
-def _in_load_generator(function, *args):
-    """Run ``function(*args)`` in a child process at the infrastructure's lower priority."""
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with context.Pool(1, initializer=_lower_priority) as pool:
-        return pool.apply(function, args)
 
 
 @dataclass
@@ -86,6 +81,7 @@ class BenchStream:
         self.module, self.args, self.log = module, list(args), log
         self.broker = EmbeddedBroker()
         self.worker: Optional[WorkerProcess] = None
+        self._load_generator = None  # a child process at the infrastructure's priority, started on first use
 
     def __enter__(self) -> "BenchStream":
         self.broker.start()
@@ -104,14 +100,24 @@ class BenchStream:
     def __exit__(self, *exc) -> None:
         if self.worker is not None:
             self.worker.stop()
+        if self._load_generator is not None:
+            self._load_generator.terminate()
+            self._load_generator.join()
         self.broker.stop()
+
+    def _generate_load(self, function, *args):
+        """Run ``function(*args)`` in the load generator's child process (one per stream)."""
+        if self._load_generator is None:
+            context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+            self._load_generator = context.Pool(1, initializer=_lower_priority)
+        return self._load_generator.apply(function, args)
 
     def preload(self, posts: list[tuple[bytes, bytes]]) -> None:
         asyncio.run(produce(self.broker.bootstrap, self.topics["input"], posts, "embedded"))
 
     def drain_throughput(self, n: int, timeout: float) -> StreamRun:
         """Posts/s over a preloaded stream, from the results' own processing timestamps."""
-        values = _in_load_generator(_read_results, self.broker.bootstrap, self.topics["output"], n, timeout)
+        values = self._generate_load(_read_results, self.broker.bootstrap, self.topics["output"], n, timeout)
         stamps = [_processed_at(v) for v in values]
         if len(stamps) < n:
             raise RuntimeError(f"only {len(stamps)} of {n} results within {timeout:.0f}s")
@@ -125,7 +131,7 @@ class BenchStream:
         Latency of a post = its result's receipt - its send; the run's rate = posts over the
         time from the first send to the last result.
         """
-        return _in_load_generator(_run_paced, self.broker.bootstrap, self.topics, posts, rate, timeout)
+        return self._generate_load(_run_paced, self.broker.bootstrap, self.topics, posts, rate, timeout)
 
 
 def _read_results(bootstrap: str, topic: str, n: int, timeout: float) -> list[bytes]:

@@ -2,8 +2,8 @@
 
 Two stages, both run off the event loop: :meth:`BatchProcessor.prepare` decodes and
 validates the records and prepares the model's input (tokenizing, padding), and
-:meth:`BatchProcessor.finish` runs the model and encodes the results. The worker prepares
-the next batch while the model runs the current one.
+:meth:`BatchProcessor.finish` runs the model and encodes the results. Where the model
+leaves CPU to spare, the worker prepares the next batch while the model runs the current one.
 """
 
 from __future__ import annotations
