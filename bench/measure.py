@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from worker.classifier import EmotionClassifier
 
@@ -16,20 +16,35 @@ class ModelRate:
     model_batch: int
     numeric: str
     rate: float
+    passes: Optional[int] = None
+    """Parallel CPU passes (EMOTION_CPU_PASSES); None: the worker's default."""
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The worker settings that reproduce these."""
+        env = {"EMOTION_BATCH_SIZE": str(self.window), "EMOTION_MODEL_BATCH_SIZE": str(self.model_batch)}
+        if self.passes is not None:
+            env["EMOTION_CPU_PASSES"] = str(self.passes)
+        return env
 
 
-def model_alone(model: Path, texts: Sequence[str], window: int, model_batch: int, numeric: str = "fp32") -> ModelRate:
+def model_alone(
+    model: Path, texts: Sequence[str], window: int, model_batch: int, numeric: str = "fp32", passes: Optional[int] = None
+) -> ModelRate:
     """Posts/s of the model runner over ``texts`` cut into windows, as the worker sees them."""
-    clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric)
+    clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric, cpu_passes=passes)
     clf.predict(list(texts[:32]))  # warm-up: first calls allocate
     started = time.perf_counter()
     for i in range(0, len(texts), window):
         clf.predict(texts[i : i + window])
-    return ModelRate(window, model_batch, numeric, len(texts) / (time.perf_counter() - started))
+    return ModelRate(window, model_batch, numeric, len(texts) / (time.perf_counter() - started), passes)
 
 
 def best_model_rate(model: Path, texts: Sequence[str], windows: Sequence[int], batches: Sequence[int]) -> tuple[ModelRate, list[ModelRate]]:
+    """The sweep: every window and sub-batch size with the default parallel passes, and the
+    largest window again with one pass at a time on all threads."""
     rates = [model_alone(model, texts, w, b) for w in windows for b in batches]
+    rates += [model_alone(model, texts, max(windows), b, passes=1) for b in batches]
     return max(rates, key=lambda r: r.rate), rates
 
 
@@ -46,8 +61,10 @@ def naive_pipeline(model: Path, texts: Sequence[str]) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-def accuracy(model: Path, texts: Sequence[str], labels: Sequence[str], numeric: str, model_batch: int = 32) -> float:
-    clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric)
+def accuracy(
+    model: Path, texts: Sequence[str], labels: Sequence[str], numeric: str, model_batch: int = 32, passes: Optional[int] = None
+) -> float:
+    clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric, cpu_passes=passes)
     predictions = clf.predict(list(texts))
     assert len(predictions) == len(labels), "one label per text"
     return sum(p.label == y for p, y in zip(predictions, labels)) / len(predictions)

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from bench.measure import accuracy, best_model_rate, model_alone, naive_pipeline
+from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline
 from bench.models import build_distilbert_architecture, read_split
 from bench.streaming import BenchStream, as_posts
 
@@ -80,11 +80,8 @@ def histogram_median(before: dict[str, float], after: dict[str, float], name: st
     return previous_le
 
 
-def end_to_end(model: Path, texts: list[str], window: int, model_batch: int, wait_ms: int, seconds: float, extra_env: Optional[dict] = None) -> dict:
-    env = {
-        "EMOTION_MODEL": str(model), "EMOTION_BATCH_SIZE": str(window), "EMOTION_MODEL_BATCH_SIZE": str(model_batch),
-        "EMOTION_BATCH_WAIT_MS": str(wait_ms), **(extra_env or {}),
-    }
+def end_to_end(model: Path, texts: list[str], best: ModelRate, wait_ms: int, seconds: float, extra_env: Optional[dict] = None) -> dict:
+    env = {"EMOTION_MODEL": str(model), **best.env, "EMOTION_BATCH_WAIT_MS": str(wait_ms), **(extra_env or {})}
     with BenchStream(env, log=CACHE / "e2e-worker.log") as stream:
         stream.start_worker()
         stream.worker.wait_ready(timeout=120)
@@ -135,23 +132,26 @@ def run(args: argparse.Namespace) -> dict:
     for name, path in models:
         print(f"[bench] {name}: model alone", flush=True)
         best, sweep = best_model_rate(path, sweep_texts, windows=(128, 512), batches=(16, 32, 64))
+        one_pass = max((r for r in sweep if r.passes == 1), key=lambda r: r.rate)
+        parallel = max((r for r in sweep if r.passes is None and r.window == one_pass.window), key=lambda r: r.rate)
         print(f"[bench] {name}: naive pipeline", flush=True)
         naive = naive_pipeline(path, texts[: 30 if args.quick else 150])
-        print(f"[bench] {name}: end to end (window {best.window}, sub-batch {best.model_batch})", flush=True)
+        print(f"[bench] {name}: end to end ({' '.join(f'{k}={v}' for k, v in best.env.items())})", flush=True)
         n_e2e = 300 if args.quick else int(min(len(texts), max(600, best.rate * 20)))
         # The limit the worker is held against: the model alone at the best settings on the
         # very posts of the end-to-end bursts, measured just before and just after them and,
         # like the two bursts, the better of the two taken (the sweep's own maximum would be
         # a best of six against a best of two).
-        alone = [model_alone(path, texts[:n_e2e], best.window, best.model_batch).rate]
-        e2e = end_to_end(path, texts[:n_e2e], best.window, best.model_batch, args.wait_ms, seconds=5 if args.quick else 20)
-        alone.append(model_alone(path, texts[:n_e2e], best.window, best.model_batch).rate)
+        alone = [model_alone(path, texts[:n_e2e], best.window, best.model_batch, passes=best.passes).rate]
+        e2e = end_to_end(path, texts[:n_e2e], best, args.wait_ms, seconds=5 if args.quick else 20)
+        alone.append(model_alone(path, texts[:n_e2e], best.window, best.model_batch, passes=best.passes).rate)
         print(f"[bench] {name}: end to end with EMOTION_NUMERIC=int8", flush=True)
-        e2e_int8 = end_to_end(path, texts[:n_e2e], best.window, best.model_batch, args.wait_ms,
+        e2e_int8 = end_to_end(path, texts[:n_e2e], best, args.wait_ms,
                               seconds=5 if args.quick else 10, extra_env={"EMOTION_NUMERIC": "int8"})
         report["models"][name] = {
             "model_alone": max(alone), "model_alone_samples": alone,
-            "best": {"window": best.window, "model_batch": best.model_batch},
+            "best": {"window": best.window, "model_batch": best.model_batch, "passes": best.passes},
+            "passes": {"one": one_pass.__dict__, "parallel": parallel.__dict__},
             "sweep": [r.__dict__ for r in sweep], "naive": naive, "e2e": e2e, "e2e_int8": e2e_int8["rate"],
         }
     print("[bench] numeric modes", flush=True)
@@ -168,12 +168,12 @@ def numeric_modes(models, texts, labels, report, quick: bool) -> list[dict]:
         best = report["models"][name]["best"]
         base_rate = None
         for numeric in ("fp32", "bf16", "int8"):
-            rate = model_alone(path, texts[:n_speed], best["window"], best["model_batch"], numeric).rate
+            rate = model_alone(path, texts[:n_speed], best["window"], best["model_batch"], numeric, best["passes"]).rate
             base_rate = base_rate or rate
             acc = None
             if not name.startswith("DistilBERT"):
                 n = 300 if quick else len(texts)
-                acc = accuracy(path, texts[:n], labels[:n], numeric, best["model_batch"])
+                acc = accuracy(path, texts[:n], labels[:n], numeric, best["model_batch"], best["passes"])
             rows.append({"model": name, "numeric": numeric, "rate": rate, "speedup": rate / base_rate, "accuracy": acc})
     return rows
 
@@ -188,6 +188,11 @@ def print_table(report: dict) -> bool:
         sat = "/".join(f"{x:.0f}" for x in e2e["latency_saturated"])
         half = "/".join(f"{x:.0f}" for x in e2e["latency_half"])
         print(f"{name:<26} {m['model_alone']:>8.1f} {e2e['rate']:>7.1f} {ratio_alone:>9.2f} {m['naive']:>8.1f} {ratio_naive:>9.1f}  {sat} | {half}")
+    for name, m in report["models"].items():
+        one, par = m["passes"]["one"], m["passes"]["parallel"]
+        print(f"{name} alone, window {one['window']}: parallel passes (default) {par['rate']:.1f} posts/s "
+              f"(sub-batch {par['model_batch']}), one pass on all threads {one['rate']:.1f} "
+              f"(sub-batch {one['model_batch']}): {par['rate'] / one['rate']:.2f}x")
     for name, m in report["models"].items():
         print(f"{name} end to end with EMOTION_NUMERIC=int8: {m['e2e_int8']:.1f} posts/s = "
               f"{m['e2e_int8'] / m['naive']:.1f} x naive")

@@ -47,6 +47,10 @@ class WorkerSettings(BaseSettings):
     )
     max_length: int = Field(default=128, ge=8, le=512, description="Token limit per post (longer posts are truncated).")
     torch_threads: Optional[int] = Field(default=None, ge=1, description="CPU threads for the model; default: torch's choice.")
+    cpu_passes: Optional[int] = Field(
+        default=None, ge=1,
+        description="Forward passes run at once on the CPU, sharing the torch threads; default: one per thread, at most 4.",
+    )
 
     web_enabled: bool = True
     web_host: str = Field(default="127.0.0.1", description="Address of the health, readiness and metrics endpoints.")

@@ -1,12 +1,13 @@
 import itertools
 import json
 import random
+import threading
 
 import pytest
 import torch
 
 from schemas import LABELS
-from worker.classifier import EmotionClassifier, ModelLoadError, plan_sub_batches, select_device
+from worker.classifier import EmotionClassifier, ModelLoadError, plan_sub_batches, select_device, split_threads
 
 TEXTS = [
     "i feel wonderful",
@@ -19,8 +20,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def classifier(tiny_model):
-    # A huge per-pass cost makes the plan deterministic: as few passes as the size allows.
-    return EmotionClassifier(str(tiny_model), device="cpu", batch_size=2, call_cost_tokens=1e6)
+    # A huge per-pass cost makes the plan deterministic: as few passes as the size allows;
+    # one pass at a time keeps their order (parallel passes are tested on their own below).
+    return EmotionClassifier(str(tiny_model), device="cpu", batch_size=2, call_cost_tokens=1e6, cpu_passes=1)
 
 
 def test_predictions_are_distributions_over_the_six_labels(classifier):
@@ -190,3 +192,52 @@ def test_cpu_to_spare_beside_the_model(classifier, monkeypatch):
     assert not classifier.leaves_cpu_to_spare  # every core runs the model: prepare in turn
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert classifier.leaves_cpu_to_spare
+
+
+def test_threads_are_shared_evenly_between_passes():
+    assert split_threads(2, None) == [1, 1]  # auto: one pass per thread
+    assert split_threads(1, None) == [1]
+    assert split_threads(16, None) == [4, 4, 4, 4]  # at most four passes; more threads each
+    assert split_threads(7, 2) == [4, 3]
+    assert split_threads(8, 1) == [8]
+    for threads, passes in ((2, 3), (4, 0)):
+        with pytest.raises(ValueError, match=f"cpu_passes={passes} needs between 1 and {threads}"):
+            split_threads(threads, passes)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _threads_of_each_pass(clf):
+    everyone = threading.Barrier(len(clf.pass_threads))  # one call per pass thread, all at once
+    return sorted(clf._passes.map(lambda _: (everyone.wait(), torch.get_num_threads())[1], clf.pass_threads))
+
+
+def test_parallel_passes_give_the_same_results_on_their_own_threads(tiny_model, two_threads):
+    texts = TEXTS * 7
+    parallel = EmotionClassifier(str(tiny_model), device="cpu", batch_size=2, cpu_passes=2, call_cost_tokens=4)
+    serial = EmotionClassifier(str(tiny_model), device="cpu", batch_size=2, cpu_passes=1, call_cost_tokens=4)
+    assert parallel.pass_threads == [1, 1] and serial.pass_threads == [2] and serial._passes is None
+    ran_on = set()
+    forward = parallel._forward
+    parallel._forward = lambda ids, mask: (ran_on.add(threading.current_thread().name), forward(ids, mask))[1]
+    assert torch.allclose(parallel.predict_proba(texts), serial.predict_proba(texts), atol=1e-6)
+    assert len(parallel.prepare(texts).inputs) > 2
+    assert ran_on and all(name.startswith("model-pass") for name in ran_on)
+    # Each pass thread keeps its share; threads started later (the worker's) get them all.
+    assert _threads_of_each_pass(parallel) == [1, 1]
+    later = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [2] and torch.get_num_threads() == 2
+
+
+def test_more_passes_than_threads_is_refused_with_what_to_do(tiny_model, two_threads):
+    with pytest.raises(ModelLoadError, match="cpu_passes=3 needs between 1 and 2.*EMOTION_CPU_PASSES"):
+        EmotionClassifier(str(tiny_model), device="cpu", cpu_passes=3, call_cost_tokens=4)

@@ -30,7 +30,8 @@ def test_environment_overrides(monkeypatch):
 @pytest.mark.parametrize(
     "name,value",
     [("EMOTION_BROKER", "http://x:1"), ("EMOTION_BROKER", "kafka://nohost"), ("EMOTION_BATCH_SIZE", "0"),
-     ("EMOTION_DEVICE", "tpu"), ("EMOTION_OUTPUT_TOPIC", "posts"), ("EMOTION_WEB_PORT", "70000")],
+     ("EMOTION_DEVICE", "tpu"), ("EMOTION_OUTPUT_TOPIC", "posts"), ("EMOTION_WEB_PORT", "70000"),
+     ("EMOTION_CPU_PASSES", "0")],
 )
 def test_bad_settings_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)

@@ -57,7 +57,7 @@ def run_worker(args: argparse.Namespace) -> int:
         classifier = EmotionClassifier(
             settings.model, device=settings.device, max_length=settings.max_length,
             batch_size=settings.model_batch_size, torch_threads=settings.torch_threads,
-            numeric=settings.numeric,
+            numeric=settings.numeric, cpu_passes=settings.cpu_passes,
         )
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from None
