@@ -1,4 +1,0 @@
-import os, sys
-from worker.cli.main import main
-if __name__ == "__main__":
-    sys.exit(main())
