@@ -29,6 +29,7 @@ from typing import Optional
 from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline
 from bench.models import build_distilbert_architecture, read_split
 from bench.streaming import BenchStream, as_posts
+from worker.settings import WorkerSettings
 
 CACHE = Path("artifacts/bench")
 
@@ -268,7 +269,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data", default=os.environ.get("EMOTION_DATA_DIR", "../shared/data/emotion"),
                         help="directory with validation.txt (default: EMOTION_DATA_DIR, else ../shared/data/emotion)")
     parser.add_argument("--model", default="artifacts/model", help="trained model directory, if any (default artifacts/model)")
-    parser.add_argument("--wait-ms", type=int, default=50, help="the worker's batch wait (default 50)")
+    default_wait = WorkerSettings.model_fields["batch_wait_ms"].default
+    parser.add_argument("--wait-ms", type=int, default=default_wait,
+                        help=f"the worker's batch wait (default: the worker's, {default_wait})")
     parser.add_argument("--quick", action="store_true", help="a smoke run: small samples, not for the numbers")
     args = parser.parse_args(argv)
     if not Path(args.data, "validation.txt").is_file():

@@ -40,7 +40,11 @@ class WorkerSettings(BaseSettings):
         description="CPU numeric mode: fp32, bf16 autocast or int8 dynamic quantization (see bench/ for speed and accuracy).",
     )
     batch_size: int = Field(default=128, ge=1, le=4096, description="Most posts gathered into one batch.")
-    batch_wait_ms: int = Field(default=50, ge=0, le=60_000, description="Longest wait to fill a batch.")
+    batch_wait_ms: int = Field(
+        default=150, ge=0, le=60_000,
+        description="Longest wait to fill a batch, from its first post. Waiting about as long as a "
+        "batch takes keeps the model out of a regime of small back-to-back batches (see README, Benchmarks).",
+    )
     model_batch_size: int = Field(
         default=32, ge=1, le=1024,
         description="Most posts per forward pass; a batch is cut into length-sorted sub-batches of this size.",
