@@ -6,8 +6,9 @@ once without padding, sorts it by token length and runs it as sub-batches of sim
 length, each padded only to its own longest post: the padding a stream of short posts
 would otherwise carry is most of the work (see FACTS.md: sorting doubles throughput).
 Where the sub-batches are cut is planned per window (:func:`plan_sub_batches`): each
-forward pass has a fixed cost (on the CPU, streaming the weights; on a GPU, launching the
-kernels), measured when the model loads, and it is weighed against the padding saved.
+forward pass has a fixed cost (on the CPU, matrix products over few rows run far below
+peak; on a GPU, launching the kernels), measured when the model loads, and it is weighed
+against the padding saved.
 On the CPU the sub-batches of a window run as parallel passes, each on its own share of the
 torch threads (:func:`split_threads`), rather than one pass at a time on all of them: a
 pass on one thread never waits at a barrier for a sibling thread the OS has lent to the
