@@ -7,7 +7,7 @@
    the end-to-end posts just before and just after each end-to-end burst (the limit).
 2. End to end: posts through the embedded broker and a worker (about 20 s of stream at the
    model's rate: the validation posts, then training posts), posts/s over the whole stream
-   (three bursts, each with a fresh worker, each held against the model-alone runs around
+   (five bursts, each with a fresh worker, each held against the model-alone runs around
    it), and latency per post (send to result receipt) at the saturated rate and at half of it.
 3. The naive way: `transformers.pipeline`, one post at a time, padded to 128 tokens.
 4. Pipeline ceiling: the worker with a model that costs nothing, against a plain aiokafka loop.
@@ -102,7 +102,7 @@ def _burst(stream: BenchStream, texts: list[str], prefix: str) -> float:
     return run.rate
 
 
-def bracketed_bursts(model: Path, texts: list[str], best: ModelRate, wait_ms: int, bursts: int = 3) -> dict:
+def bracketed_bursts(model: Path, texts: list[str], best: ModelRate, wait_ms: int, bursts: int = 5) -> dict:
     """End to end against the model alone, paired: each burst (a fresh worker and broker)
     lies between two model-alone runs on the same posts, with nothing else running, and is
     held against their mean. These machines drift by 10-30 % within minutes; a ratio of
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
         n_e2e = 300 if args.quick else int(min(len(stream_texts), max(600, best.rate * 20)))
         # The limit the worker is held against: the model alone at the best settings on the
         # very posts of the end-to-end bursts, run just before and just after each burst.
-        paired = bracketed_bursts(path, stream_texts[:n_e2e], best, args.wait_ms, bursts=2 if args.quick else 3)
+        paired = bracketed_bursts(path, stream_texts[:n_e2e], best, args.wait_ms, bursts=2 if args.quick else 5)
         print(f"[bench] {name}: end to end, latency", flush=True)
         e2e = end_to_end(path, stream_texts[:n_e2e], best, args.wait_ms, seconds=5 if args.quick else 20)
         print(f"[bench] {name}: end to end with EMOTION_NUMERIC=int8", flush=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 import faust
 import structlog
@@ -71,7 +71,10 @@ class EmotionStream:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._assigned = False
-        self._failed = False
+        self.failure: Optional[BaseException] = None
+        """What stopped the worker, if a batch failed in a way that must not be skipped."""
+        self.on_fatal: Optional[Callable[[BaseException], None]] = None
+        """Called after such a failure, to stop the whole process (the CLI stops its Faust worker)."""
         self._seconds_per_post: Optional[float] = None  # running estimate, for the fetch pacer
         self.app = self._build_app()
 
@@ -146,10 +149,12 @@ class EmotionStream:
     async def _fail(self, exc: BaseException) -> None:
         # The failed batch stays unacked, so its offsets are never committed: stop the
         # worker and let a restart re-read it rather than skip it.
-        if not self._failed:
-            self._failed = True
+        if self.failure is None:
+            self.failure = exc
             log.error("batch failed; stopping so the batch is re-read on restart", error=repr(exc))
             await self.app.crash(exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)  # a crashed app alone leaves the process up, doing nothing
 
     def _crash_on_failure(self, task: asyncio.Future) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -42,6 +42,11 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to do."""
 
 
+class ModelUnavailable(RuntimeError):
+    """The model runner itself is gone (its process died), not a post it failed on: the
+    batch must not be retried post by post or dead-lettered, but re-read after a restart."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str
@@ -57,6 +62,16 @@ class PreparedTexts:
     """For each row of the sub-batches, in order, the index of its text."""
     inputs: list[tuple[torch.Tensor, torch.Tensor]]
     """(input ids, attention mask) of each sub-batch."""
+
+
+def to_predictions(rows: Sequence[Sequence[float]], columns: Sequence[str]) -> list[Prediction]:
+    """One prediction per row of probabilities, ``columns`` naming the emotion of each."""
+    out = []
+    for row in rows:
+        scores = {columns[i]: float(p) for i, p in enumerate(row)}
+        best = max(range(len(row)), key=row.__getitem__)
+        out.append(Prediction(label=columns[best], score=float(row[best]), scores=scores))
+    return out
 
 
 def plan_sub_batches(lengths: Sequence[int], max_size: int, call_cost_tokens: float) -> list[tuple[int, int]]:
@@ -349,12 +364,12 @@ class EmotionClassifier:
 
     def predict_prepared(self, prepared: PreparedTexts) -> list[Prediction]:
         """:meth:`run`, as predictions."""
-        out = []
-        for row in self.run(prepared).tolist():
-            scores = {self._columns[i]: float(p) for i, p in enumerate(row)}
-            best = max(range(len(row)), key=row.__getitem__)
-            out.append(Prediction(label=self._columns[best], score=float(row[best]), scores=scores))
-        return out
+        return to_predictions(self.run(prepared).tolist(), self._columns)
+
+    @property
+    def columns(self) -> list[str]:
+        """The emotion of each column of :meth:`run`'s probabilities."""
+        return list(self._columns)
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import structlog
 
 from schemas import DeadLetter, DeadLetterSource, ErrorInfo, ModelInfo, Payload, Post
-from worker.classifier import Prediction
+from worker.classifier import ModelUnavailable, Prediction
 from worker.codec import Rejected, decode_post
 
 log = structlog.get_logger(__name__)
@@ -126,6 +126,8 @@ class BatchProcessor:
         if error is None:
             try:
                 return list(self._predict(batch.model_input))
+            except ModelUnavailable:
+                raise  # not this batch's fault: stop, and re-read it after a restart
             except Exception as exc:
                 error = exc
         # The batch failed: find the posts that fail on their own.
@@ -134,6 +136,8 @@ class BatchProcessor:
         for record, post in batch.valid:
             try:
                 single.append(self._predict(self._prepare([post.text]))[0])
+            except ModelUnavailable:
+                raise
             except Exception as exc:
                 self._reject(batch.outcome, record, ErrorInfo(kind="processing_failed", message=f"model failed on this post: {exc!r}"))
                 single.append(None)

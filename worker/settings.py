@@ -55,6 +55,11 @@ class WorkerSettings(BaseSettings):
         default=None, ge=1,
         description="Forward passes run at once on the CPU, sharing the torch threads; default: one per thread, at most 4.",
     )
+    model_process: bool = Field(
+        default=True,
+        description="Run the model in a process of its own, so it never waits for the worker's Python "
+        "(and the worker's Kafka work never waits for the model's); false runs it in the worker's process.",
+    )
 
     web_enabled: bool = True
     web_host: str = Field(default="127.0.0.1", description="Address of the health, readiness and metrics endpoints.")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
+import re
+import signal
 import time
 import urllib.request
 
@@ -86,8 +89,10 @@ def test_valid_posts_get_results_and_malformed_ones_dead_letters(broker, topics,
     assert base64.b64decode(binary.payload.data) == b"\xff\xfe\x00garbage"
 
 
-def test_worker_killed_mid_stream_loses_nothing(broker, topics, worker_env, tmp_path):
-    posts = make_posts(3000)
+def _interrupt_then_resume(broker, topics, worker_env, tmp_path, posts, done_before, interrupt):
+    """A worker on ``posts`` until ``done_before`` results are out, then ``interrupt(worker)``;
+    then a second worker in the same group until every post has a result. Returns the ids
+    out before the interruption, the ids out in the end, and the dead letters."""
     valid_ids = {k.decode() for k, _ in posts}
     produce_sync(broker, topics.input, posts)
     env = {**worker_env, "EMOTION_BATCH_SIZE": "8", "EMOTION_BATCH_WAIT_MS": "5"}
@@ -95,19 +100,59 @@ def test_worker_killed_mid_stream_loses_nothing(broker, topics, worker_env, tmp_
     first = WorkerProcess(env, log_path=tmp_path / "first.log").start()
     try:
         first.wait_ready(timeout=90)
-        before = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= 200, timeout=90)
+        before = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= done_before, timeout=90)
+        interrupt(first)
     finally:
-        first.kill()  # SIGKILL: no flush, no commit
-    done_before_kill = set(result_ids(before[topics.output]))
-    assert 200 <= len(done_before_kill) < len(valid_ids), "the kill must land mid-stream"
+        first.kill()
+    done_before_interrupt = set(result_ids(before[topics.output]))
+    assert done_before <= len(done_before_interrupt) < len(valid_ids), "the interruption must land mid-stream"
 
     second = WorkerProcess(env, log_path=tmp_path / "second.log").start()
     try:
         second.wait_ready(timeout=90)
         after = collect(broker, [topics.output], lambda s: set(result_ids(s[topics.output])) >= valid_ids, timeout=180)
+        letters = collect(broker, [topics.dlq], lambda s: False, timeout=2)[topics.dlq]
     finally:
         assert second.stop() == 0
-    assert set(result_ids(after[topics.output])) == valid_ids
+    return done_before_interrupt, set(result_ids(after[topics.output])), letters
+
+
+def test_worker_killed_mid_stream_loses_nothing(broker, topics, worker_env, tmp_path):
+    posts = make_posts(3000)
+    _, done, _ = _interrupt_then_resume(
+        broker, topics, worker_env, tmp_path, posts, 200, lambda worker: worker.kill(),  # SIGKILL: no flush, no commit
+    )
+    assert done == {k.decode() for k, _ in posts}
+
+
+def test_a_dead_model_process_stops_the_worker_and_loses_nothing(broker, topics, worker_env, tmp_path):
+    exit_codes = []
+
+    def kill_model_process(worker):
+        started = re.search(r"model process started.*pid=(\d+)", (tmp_path / "first.log").read_text())
+        os.kill(int(started.group(1)), signal.SIGKILL)
+        exit_codes.append(worker.process.wait(timeout=60))
+
+    posts = make_posts(2000)
+    _, done, letters = _interrupt_then_resume(broker, topics, worker_env, tmp_path, posts, 100, kill_model_process)
+    first_log = (tmp_path / "first.log").read_text()
+    assert exit_codes[0] != 0, "a worker without its model must stop, not carry on"
+    assert "killed by signal 9" in first_log and "not committed" in first_log
+    assert done == {k.decode() for k, _ in posts}
+    assert letters == []  # the batch in the model when it died was re-read, not dead-lettered
+
+
+def test_the_model_can_run_in_the_worker_process(broker, topics, worker_env, tmp_path):
+    posts = make_posts(50)
+    produce_sync(broker, topics.input, posts)
+    worker = WorkerProcess({**worker_env, "EMOTION_MODEL_PROCESS": "false"}, log_path=tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(timeout=90)
+        seen = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= len(posts), timeout=90)
+    finally:
+        assert worker.stop() == 0
+    assert sorted(result_ids(seen[topics.output])) == sorted(k.decode() for k, _ in posts)
+    assert "model process started" not in (tmp_path / "worker.log").read_text()
 
 
 def test_graceful_stop_commits_what_it_processed(broker, topics, worker_env, tmp_path):

@@ -49,24 +49,45 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from worker.app import EmotionStream
     from worker.classifier import EmotionClassifier, ModelLoadError
+    from worker.model_process import ModelProcess
     from worker.processing import BatchProcessor
 
     if looks_like_path(settings.model) and not Path(settings.model).exists():
         raise UsageError(model_missing_message(settings.model))
+    options = dict(
+        device=settings.device, max_length=settings.max_length, batch_size=settings.model_batch_size,
+        torch_threads=settings.torch_threads, numeric=settings.numeric, cpu_passes=settings.cpu_passes,
+    )
     try:
-        classifier = EmotionClassifier(
-            settings.model, device=settings.device, max_length=settings.max_length,
-            batch_size=settings.model_batch_size, torch_threads=settings.torch_threads,
-            numeric=settings.numeric, cpu_passes=settings.cpu_passes,
-        )
+        if settings.model_process:
+            classifier = ModelProcess(settings.model, log_level=settings.log_level, log_format=settings.log_format, **options)
+        else:
+            classifier = EmotionClassifier(settings.model, **options)
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from None
-    processor = BatchProcessor(classifier.predict_prepared, classifier.info, prepare=classifier.prepare)
-    stream = EmotionStream(settings, processor, prepare_ahead=classifier.leaves_cpu_to_spare)
-    worker = faust.Worker(
-        stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False,
-    )
-    worker.execute_from_commandline()
+    try:
+        processor = BatchProcessor(classifier.predict_prepared, classifier.info, prepare=classifier.prepare)
+        # In its own process the model never shares this process's cores' worth of Python:
+        # the next batch can be decoded and sent while the model runs the current one.
+        spare = settings.model_process or classifier.leaves_cpu_to_spare
+        stream = EmotionStream(settings, processor, prepare_ahead=spare)
+        worker = faust.Worker(
+            stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False,
+        )
+        # A batch that failed for good (its send refused, the model process gone) stops the
+        # worker with a non-zero exit, its offsets uncommitted, so a supervisor restarts it.
+        stream.on_fatal = lambda exc: asyncio.ensure_future(worker.stop())
+        try:
+            worker.execute_from_commandline()
+        except SystemExit:
+            if stream.failure is None:
+                raise
+        if stream.failure is not None:
+            print(f"emotion-stream worker: stopped after a failed batch: {stream.failure}", file=sys.stderr)
+            return 1
+    finally:
+        if isinstance(classifier, ModelProcess):
+            classifier.close()
     return 0
 
 
