@@ -59,7 +59,7 @@ def _serve(requests: Connection, responses: Connection, model: str, options: dic
         return
     responses.send(("ready", {
         "info": clf.info.model_dump(), "columns": clf.columns,
-        "leaves_cpu_to_spare": clf.leaves_cpu_to_spare, "device": str(clf.device),
+        "device": str(clf.device),
     }))
 
     prepared: queue.SimpleQueue = queue.SimpleQueue()
@@ -120,7 +120,6 @@ class ModelProcess:
         self._send_lock = threading.Lock()
         self._receive_lock = threading.Lock()
         self._next_ticket = 0
-        self._early: dict[int, tuple[str, Any]] = {}
         self._closed = False
         kind, body = self._first_message(start_timeout)
         if kind != "ready":
@@ -128,7 +127,6 @@ class ModelProcess:
             raise ModelLoadError(body)
         self.info = ModelInfo(**body["info"])
         self.columns: list[str] = body["columns"]
-        self.leaves_cpu_to_spare: bool = body["leaves_cpu_to_spare"]
         self.device: str = body["device"]
         log.info("model process started", pid=self._process.pid, model=self.info.name, device=self.device)
 
@@ -142,6 +140,12 @@ class ModelProcess:
                 f"the model process exited with code {self._process.exitcode} while loading the model "
                 "(out of memory? see the lines above)"
             )
+
+    @property
+    def leaves_cpu_to_spare(self) -> bool:
+        """Always: work in the worker's process (decoding the next batch, sending it ahead)
+        never holds up the model's threads, which wait for no lock of the worker's."""
+        return True
 
     @property
     def pid(self) -> Optional[int]:
@@ -161,15 +165,14 @@ class ModelProcess:
     def run(self, ticket: int):
         """The probabilities of a ticket's texts, a (posts, 6) float32 array in the texts' order."""
         with self._receive_lock:
-            while ticket not in self._early:
+            # Answers come back in ticket order: any before ours belong to batches that were
+            # sent but never collected (abandoned when a batch before them failed).
+            got = 0
+            while got != ticket:
                 try:
                     got, status, body = self._responses.recv()
                 except (EOFError, OSError) as exc:
                     raise self._gone() from exc
-                if got >= ticket:
-                    self._early[got] = (status, body)
-                # else: the answer to a ticket nobody collected (its batch was abandoned)
-            status, body = self._early.pop(ticket)
         if status != "ok":
             raise RuntimeError(f"the model failed on this batch: {body}")
         return body

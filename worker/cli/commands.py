@@ -67,10 +67,7 @@ def run_worker(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     try:
         processor = BatchProcessor(classifier.predict_prepared, classifier.info, prepare=classifier.prepare)
-        # In its own process the model never shares this process's cores' worth of Python:
-        # the next batch can be decoded and sent while the model runs the current one.
-        spare = settings.model_process or classifier.leaves_cpu_to_spare
-        stream = EmotionStream(settings, processor, prepare_ahead=spare)
+        stream = EmotionStream(settings, processor, prepare_ahead=classifier.leaves_cpu_to_spare)
         worker = faust.Worker(
             stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False,
         )
