@@ -21,6 +21,7 @@ from prometheus_client import generate_latest
 
 from worker.batching import MicroBatcher
 from worker.broker.profiles import profile_for
+from worker.heap import freeze_startup_objects
 from worker.observability import WorkerMetrics
 from worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
 from worker.settings import WorkerSettings
@@ -112,13 +113,19 @@ class EmotionStream:
 
     async def _agent(self, stream: Any) -> None:
         s = self.settings
+        # Startup is over (the app, its clients and an in-process model are loaded): keep
+        # the cycle collector from walking all of that in the middle of a batch.
+        frozen = freeze_startup_objects()
         log.info(
             "worker started", input_topic=s.input_topic, output_topic=s.output_topic, dlq_topic=s.dlq_topic,
             batch_size=s.batch_size, batch_wait_ms=s.batch_wait_ms, model=self.processor.model.name,
             model_version=self.processor.model.version, broker_backend=s.broker_backend,
-            prepare_ahead=self.prepare_ahead,
+            prepare_ahead=self.prepare_ahead, frozen_objects=frozen,
         )
-        batches = MicroBatcher(_channel_events(stream), s.batch_size, s.batch_wait_ms / 1000)
+        # The wait counts from each post's Kafka timestamp (see MicroBatcher).
+        batches = MicroBatcher(
+            _channel_events(stream), s.batch_size, s.batch_wait_ms / 1000, born=lambda e: e.message.timestamp,
+        )
         # A batch goes through three stages: prepare (decode, tokenize) in one thread, the
         # model in another, then publish on the event loop. Batch N is published while N+1
         # is in the model, and with prepare_ahead a waiting full batch N+1 is prepared while

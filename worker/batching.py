@@ -6,13 +6,18 @@ source runs in a task of its own that fills a bounded queue, so the next batch g
 while the current one is being processed (and a slow consumer holds the source back).
 The wait counts from the first item's arrival, not from when the reader asks: items that
 queued up while the previous batch was processed have waited already, so under load a
-batch leaves as soon as the reader is free.
+batch leaves as soon as the reader is free. Given ``born`` (an item's creation time, Unix
+seconds: for a Kafka record, its timestamp), an item arrives that much earlier, at most
+``max_wait``: the time it spent reaching the worker (the producer's linger, the broker, a
+fetch held while the model was busy) counts as waiting too. Clocks that disagree cost
+nothing worse than a batch released at once, or after the whole wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterable, AsyncIterator, Generic, List, Optional, TypeVar
+import time
+from typing import AsyncIterable, AsyncIterator, Callable, Generic, List, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -22,7 +27,10 @@ _END = object()
 class MicroBatcher(Generic[T]):
     """Async iterator of lists of at most ``max_size`` items from ``source``."""
 
-    def __init__(self, source: AsyncIterable[T], max_size: int, max_wait: float) -> None:
+    def __init__(
+        self, source: AsyncIterable[T], max_size: int, max_wait: float,
+        born: Optional[Callable[[T], Optional[float]]] = None,
+    ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         if max_wait < 0:
@@ -30,6 +38,7 @@ class MicroBatcher(Generic[T]):
         self._source = source
         self.max_size = max_size
         self.max_wait = max_wait
+        self._born = born
         # Room for one batch in progress and one gathering: enough to keep the model fed,
         # little enough that few unprocessed messages are held in memory.
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=2 * max_size)
@@ -41,12 +50,19 @@ class MicroBatcher(Generic[T]):
         try:
             loop = asyncio.get_running_loop()
             async for item in self._source:
-                await self._queue.put((loop.time(), item))
+                await self._queue.put((loop.time() - self._age(item), item))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # surfaced to the reader, never swallowed
             self._error = exc
         await self._queue.put((0.0, _END))
+
+    def _age(self, item: T) -> float:
+        """How long ``item`` has waited already, from 0 to ``max_wait`` seconds."""
+        born = self._born(item) if self._born is not None else None
+        if not born or born <= 0:  # no timestamp (Kafka's is -1 then)
+            return 0.0
+        return min(max(time.time() - born, 0.0), self.max_wait)
 
     def __aiter__(self) -> AsyncIterator[List[T]]:
         return self._batches()

@@ -46,6 +46,7 @@ def _serve(requests: Connection, responses: Connection, model: str, options: dic
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from worker.classifier import EmotionClassifier
+    from worker.heap import freeze_startup_objects
     from worker.observability import configure_logging
 
     configure_logging(*logging)
@@ -57,9 +58,10 @@ def _serve(requests: Connection, responses: Connection, model: str, options: dic
     except Exception as exc:  # anything else while loading is reported the same way
         responses.send(("failed", f"cannot load model {model!r}: {exc!r}"))
         return
+    frozen = freeze_startup_objects()  # a full collection would stall the model mid-batch (see worker.heap)
     responses.send(("ready", {
         "info": clf.info.model_dump(), "columns": clf.columns,
-        "device": str(clf.device),
+        "device": str(clf.device), "frozen_objects": frozen,
     }))
 
     prepared: queue.SimpleQueue = queue.SimpleQueue()
@@ -128,7 +130,12 @@ class ModelProcess:
         self.info = ModelInfo(**body["info"])
         self.columns: list[str] = body["columns"]
         self.device: str = body["device"]
-        log.info("model process started", pid=self._process.pid, model=self.info.name, device=self.device)
+        self.frozen_objects: int = body["frozen_objects"]
+        """Objects the model process exempted from garbage collection once loaded (see worker.heap)."""
+        log.info(
+            "model process started", pid=self._process.pid, model=self.info.name, device=self.device,
+            frozen_objects=self.frozen_objects,
+        )
 
     def _first_message(self, timeout: float) -> tuple[str, Any]:
         try:

@@ -42,8 +42,9 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(default=128, ge=1, le=4096, description="Most posts gathered into one batch.")
     batch_wait_ms: int = Field(
         default=150, ge=0, le=60_000,
-        description="Longest wait to fill a batch, from its first post. Waiting about as long as a "
-        "batch takes keeps the model out of a regime of small back-to-back batches (see README, Benchmarks).",
+        description="Longest wait to fill a batch, from when its first post was produced (its Kafka "
+        "timestamp, counted at most this far back). Waiting about as long as a batch takes keeps the model "
+        "out of a regime of small back-to-back batches (see README, Benchmarks).",
     )
     model_batch_size: int = Field(
         default=32, ge=1, le=1024,

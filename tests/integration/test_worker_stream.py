@@ -193,3 +193,40 @@ def test_worker_refuses_bad_settings_with_a_clear_message(worker_env, tmp_path):
     assert proc.returncode == 2
     assert "EMOTION_BATCH_SIZE" in proc.stderr and "EMOTION_DEVICE" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _produce_at(broker, topic, messages, timestamp_ms):
+    """Send ``messages`` with a record timestamp of our choosing (as a producer's clock would set it)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from worker.broker.profiles import profile_for
+
+    async def run():
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, **profile_for(broker.backend).producer)
+        await producer.start()
+        try:
+            for key, value in messages:
+                await (await producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms))
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def test_the_batch_wait_counts_from_when_a_post_was_produced(broker, topics, worker_env, tmp_path):
+    # A 30 s wait: a fresh post waits that long for company, one produced a minute ago has
+    # waited long enough already and is released as soon as it arrives.
+    worker = WorkerProcess({**worker_env, "EMOTION_BATCH_WAIT_MS": "30000"}, log_path=tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(timeout=90)
+        old, fresh = make_posts(2, prefix="aged")
+        _produce_at(broker, topics.input, [old], int((time.time() - 60) * 1000))
+        seen = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= 1, timeout=20)
+        assert result_ids(seen[topics.output]) == [old[0].decode()]
+        _produce_at(broker, topics.input, [fresh], int(time.time() * 1000))
+        seen = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= 2, timeout=8)
+        assert result_ids(seen[topics.output]) == [old[0].decode()]  # the fresh one is still waiting
+    finally:
+        assert worker.stop() == 0, (tmp_path / "worker.log").read_text()

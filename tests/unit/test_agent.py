@@ -16,7 +16,9 @@ from worker.settings import WorkerSettings
 class Event:
     def __init__(self, offset: int, acks: list) -> None:
         value = json.dumps({"id": f"p{offset}", "text": f"post {offset}"}).encode()
-        self.message = SimpleNamespace(topic="posts", partition=0, offset=offset, key=f"p{offset}".encode(), value=value)
+        self.message = SimpleNamespace(
+            topic="posts", partition=0, offset=offset, key=f"p{offset}".encode(), value=value, timestamp=time.time(),
+        )
         self._acks = acks
 
     def ack(self) -> None:

@@ -124,3 +124,34 @@ async def test_full_batch_waiting_says_whether_a_whole_batch_is_queued():
     assert not batcher.full_batch_waiting()
     gate.set()
     await batcher.aclose()
+
+
+async def _release_delay(born_age, max_wait=0.4, born=True):
+    """Seconds from an item's arrival to its batch's release, the item born ``born_age`` ago."""
+    import time
+
+    async def source():
+        yield time.time() - born_age if born_age is not None else None
+        await asyncio.sleep(10)  # nothing more: the batch leaves by its wait alone
+
+    loop = asyncio.get_running_loop()
+    batcher = MicroBatcher(source(), max_size=100, max_wait=max_wait, born=(lambda t: t) if born else None)
+    start = loop.time()
+    await batcher.__aiter__().__anext__()
+    delay = loop.time() - start
+    await batcher.aclose()
+    return delay
+
+
+async def test_time_spent_reaching_the_batcher_counts_as_waiting():
+    assert 0.1 <= await _release_delay(0.25, max_wait=0.4) < 0.25  # released at 0.4 s of age, 0.15 s after arrival
+
+
+async def test_an_item_older_than_the_wait_leaves_at_once():
+    assert await _release_delay(30.0) < 0.1
+
+
+async def test_without_a_creation_time_the_whole_wait_counts_from_arrival():
+    assert await _release_delay(0.25, born=False) >= 0.38
+    assert await _release_delay(None) >= 0.38  # born() gave no time
+    assert await _release_delay(-30.0) >= 0.38  # a clock ahead of ours never adds to the wait

@@ -79,3 +79,9 @@ def test_a_killed_model_process_stops_the_batch_instead_of_dead_lettering_it(tin
             processor.process(records)
     finally:
         process.close()
+
+
+def test_the_loaded_model_is_kept_out_of_the_cycle_collectors_way(model_process):
+    # torch, transformers and the model leave far more than this many objects for good;
+    # frozen, a full collection no longer walks them in the middle of a batch.
+    assert model_process.frozen_objects > 50_000
