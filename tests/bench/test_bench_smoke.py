@@ -34,3 +34,12 @@ def test_pipeline_ceiling_smoke(tmp_path, monkeypatch):
     rates = bench_run.ceiling(400)
     assert set(rates) == {"worker", "plain aiokafka"}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_packed_against_padded_measures_both_on_every_window(tiny_model):
+    from bench.measure import packed_against_padded
+
+    rows = packed_against_padded(tiny_model, ["i feel fine today", "so very angry", "ok"] * 6, (2, 8), 4, rounds=1)
+    assert [r["window"] for r in rows] == [2, 8]
+    for r in rows:
+        assert r["packed"] > 0 and r["padded"] > 0 and math.isclose(r["ratio"], r["packed"] / r["padded"])

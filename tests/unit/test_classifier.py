@@ -21,8 +21,11 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def classifier(tiny_model):
     # A huge per-pass cost makes the plan deterministic: as few passes as the size allows;
-    # one pass at a time keeps their order (parallel passes are tested on their own below).
-    return EmotionClassifier(str(tiny_model), device="cpu", batch_size=2, call_cost_tokens=1e6, cpu_passes=1)
+    # one pass at a time keeps their order (parallel passes and packing are tested on their
+    # own below).
+    return EmotionClassifier(
+        str(tiny_model), device="cpu", batch_size=2, call_cost_tokens=1e6, cpu_passes=1, packing=False,
+    )
 
 
 def test_predictions_are_distributions_over_the_six_labels(classifier):
@@ -45,9 +48,9 @@ def test_sub_batches_pad_only_to_their_own_longest_post(classifier, monkeypatch)
     widths = []
     forward = classifier._forward
 
-    def spy(ids, mask):
-        widths.append(ids.shape[1])
-        return forward(ids, mask)
+    def spy(x):
+        widths.append(x.ids.shape[1])
+        return forward(x)
 
     monkeypatch.setattr(classifier, "_forward", spy)
     classifier.predict(TEXTS)
@@ -56,12 +59,13 @@ def test_sub_batches_pad_only_to_their_own_longest_post(classifier, monkeypatch)
 
 
 def test_long_posts_are_truncated_to_max_length(tiny_model):
-    short = EmotionClassifier(str(tiny_model), device="cpu", max_length=16)
-    seen = []
-    forward = short._forward
-    short._forward = lambda ids, mask: (seen.append(ids.shape[1]), forward(ids, mask))[1]
-    short.predict(["word " * 500])
-    assert seen == [16]
+    for packing in (False, True):
+        short = EmotionClassifier(str(tiny_model), device="cpu", max_length=16, packing=packing)
+        seen = []
+        forward = short._forward
+        short._forward = lambda x: (seen.append(x.ids.shape[1]), forward(x))[1]
+        short.predict(["word " * 500])
+        assert seen == [16]
 
 
 def test_empty_input_gives_no_predictions(classifier):
@@ -176,11 +180,11 @@ def test_the_cost_of_a_pass_is_measured_when_the_model_loads(tiny_model):
 def test_prepare_then_run_is_predict_and_prepare_leaves_the_model_alone(classifier, monkeypatch):
     calls = []
     forward = classifier._forward
-    monkeypatch.setattr(classifier, "_forward", lambda ids, mask: (calls.append(ids.shape), forward(ids, mask))[1])
+    monkeypatch.setattr(classifier, "_forward", lambda x: (calls.append(x.ids.shape), forward(x))[1])
     prepared = classifier.prepare(TEXTS)
     assert calls == []  # tokenizing and padding only
     assert sorted(prepared.rows) == list(range(len(TEXTS)))
-    assert sum(ids.shape[0] for ids, _ in prepared.inputs) == len(TEXTS)
+    assert sum(x.ids.shape[0] for x in prepared.inputs) == len(TEXTS)
     assert torch.allclose(classifier.run(prepared), classifier.predict_proba(TEXTS))
     assert [p.label for p in classifier.predict_prepared(prepared)] == [p.label for p in classifier.predict(TEXTS)]
     assert classifier.run(classifier.prepare([])).shape == (0, len(LABELS))
@@ -220,12 +224,16 @@ def _threads_of_each_pass(clf):
 
 def test_parallel_passes_give_the_same_results_on_their_own_threads(tiny_model, two_threads):
     texts = TEXTS * 7
-    parallel = EmotionClassifier(str(tiny_model), device="cpu", batch_size=2, cpu_passes=2, call_cost_tokens=4)
-    serial = EmotionClassifier(str(tiny_model), device="cpu", batch_size=2, cpu_passes=1, call_cost_tokens=4)
+    parallel = EmotionClassifier(
+        str(tiny_model), device="cpu", batch_size=2, cpu_passes=2, call_cost_tokens=4, packing=False,
+    )
+    serial = EmotionClassifier(
+        str(tiny_model), device="cpu", batch_size=2, cpu_passes=1, call_cost_tokens=4, packing=False,
+    )
     assert parallel.pass_threads == [1, 1] and serial.pass_threads == [2] and serial._passes is None
     ran_on = set()
     forward = parallel._forward
-    parallel._forward = lambda ids, mask: (ran_on.add(threading.current_thread().name), forward(ids, mask))[1]
+    parallel._forward = lambda x: (ran_on.add(threading.current_thread().name), forward(x))[1]
     assert torch.allclose(parallel.predict_proba(texts), serial.predict_proba(texts), atol=1e-6)
     assert len(parallel.prepare(texts).inputs) > 2
     assert ran_on and all(name.startswith("model-pass") for name in ran_on)
