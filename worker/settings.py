@@ -48,7 +48,8 @@ class WorkerSettings(BaseSettings):
     )
     model_batch_size: int = Field(
         default=32, ge=1, le=1024,
-        description="Most posts per forward pass; a batch is cut into length-sorted sub-batches of this size.",
+        description="Most posts per padded forward pass; a batch is cut into length-sorted sub-batches of at most "
+        "this size (a packed pass is bounded by its rows of 128 tokens instead).",
     )
     max_length: int = Field(default=128, ge=8, le=512, description="Token limit per post (longer posts are truncated).")
     torch_threads: Optional[int] = Field(default=None, ge=1, description="CPU threads for the model; default: torch's choice.")
