@@ -30,13 +30,17 @@ class ModelRate:
 
 def model_alone(
     model: Path, texts: Sequence[str], window: int, model_batch: int, numeric: str = "fp32", passes: Optional[int] = None,
-    packing: bool = True,
+    packing: bool = True, device: str = "cpu", warmup: int = 32,
 ) -> ModelRate:
-    """Posts/s of the model runner over ``texts`` cut into windows, as the worker sees them."""
+    """Posts/s of the model runner over ``texts`` cut into windows, as the worker sees them.
+
+    The first ``warmup`` posts are run once before the clock starts (first calls allocate;
+    on a GPU each new sub-batch shape also costs its first time: warm up on all of them)."""
     clf = EmotionClassifier(
-        str(model), device="cpu", batch_size=model_batch, numeric=numeric, cpu_passes=passes, packing=packing,
+        str(model), device=device, batch_size=model_batch, numeric=numeric, cpu_passes=passes, packing=packing,
     )
-    clf.predict(list(texts[:32]))  # warm-up: first calls allocate
+    for i in range(0, min(warmup, len(texts)), window):
+        clf.predict(list(texts[i : min(i + window, warmup)]))
     started = time.perf_counter()
     for i in range(0, len(texts), window):
         clf.predict(texts[i : i + window])
@@ -51,23 +55,29 @@ def best_model_rate(model: Path, texts: Sequence[str], windows: Sequence[int], b
     return max(rates, key=lambda r: r.rate), rates
 
 
-def naive_pipeline(model: Path, texts: Sequence[str]) -> float:
-    """Posts/s of `transformers.pipeline`, one post at a time, padded to 128 tokens."""
+def naive_pipeline(model: Path, texts: Sequence[str], device: str = "cpu", labels: Optional[Sequence[str]] = None):
+    """Posts/s of `transformers.pipeline`, one post at a time, padded to 128 tokens, in fp32.
+
+    Given ``labels``, returns (posts/s, accuracy) instead.
+    """
     from transformers import pipeline
 
-    clf = pipeline("text-classification", model=str(model), device=-1)
+    clf = pipeline("text-classification", model=str(model), device=0 if device == "cuda" else -1)
     kwargs = dict(padding="max_length", max_length=128, truncation=True)
     clf(texts[0], **kwargs)
     started = time.perf_counter()
-    for text in texts:
-        clf(text, **kwargs)
-    return len(texts) / (time.perf_counter() - started)
+    predicted = [clf(text, **kwargs)[0]["label"].lower() for text in texts]
+    rate = len(texts) / (time.perf_counter() - started)
+    if labels is None:
+        return rate
+    return rate, sum(p == y for p, y in zip(predicted, labels)) / len(texts)
 
 
 def accuracy(
-    model: Path, texts: Sequence[str], labels: Sequence[str], numeric: str, model_batch: int = 32, passes: Optional[int] = None
+    model: Path, texts: Sequence[str], labels: Sequence[str], numeric: str, model_batch: int = 32, passes: Optional[int] = None,
+    device: str = "cpu",
 ) -> float:
-    clf = EmotionClassifier(str(model), device="cpu", batch_size=model_batch, numeric=numeric, cpu_passes=passes)
+    clf = EmotionClassifier(str(model), device=device, batch_size=model_batch, numeric=numeric, cpu_passes=passes)
     predictions = clf.predict(list(texts))
     assert len(predictions) == len(labels), "one label per text"
     return sum(p.label == y for p, y in zip(predictions, labels)) / len(predictions)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from bench.host import machine
 from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline, packed_against_padded
 from bench.models import build_distilbert_architecture, read_split
 from bench.streaming import BenchStream, as_posts
@@ -40,24 +40,6 @@ SMALL_WINDOWS = (8, 16, 32)
 
 HALF_RATE_POSTS = 1500
 """Fewest posts in the half-rate latency run: its p99 is then the 15th slowest post."""
-
-
-def machine() -> str:
-    flags = set()
-    model_name = platform.processor()
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
-    import torch
-
-    return (
-        f"{os.cpu_count()} cores, {model_name}; flags: {' '.join(f for f in wanted if f in flags) or 'none of note'}; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
 
 
 def worker_metrics(stream: BenchStream) -> dict[str, float]:

@@ -19,12 +19,14 @@ On the CPU the sub-batches of a window run as parallel passes, each on its own s
 torch threads (:func:`split_threads`), rather than one pass at a time on all of them: a
 pass on one thread never waits at a barrier for a sibling thread the OS has lent to the
 broker or the event loop, so the model keeps its pace on a machine it shares.
-On CUDA, inputs go through pinned memory and the forward pass runs under autocast.
+On CUDA, inputs go through pinned memory and the forward pass runs under autocast (bf16, or
+fp16 where the GPU lacks bf16) unless fp32 is asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import queue
@@ -36,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import structlog
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from schemas import LABELS, ModelInfo
 
@@ -111,14 +115,17 @@ def plan_sub_batches(lengths: Sequence[int], max_size: int, call_cost_tokens: fl
     n = len(lengths)
     if max_size < 1:
         raise ValueError("max_size must be at least 1")
-    best = [0.0] + [float("inf")] * n  # best[j]: cheapest way to run the first j posts
+    best = np.full(n + 1, np.inf)  # best[j]: cheapest way to run the first j posts
+    best[0] = 0.0
     cut = [0] * (n + 1)
+    starts = np.arange(n + 1, dtype=np.float64)
     for end in range(1, n + 1):
-        longest = lengths[end - 1]
-        for start in range(max(0, end - max_size), end):
-            cost = best[start] + call_cost_tokens + (end - start) * longest
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
+        low = max(0, end - max_size)
+        # Every start at once (a window of 1,024 posts in sub-batches of 256 is 262,144
+        # candidates: a GPU's planning, not its model, would otherwise set the pace).
+        costs = best[low:end] + call_cost_tokens + (end - starts[low:end]) * lengths[end - 1]
+        at = int(costs.argmin())  # the first of equal costs, as a strict < would keep
+        best[end], cut[end] = costs[at], low + at
     plan = []
     end = n
     while end > 0:
@@ -170,6 +177,15 @@ _PACKED_HEADS = {
 }
 """Classification heads, from the first token's hidden state, of the architectures that run
 packed: the ones emotion-stream trains and serves. Any other runs padded."""
+
+
+_CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+"""Attention kernels on CUDA, cuDNN's left out: it builds a plan for every new (rows, width)
+shape, and the worker's sub-batches come in hundreds of shapes (measured on an H100, bf16:
+about 25 ms more per forward pass until each shape has been seen once)."""
+
+MAX_CALL_COST_TOKENS = 1024.0
+"""The most a forward pass's fixed cost is planned at, in tokens of work."""
 
 
 MAX_AUTO_CPU_PASSES = 4
@@ -241,7 +257,7 @@ class EmotionClassifier:
         max_length: int = 128,
         batch_size: int = 32,
         torch_threads: Optional[int] = None,
-        numeric: str = "fp32",
+        numeric: str = "auto",
         call_cost_tokens: Optional[float] = None,
         cpu_passes: Optional[int] = None,
         packing: bool = True,
@@ -280,6 +296,8 @@ class EmotionClassifier:
         self.packing = bool(
             packing and self.device.type == "cpu" and self._head is not None and self._attention in ("sdpa", "eager")
         )
+        if numeric == "auto":  # mixed precision where it is the norm: on a GPU
+            numeric = "bf16" if self.device.type == "cuda" else "fp32"
         self.numeric = numeric
         self._autocast_dtype = self._numeric_mode(numeric)
         # One pass at a time on CUDA: passes queue on the device anyway.
@@ -339,26 +357,33 @@ class EmotionClassifier:
                     times.append(time.perf_counter() - started)
             return statistics.median(times[1:])
 
-        small_tokens, large_rows, large_width = 8, max(1, min(self.batch_size, 16)), 48
+        small_tokens = 8
+        if self.device.type == "cuda":  # a GPU hardly notices 16 rows: time a real sub-batch
+            large_rows, large_width = max(1, min(self.batch_size, 256)), 64
+        else:
+            large_rows, large_width = max(1, min(self.batch_size, 16)), 48
         small = timed(1, small_tokens, 3)
-        large = timed(large_rows, large_width, 2)
+        large = timed(large_rows, large_width, 3)
         per_token = (large - small) / (large_rows * large_width - small_tokens)
-        if per_token <= 0:  # timing noise swamped the difference: plan as if padding were all
-            return 1.0
-        return float(min(1024.0, max(1.0, small / per_token - small_tokens)))
+        if per_token <= 0:  # the fixed cost swamped the work (a GPU): as few passes as can be
+            return MAX_CALL_COST_TOKENS
+        return float(min(MAX_CALL_COST_TOKENS, max(1.0, small / per_token - small_tokens)))
 
     def _numeric_mode(self, numeric: str) -> Optional[torch.dtype]:
         """Apply ``numeric`` (fp32, bf16 or int8) and return the autocast dtype, if any.
 
-        On CUDA the forward pass always runs under autocast (bf16 where supported, else
-        fp16). On the CPU, bf16 autocast pays on AVX512-BF16/AMX hardware and int8 dynamic
-        quantization of the linear layers on VNNI; bench/ measures both speed and accuracy.
+        On CUDA, bf16 runs the forward pass under autocast (bf16 where supported, else fp16;
+        the default there) and fp32 runs it in full precision. On the CPU, bf16 autocast pays
+        on AVX512-BF16/AMX hardware and int8 dynamic quantization of the linear layers on
+        VNNI; bench/ measures both speed and accuracy (bench/gpu.py on a GPU).
         """
         if numeric not in ("fp32", "bf16", "int8"):
-            raise ModelLoadError(f"unknown numeric mode {numeric!r}: use fp32, bf16 or int8")
+            raise ModelLoadError(f"unknown numeric mode {numeric!r}: use auto, fp32, bf16 or int8")
         if self.device.type == "cuda":
             if numeric == "int8":
-                raise ModelLoadError("EMOTION_NUMERIC=int8 is a CPU mode: use fp32 or bf16 on CUDA")
+                raise ModelLoadError("EMOTION_NUMERIC=int8 is a CPU mode: use auto, fp32 or bf16 on CUDA")
+            if numeric == "fp32":
+                return None
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if numeric == "int8":
             from torch.ao.quantization import quantize_dynamic
@@ -460,13 +485,14 @@ class EmotionClassifier:
         return list(self._columns)
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, row in enumerate(rows):
-            ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[j, : len(row)] = 1
-        return ids, mask
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        width = int(lengths.max())
+        mask = np.arange(width) < lengths[:, None]
+        ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+        # Row-major, each row's tokens are the leading run of its mask: one copy for all rows
+        # (a row at a time costs more than the model on a GPU).
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
     def _pack(self, rows: list[list[int]], row_tokens: int) -> tuple[ModelInput, list[int]]:
         """Token rows laid end to end (see :func:`pack_rows`), and the order of the posts in
@@ -504,10 +530,13 @@ class EmotionClassifier:
         if self.device.type == "cuda":
             # From pinned memory (see prepare) the copy runs asynchronously with the previous kernel.
             x = ModelInput(x.ids.to(self.device, non_blocking=True), x.mask.to(self.device, non_blocking=True))
-            with torch.autocast("cuda", dtype=self._autocast_dtype):
-                logits = self._logits(x)
-        elif self._autocast_dtype is not None:
-            with torch.autocast("cpu", dtype=self._autocast_dtype):
+            with sdpa_kernel(_CUDA_ATTENTION):
+                return self._forward_on_device(x)
+        return self._forward_on_device(x)
+
+    def _forward_on_device(self, x: ModelInput) -> torch.Tensor:
+        if self._autocast_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self._autocast_dtype):
                 logits = self._logits(x)
         else:
             logits = self._logits(x)

@@ -35,9 +35,10 @@ class WorkerSettings(BaseSettings):
         description="Model directory (Hugging Face format) or hub id.",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    numeric: Literal["fp32", "bf16", "int8"] = Field(
-        default="fp32",
-        description="CPU numeric mode: fp32, bf16 autocast or int8 dynamic quantization (see bench/ for speed and accuracy).",
+    numeric: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        default="auto",
+        description="Numeric mode: auto (mixed precision on CUDA, fp32 on the CPU), fp32, bf16 autocast (bf16, or fp16 "
+        "where the GPU lacks bf16) or int8 dynamic quantization (CPU only); see bench/ for speed and accuracy.",
     )
     batch_size: int = Field(default=128, ge=1, le=4096, description="Most posts gathered into one batch.")
     batch_wait_ms: int = Field(

@@ -43,3 +43,41 @@ def test_packed_against_padded_measures_both_on_every_window(tiny_model):
     assert [r["window"] for r in rows] == [2, 8]
     for r in rows:
         assert r["packed"] > 0 and r["padded"] > 0 and math.isclose(r["ratio"], r["packed"] / r["padded"])
+
+
+def test_the_gpu_benchmark_runs_its_sections_on_the_cpu(tiny_model, tmp_path):
+    import json
+
+    from bench.gpu import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = ["i feel so happy today;joy", "this makes me angry;anger", "i am scared of the dark;fear"] * 20
+    (data / "validation.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["--device", "cpu", "--quick", "--no-e2e", "--data", str(data), "--model", str(tiny_model),
+                 "--distilbert", str(tiny_model), "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["models"]) == {"DistilBERT arch.", f"trained ({tiny_model.name})"}
+    for section in report["models"].values():
+        assert section["best"]["rate"] > 0 and section["fp32"]["rate"] > 0 and section["naive"] > 0
+        assert section["best"]["rate"] == max(r["rate"] for r in section["sweep"])
+    trained = report["models"][f"trained ({tiny_model.name})"]
+    assert set(trained["accuracy"]) == {"auto", "fp32"}
+    # On the CPU "auto" is fp32: the same predictions, and the naive pipeline agrees with both.
+    assert trained["accuracy"]["auto"] == trained["accuracy"]["fp32"] == trained["naive_accuracy"]
+    assert "no GPU" in report["machine"]
+
+
+def test_the_gpu_benchmark_refuses_to_run_without_a_gpu_unless_told(tmp_path, capsys):
+    import torch
+
+    from bench.gpu import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
+    (tmp_path / "validation.txt").write_text("i feel fine;joy\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "no CUDA device is visible" in capsys.readouterr().err

@@ -120,7 +120,7 @@ def test_faster_numeric_modes_stay_close_to_fp32(tiny_model, numeric, tolerance)
 
 
 def test_unknown_numeric_mode_is_refused(tiny_model):
-    with pytest.raises(ModelLoadError, match="use fp32, bf16 or int8"):
+    with pytest.raises(ModelLoadError, match="use auto, fp32, bf16 or int8"):
         EmotionClassifier(str(tiny_model), device="cpu", numeric="fp8")
 
 
@@ -175,6 +175,25 @@ def test_the_cost_of_a_pass_is_measured_when_the_model_loads(tiny_model):
     assert 1.0 <= clf.call_cost_tokens <= 1024.0
     given = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, call_cost_tokens=12.5)
     assert given.call_cost_tokens == 12.5
+
+
+def test_a_pass_cost_the_clock_cannot_see_is_planned_as_large_as_allowed(tiny_model, monkeypatch):
+    # A GPU runs one post and a padded sub-batch in the same time: the fixed cost is then all
+    # there is, and the planner must cut as few sub-batches as it can, not as many.
+    import worker.classifier as classifier_module
+
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(classifier_module.time, "perf_counter", lambda: float(next(ticks)))
+    clf = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8)
+    assert clf.call_cost_tokens == classifier_module.MAX_CALL_COST_TOKENS
+
+
+def test_auto_numeric_mode_is_fp32_on_the_cpu(tiny_model):
+    auto = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, call_cost_tokens=4)
+    assert auto.numeric == "fp32" and auto._autocast_dtype is None
+    texts = ["i feel fine", "so angry right now"]
+    explicit = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, call_cost_tokens=4, numeric="fp32")
+    assert torch.equal(auto.predict_proba(texts), explicit.predict_proba(texts))
 
 
 def test_prepare_then_run_is_predict_and_prepare_leaves_the_model_alone(classifier, monkeypatch):
