@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.measure import ModelRate, accuracy, model_alone, naive_pipeline
-from bench.models import read_split
+from bench.models import build_distilbert_architecture, read_split
 
 OUT = Path("artifacts/bench-gpu")
 WINDOWS = (256, 1024)
@@ -45,26 +45,6 @@ def gpu_machine(device: str) -> str:
         f"{props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, "
         f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}; host: {machine()}"
     )
-
-
-def distilbert_on_device(directory: Path) -> Path:
-    """The DistilBERT-base architecture with random weights: from ``directory``'s config and
-    tokenizer when its weights are not there (as on a GPU machine that cannot reach the hub
-    nor holds the offline package), else as bench.run builds it."""
-    if (directory / "model.safetensors").is_file():
-        return directory
-    if not (directory / "config.json").is_file():
-        from bench.models import build_distilbert_architecture
-
-        return build_distilbert_architecture(directory)
-    import torch
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    torch.manual_seed(0)
-    DistilBertForSequenceClassification(DistilBertConfig.from_pretrained(directory)).save_pretrained(
-        directory, safe_serialization=True
-    )
-    return directory
 
 
 def model_section(name: str, path: Path, texts: list[str], labels: list[str], device: str, quick: bool) -> dict:
@@ -162,7 +142,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("no CUDA device is visible: this benchmark is for a GPU machine (--device cpu for a smoke run)")
     started = time.monotonic()
     texts, labels = read_split(Path(args.data), "validation")
-    models = [("DistilBERT arch.", distilbert_on_device(Path(args.distilbert)))]
+    models = [("DistilBERT arch.", build_distilbert_architecture(Path(args.distilbert)))]
     if args.model and Path(args.model, "config.json").is_file():
         models.append((f"trained ({Path(args.model).name})", Path(args.model)))
     report: dict = {"machine": gpu_machine(args.device), "models": {}, "args": vars(args)}

@@ -17,20 +17,25 @@ def build_distilbert_architecture(directory: Path) -> Path:
     """DistilBERT-base (6 layers, hidden 768, 66M parameters) with random weights.
 
     Speed does not depend on the weights; the uncased WordPiece vocabulary is the same one
-    distilbert-base-uncased uses, so token counts match the real model's.
+    distilbert-base-uncased uses, so token counts match the real model's. A directory that
+    holds the config and tokenizer but no weights (copied to a machine without the offline
+    package, such as a GPU machine) gets its weights drawn from that config.
     """
-    if (directory / "config.json").is_file():
+    if (directory / "model.safetensors").is_file():
         return directory
     import torch
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(offline_tokenizer_dir())
-    config = DistilBertConfig(
-        vocab_size=tokenizer.vocab_size, num_labels=len(ID2LABEL), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
-    )
+    if (directory / "config.json").is_file():
+        config = DistilBertConfig.from_pretrained(directory)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(offline_tokenizer_dir())
+        config = DistilBertConfig(
+            vocab_size=tokenizer.vocab_size, num_labels=len(ID2LABEL), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
+        )
+        tokenizer.save_pretrained(directory)
     DistilBertForSequenceClassification(config).save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
     return directory
 
 
