@@ -30,7 +30,7 @@ class ModelRate:
 
 def model_alone(
     model: Path, texts: Sequence[str], window: int, model_batch: int, numeric: str = "fp32", passes: Optional[int] = None,
-    packing: bool = True, device: str = "cpu", warmup: int = 32,
+    packing: bool = True, device: str = "cpu", warmup: int = 32, prepack: bool = True,
 ) -> ModelRate:
     """Posts/s of the model runner over ``texts`` cut into windows, as the worker sees them.
 
@@ -38,6 +38,7 @@ def model_alone(
     on a GPU each new sub-batch shape also costs its first time: warm up on all of them)."""
     clf = EmotionClassifier(
         str(model), device=device, batch_size=model_batch, numeric=numeric, cpu_passes=passes, packing=packing,
+        prepack=prepack,
     )
     for i in range(0, min(warmup, len(texts)), window):
         clf.predict(list(texts[i : min(i + window, warmup)]))
@@ -75,25 +76,26 @@ def naive_pipeline(model: Path, texts: Sequence[str], device: str = "cpu", label
 
 def accuracy(
     model: Path, texts: Sequence[str], labels: Sequence[str], numeric: str, model_batch: int = 32, passes: Optional[int] = None,
-    device: str = "cpu",
+    device: str = "cpu", prepack: bool = True,
 ) -> float:
-    clf = EmotionClassifier(str(model), device=device, batch_size=model_batch, numeric=numeric, cpu_passes=passes)
+    clf = EmotionClassifier(str(model), device=device, batch_size=model_batch, numeric=numeric, cpu_passes=passes,
+                            prepack=prepack)
     predictions = clf.predict(list(texts))
     assert len(predictions) == len(labels), "one label per text"
     return sum(p.label == y for p, y in zip(predictions, labels)) / len(predictions)
 
 
-def packed_against_padded(
-    model: Path, texts: Sequence[str], windows: Sequence[int], model_batch: int, rounds: int = 2,
+def on_and_off(
+    model: Path, texts: Sequence[str], windows: Sequence[int], model_batch: int, option: str, rounds: int = 2,
 ) -> list[dict]:
-    """Posts/s of small windows packed and padded, measured in turn ``rounds`` times each
-    (so drift on a shared machine falls on both): the batches a worker runs below saturation."""
+    """Posts/s of the model alone with a runner option (``packing``, ``prepack``) on and off,
+    measured in turn ``rounds`` times on each window (so drift on a shared machine falls on both)."""
     rows = []
     for window in windows:
         rates: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(rounds):
-            for packing in (True, False):
-                rates[packing].append(model_alone(model, texts, window, model_batch, packing=packing).rate)
-        packed, padded = (sum(rates[p]) / rounds for p in (True, False))
-        rows.append({"window": window, "packed": packed, "padded": padded, "ratio": packed / padded})
+            for on in (True, False):
+                rates[on].append(model_alone(model, texts, window, model_batch, **{option: on}).rate)
+        on_rate, off_rate = (sum(rates[on]) / rounds for on in (True, False))
+        rows.append({"window": window, "on": on_rate, "off": off_rate, "ratio": on_rate / off_rate})
     return rows

@@ -5,7 +5,8 @@
 1. Model alone: the model runner over the validation texts, best batch settings from a sweep
    (window, sub-batch size, parallel CPU passes or one pass at a time), then re-measured on
    the end-to-end posts just before and just after each end-to-end burst (the limit); and
-   small windows (8, 16, 32 posts) packed against padded, in turn.
+   small windows (8, 16, 32 posts) packed against padded, and small and large windows with
+   the linear layers' weights prepacked against plain, in turn.
 2. End to end: posts through the embedded broker and a worker (about 20 s of stream at the
    model's rate: the validation posts, then training posts), posts/s over the whole stream
    (five bursts, each with a fresh worker, each held against the model-alone runs around
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from bench.host import machine
-from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline, packed_against_padded
+from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline, on_and_off
 from bench.models import build_distilbert_architecture, read_split
 from bench.streaming import BenchStream, as_posts
 from worker.settings import WorkerSettings
@@ -168,8 +169,11 @@ def run(args: argparse.Namespace) -> dict:
         one_pass = max((r for r in sweep if r.passes == 1), key=lambda r: r.rate)
         parallel = max((r for r in sweep if r.passes is None and r.window == one_pass.window), key=lambda r: r.rate)
         print(f"[bench] {name}: small windows, packed and padded", flush=True)
-        packing = packed_against_padded(path, sweep_texts[: 64 if args.quick else 384], SMALL_WINDOWS, best.model_batch,
-                                        rounds=1 if args.quick else 2)
+        small_texts = sweep_texts[: 64 if args.quick else 384]
+        packing = on_and_off(path, small_texts, SMALL_WINDOWS, best.model_batch, "packing", rounds=1 if args.quick else 2)
+        print(f"[bench] {name}: prepacked weights against plain", flush=True)
+        prepack = on_and_off(path, small_texts, (8, 32), best.model_batch, "prepack", rounds=1 if args.quick else 2)
+        prepack += on_and_off(path, sweep_texts, (best.window,), best.model_batch, "prepack", rounds=1 if args.quick else 2)
         print(f"[bench] {name}: naive pipeline", flush=True)
         naive = naive_pipeline(path, texts[: 30 if args.quick else 150])
         print(f"[bench] {name}: end to end ({' '.join(f'{k}={v}' for k, v in best.env.items())})", flush=True)
@@ -189,6 +193,7 @@ def run(args: argparse.Namespace) -> dict:
             "paired": paired,
             "best": {"window": best.window, "model_batch": best.model_batch, "passes": best.passes},
             "passes": {"one": one_pass.__dict__, "parallel": parallel.__dict__}, "packing": packing,
+            "prepack": prepack,
             "sweep": [r.__dict__ for r in sweep], "naive": naive, "e2e": e2e, "e2e_int8": e2e_int8["rate"],
         }
     print("[bench] numeric modes", flush=True)
@@ -204,14 +209,17 @@ def numeric_modes(models, texts, labels, report, quick: bool) -> list[dict]:
     for name, path in models:
         best = report["models"][name]["best"]
         base_rate = None
-        for numeric in ("fp32", "bf16", "int8"):
-            rate = model_alone(path, texts[:n_speed], best["window"], best["model_batch"], numeric, best["passes"]).rate
+        # fp32 first (the speed-ups are against it), then fp32 with the weights not prepacked.
+        for label, numeric, prepack in (("fp32", "fp32", True), ("fp32 plain weights", "fp32", False),
+                                        ("bf16", "bf16", True), ("int8", "int8", True)):
+            rate = model_alone(path, texts[:n_speed], best["window"], best["model_batch"], numeric, best["passes"],
+                               prepack=prepack).rate
             base_rate = base_rate or rate
             acc = None
             if not name.startswith("DistilBERT"):
                 n = 300 if quick else len(texts)
-                acc = accuracy(path, texts[:n], labels[:n], numeric, best["model_batch"], best["passes"])
-            rows.append({"model": name, "numeric": numeric, "rate": rate, "speedup": rate / base_rate, "accuracy": acc})
+                acc = accuracy(path, texts[:n], labels[:n], numeric, best["model_batch"], best["passes"], prepack=prepack)
+            rows.append({"model": name, "numeric": label, "rate": rate, "speedup": rate / base_rate, "accuracy": acc})
     return rows
 
 
@@ -238,9 +246,10 @@ def print_table(report: dict) -> bool:
               f"(sub-batch {par['model_batch']}), one pass on all threads {one['rate']:.1f} "
               f"(sub-batch {one['model_batch']}): {par['rate'] / one['rate']:.2f}x")
     for name, m in report["models"].items():
-        for row in m.get("packing", []):
-            print(f"{name} alone, window {row['window']}: packed (default) {row['packed']:.1f} posts/s, "
-                  f"padded {row['padded']:.1f}: {row['ratio']:.2f}x")
+        for option, on, off in (("packing", "packed", "padded"), ("prepack", "weights prepacked", "plain")):
+            for row in m.get(option, []):
+                print(f"{name} alone, window {row['window']}: {on} (default) {row['on']:.1f} posts/s, "
+                      f"{off} {row['off']:.1f}: {row['ratio']:.2f}x")
     for name, m in report["models"].items():
         print(f"{name} end to end with EMOTION_NUMERIC=int8: {m['e2e_int8']:.1f} posts/s = "
               f"{m['e2e_int8'] / m['naive']:.1f} x naive")

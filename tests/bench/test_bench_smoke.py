@@ -36,13 +36,23 @@ def test_pipeline_ceiling_smoke(tmp_path, monkeypatch):
     assert all(rate > 0 for rate in rates.values())
 
 
-def test_packed_against_padded_measures_both_on_every_window(tiny_model):
-    from bench.measure import packed_against_padded
+@pytest.mark.parametrize("option", ["packing", "prepack"])
+def test_on_and_off_measures_both_on_every_window(tiny_model, option, monkeypatch):
+    import bench.measure as measure
 
-    rows = packed_against_padded(tiny_model, ["i feel fine today", "so very angry", "ok"] * 6, (2, 8), 4, rounds=1)
+    seen = []
+    real = measure.EmotionClassifier
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs[option])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "EmotionClassifier", recording)
+    rows = measure.on_and_off(tiny_model, ["i feel fine today", "so very angry", "ok"] * 6, (2, 8), 4, option, rounds=1)
     assert [r["window"] for r in rows] == [2, 8]
+    assert seen == [True, False, True, False]  # in turn, on each window
     for r in rows:
-        assert r["packed"] > 0 and r["padded"] > 0 and math.isclose(r["ratio"], r["packed"] / r["padded"])
+        assert r["on"] > 0 and r["off"] > 0 and math.isclose(r["ratio"], r["on"] / r["off"])
 
 
 def test_the_gpu_benchmark_runs_its_sections_on_the_cpu(tiny_model, tmp_path):

@@ -57,7 +57,7 @@ def run_worker(args: argparse.Namespace) -> int:
     options = dict(
         device=settings.device, max_length=settings.max_length, batch_size=settings.model_batch_size,
         torch_threads=settings.torch_threads, numeric=settings.numeric, cpu_passes=settings.cpu_passes,
-        packing=settings.packing,
+        packing=settings.packing, prepack=settings.prepack_weights,
     )
     try:
         if settings.model_process:
