@@ -169,11 +169,11 @@ def run(args: argparse.Namespace) -> dict:
         one_pass = max((r for r in sweep if r.passes == 1), key=lambda r: r.rate)
         parallel = max((r for r in sweep if r.passes is None and r.window == one_pass.window), key=lambda r: r.rate)
         print(f"[bench] {name}: small windows, packed and padded", flush=True)
-        small_texts = sweep_texts[: 64 if args.quick else 384]
-        packing = on_and_off(path, small_texts, SMALL_WINDOWS, best.model_batch, "packing", rounds=1 if args.quick else 2)
+        small_texts, rounds = sweep_texts[: 64 if args.quick else 384], 1 if args.quick else 2
+        packing = on_and_off(path, small_texts, SMALL_WINDOWS, best.model_batch, "packing", rounds)
         print(f"[bench] {name}: prepacked weights against plain", flush=True)
-        prepack = on_and_off(path, small_texts, (8, 32), best.model_batch, "prepack", rounds=1 if args.quick else 2)
-        prepack += on_and_off(path, sweep_texts, (best.window,), best.model_batch, "prepack", rounds=1 if args.quick else 2)
+        prepack = on_and_off(path, small_texts, (8, 32), best.model_batch, "prepack", rounds)
+        prepack += on_and_off(path, sweep_texts, (best.window,), best.model_batch, "prepack", rounds)
         print(f"[bench] {name}: naive pipeline", flush=True)
         naive = naive_pipeline(path, texts[: 30 if args.quick else 150])
         print(f"[bench] {name}: end to end ({' '.join(f'{k}={v}' for k, v in best.env.items())})", flush=True)

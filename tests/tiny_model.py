@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Optional
 
@@ -51,3 +52,12 @@ def build_tiny_model(
         config["attn_implementation"] = attention
         config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return directory
+
+
+WORDS = "i feel so happy sad angry afraid surprised loved today about the news my friend again".split()
+
+
+def random_posts(n: int, seed: int = 0) -> list[str]:
+    """``n`` posts of 1-30 words from a small vocabulary, the same for the same seed."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for _ in range(n)]

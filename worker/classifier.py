@@ -194,7 +194,7 @@ class PrepackedLinear(torch.nn.Module):
 
     The same fp32 arithmetic (results agree with ``nn.Linear`` to float rounding); what it
     saves is the per-call packing of the weight, which on passes of a few dozen tokens costs
-    about as much as the product itself (bench/: 1.2-1.35x on whole DistilBERT and MiniLM
+    about as much as the product itself (bench/: 1.1-1.35x on whole DistilBERT and MiniLM
     passes of 3-64 posts on one thread).
     """
 

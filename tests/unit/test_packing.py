@@ -5,15 +5,8 @@ import random
 import pytest
 import torch
 
-from tests.tiny_model import build_tiny_model
+from tests.tiny_model import build_tiny_model, random_posts as _posts
 from worker.classifier import PACK_ROWS_PER_PASS, EmotionClassifier, pack_rows, share_out
-
-WORDS = "i feel so happy sad angry afraid surprised loved today about the news my friend again".split()
-
-
-def _posts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for _ in range(n)]
 
 
 @pytest.fixture(scope="module", params=[("bert", None), ("distilbert", None), ("bert", "eager"), ("distilbert", "eager")],

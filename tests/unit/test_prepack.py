@@ -1,20 +1,11 @@
 """Prepacked linear layers: the same fp32 results as nn.Linear, used only where they apply."""
 
-import random
-
 import pytest
 import torch
 
-from tests.tiny_model import build_tiny_model
+from tests.tiny_model import build_tiny_model, random_posts as _posts
 from worker.classifier import EmotionClassifier, PrepackedLinear, prepack_linears
 from worker.settings import WorkerSettings
-
-WORDS = "i feel so happy sad angry afraid surprised loved today about the news my friend again".split()
-
-
-def _posts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for _ in range(n)]
 
 
 @pytest.fixture(scope="module", params=["bert", "distilbert"])
