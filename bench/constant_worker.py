@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from schemas import LABELS, ModelInfo
-from worker.classifier import Prediction
+from worker.model.api import Prediction
 
 FIXED = Prediction(label="joy", score=1.0, scores={name: float(name == "joy") for name in LABELS})
 
@@ -22,14 +22,19 @@ def main() -> int:
     import faust
 
     from worker.app import EmotionStream
-    from worker.cli.commands import load_settings
+    from worker.cli.usage import load_settings
     from worker.observability import configure_logging
     from worker.processing import BatchProcessor
+    from worker.settings import WorkerSettings
 
-    settings = load_settings()
+    settings = load_settings(WorkerSettings)
     log_config = configure_logging(settings.log_level, settings.log_format)
-    stream = EmotionStream(settings, BatchProcessor(constant_predict, ModelInfo(name="constant", version="0")))
-    faust.Worker(stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    stream = EmotionStream(
+        settings, BatchProcessor(constant_predict, ModelInfo(name="constant", version="0"))
+    )
+    faust.Worker(
+        stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False
+    ).execute_from_commandline()
     return 0
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
-from typing import Optional
 
+from bench.host import add_data_and_model
 from bench.measure import ModelRate, accuracy, model_alone, naive_pipeline
 from bench.models import build_distilbert_architecture, read_split
 
@@ -43,11 +42,14 @@ def gpu_machine(device: str) -> str:
     props = torch.cuda.get_device_properties(0)
     return (
         f"{props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, "
-        f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}; host: {machine()}"
+        f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}; host: "
+        f"{machine()}"
     )
 
 
-def model_section(name: str, path: Path, texts: list[str], labels: list[str], device: str, quick: bool) -> dict:
+def model_section(
+    name: str, path: Path, texts: list[str], labels: list[str], device: str, quick: bool
+) -> dict:
     repeat = 1 if quick else max(1, 10_000 // len(texts))
     speed_texts = (texts * repeat)[: 256 if quick else None]
     # Warmed up on every window first: a worker runs for days, and on a GPU each sub-batch
@@ -55,16 +57,24 @@ def model_section(name: str, path: Path, texts: list[str], labels: list[str], de
     warm = len(speed_texts)
     sweep = [
         model_alone(path, speed_texts, window, batch, numeric="auto", device=device, warmup=warm)
-        for window in ((64,) if quick else WINDOWS) for batch in ((32,) if quick else MODEL_BATCHES)
+        for window in ((64,) if quick else WINDOWS)
+        for batch in ((32,) if quick else MODEL_BATCHES)
     ]
     best = max(sweep, key=lambda r: r.rate)
-    fp32 = model_alone(path, speed_texts, best.window, best.model_batch, numeric="fp32", device=device, warmup=warm)
-    print(f"[gpu] {name}: best {best.window}/{best.model_batch} {best.rate:.0f} posts/s, fp32 {fp32.rate:.0f}", flush=True)
+    fp32 = model_alone(
+        path, speed_texts, best.window, best.model_batch, numeric="fp32", device=device, warmup=warm
+    )
+    print(
+        f"[gpu] {name}: best {best.window}/{best.model_batch} {best.rate:.0f} posts/s, fp32 {fp32.rate:.0f}",
+        flush=True,
+    )
     trained = not name.startswith("DistilBERT")
     naive_texts = texts[: 40 if quick else (len(texts) if trained else 500)]
     section: dict = {"sweep": [r.__dict__ for r in sweep], "best": best.__dict__, "fp32": fp32.__dict__}
     if trained:
-        naive, naive_accuracy = naive_pipeline(path, naive_texts, device=device, labels=labels[: len(naive_texts)])
+        naive, naive_accuracy = naive_pipeline(
+            path, naive_texts, device=device, labels=labels[: len(naive_texts)]
+        )
         section["naive_accuracy"] = naive_accuracy
         n = len(naive_texts)
         section["accuracy"] = {
@@ -80,15 +90,18 @@ def model_section(name: str, path: Path, texts: list[str], labels: list[str], de
 
 def e2e_section(path: Path, best: dict, stream_texts: list[str], device: str, quick: bool) -> dict:
     from bench.run import ceiling, end_to_end
-
     from worker.settings import WorkerSettings
 
     rate = ModelRate(best["window"], best["model_batch"], "auto", best["rate"])
     n = 600 if quick else min(len(stream_texts), 20_000)
     e2e = end_to_end(
-        path, stream_texts[:n], rate, wait_ms=WorkerSettings.model_fields["batch_wait_ms"].default,
+        path,
+        stream_texts[:n],
+        rate,
+        wait_ms=WorkerSettings.model_fields["batch_wait_ms"].default,
         seconds=3 if quick else 10,
-        extra_env={"EMOTION_DEVICE": device}, latency_texts=stream_texts,
+        extra_env={"EMOTION_DEVICE": device},
+        latency_texts=stream_texts,
     )
     e2e["ceiling"] = ceiling(2000 if quick else 30_000)
     return e2e
@@ -96,42 +109,67 @@ def e2e_section(path: Path, best: dict, stream_texts: list[str], device: str, qu
 
 def print_table(report: dict) -> None:
     print(f"\nmachine: {report['machine']}\n")
-    print(f"{'model':<24} {'window/sub':>10} {'mixed/s':>9} {'fp32/s':>8} {'mixed/fp32':>10} {'naive/s':>8} {'alone/naive':>11}")
+    print(
+        f"{'model':<24} {'window/sub':>10} {'mixed/s':>9} {'fp32/s':>8} {'mixed/fp32':>10} {'naive/s':>8} "
+        f"{'alone/naive':>11}"
+    )
     for name, m in report["models"].items():
         best, fp32 = m["best"], m["fp32"]
-        print(f"{name:<24} {best['window']:>5}/{best['model_batch']:<4} {best['rate']:>9.0f} {fp32['rate']:>8.0f} "
-              f"{best['rate'] / fp32['rate']:>10.2f} {m['naive']:>8.1f} {best['rate'] / m['naive']:>11.1f}")
+        print(
+            f"{name:<24} {best['window']:>5}/{best['model_batch']:<4} {best['rate']:>9.0f} "
+            f"{fp32['rate']:>8.0f} "
+            f"{best['rate'] / fp32['rate']:>10.2f} {m['naive']:>8.1f} {best['rate'] / m['naive']:>11.1f}"
+        )
     for name, m in report["models"].items():
-        print(f"{name} sweep (mixed precision): " + ", ".join(
-            f"{r['window']}/{r['model_batch']} {r['rate']:.0f}" for r in m["sweep"]))
+        print(
+            f"{name} sweep (mixed precision): "
+            + ", ".join(f"{r['window']}/{r['model_batch']} {r['rate']:.0f}" for r in m["sweep"])
+        )
         if "accuracy" in m:
             acc = m["accuracy"]
-            print(f"{name} validation accuracy on {report['args']['device']} ({m['accuracy_posts']} posts): mixed precision "
-                  f"{acc['auto']:.4f}, fp32 {acc['fp32']:.4f} (loss {acc['fp32'] - acc['auto']:.4f}); "
-                  f"naive pipeline fp32 {m['naive_accuracy']:.4f}")
+            print(
+                f"{name} validation accuracy on {report['args']['device']} ({m['accuracy_posts']} posts): "
+                "mixed precision "
+                f"{acc['auto']:.4f}, fp32 {acc['fp32']:.4f} (loss {acc['fp32'] - acc['auto']:.4f}); "
+                f"naive pipeline fp32 {m['naive_accuracy']:.4f}"
+            )
     e2e = report.get("e2e")
     if e2e:
         c = e2e["ceiling"]
         alone = report["models"][e2e["model"]]["best"]["rate"]
-        print(f"\nend to end, {e2e['model']} on {report['args']['device']}, window {e2e['window']}: bursts "
-              f"{', '.join(f'{r:.0f}' for r in e2e['burst_rates'])} posts/s (model alone {alone:.0f}: "
-              f"{e2e['rate'] / alone:.2f}); latency p50/p95/p99 ms saturated "
-              f"{'/'.join(f'{x:.0f}' for x in e2e['latency_saturated'])}, half rate "
-              f"{'/'.join(f'{x:.0f}' for x in e2e['latency_half'])} (wait {e2e['wait_ms']} ms)")
-        print(f"pipeline ceiling of this host (model costs nothing): worker {c['worker']:.0f} posts/s, plain aiokafka "
-              f"loop {c['plain aiokafka']:.0f}; end to end = {e2e['rate'] / c['worker']:.2f} x the ceiling")
+        print(
+            f"\nend to end, {e2e['model']} on {report['args']['device']}, window {e2e['window']}: bursts "
+            f"{', '.join(f'{r:.0f}' for r in e2e['burst_rates'])} posts/s (model alone {alone:.0f}: "
+            f"{e2e['rate'] / alone:.2f}); latency p50/p95/p99 ms saturated "
+            f"{'/'.join(f'{x:.0f}' for x in e2e['latency_saturated'])}, half rate "
+            f"{'/'.join(f'{x:.0f}' for x in e2e['latency_half'])} (wait {e2e['wait_ms']} ms)"
+        )
+        print(
+            f"pipeline ceiling of this host (model costs nothing): worker {c['worker']:.0f} posts/s, plain "
+            "aiokafka "
+            f"loop {c['plain aiokafka']:.0f}; end to end = {e2e['rate'] / c['worker']:.2f} x the ceiling"
+        )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("EMOTION_DATA_DIR", "../shared/data/emotion"),
-                        help="directory with validation.txt (default: EMOTION_DATA_DIR, else ../shared/data/emotion)")
-    parser.add_argument("--model", default="artifacts/model", help="trained model directory, if any (default artifacts/model)")
-    parser.add_argument("--distilbert", default="artifacts/bench/distilbert-random",
-                        help="DistilBERT-architecture directory; weights are drawn from its config.json if missing")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a smoke run of this script")
-    parser.add_argument("--no-e2e", dest="e2e", action="store_false", help="model alone, naive and accuracy only")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: small samples, not for the numbers")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_data_and_model(parser)
+    parser.add_argument(
+        "--distilbert",
+        default="artifacts/bench/distilbert-random",
+        help="DistilBERT-architecture directory; weights are drawn from its config.json if missing",
+    )
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a smoke run of this script"
+    )
+    parser.add_argument(
+        "--no-e2e", dest="e2e", action="store_false", help="model alone, naive and accuracy only"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: small samples, not for the numbers"
+    )
     parser.add_argument("--out", default=str(OUT), help=f"where results.json goes (default {OUT})")
     args = parser.parse_args(argv)
     if not Path(args.data, "validation.txt").is_file():
@@ -139,7 +177,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("no CUDA device is visible: this benchmark is for a GPU machine (--device cpu for a smoke run)")
+        parser.error(
+            "no CUDA device is visible: this benchmark is for a GPU machine (--device cpu for a smoke run)"
+        )
     started = time.monotonic()
     texts, labels = read_split(Path(args.data), "validation")
     models = [("DistilBERT arch.", build_distilbert_architecture(Path(args.distilbert)))]

@@ -1,9 +1,26 @@
-"""The machine a benchmark ran on, in one line."""
+"""What every benchmark shares: the machine it ran on, in one line, and its common options."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+
+from schemas.model_directory import DEFAULT_MODEL_DIR
+
+
+def add_data_and_model(parser: argparse.ArgumentParser) -> None:
+    """``--data`` (the emotion splits) and ``--model`` (a trained model directory)."""
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("EMOTION_DATA_DIR", "../shared/data/emotion"),
+        help="directory with validation.txt (default: EMOTION_DATA_DIR, else ../shared/data/emotion)",
+    )
+    parser.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL_DIR),
+        help=f"trained model directory, if any (default {DEFAULT_MODEL_DIR})",
+    )
 
 
 def machine() -> str:
@@ -19,6 +36,7 @@ def machine() -> str:
     import torch
 
     return (
-        f"{os.cpu_count()} cores, {model_name}; flags: {' '.join(f for f in wanted if f in flags) or 'none of note'}; "
+        f"{os.cpu_count()} cores, {model_name}; flags: "
+        f"{' '.join(f for f in wanted if f in flags) or 'none of note'}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )

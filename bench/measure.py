@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
-from worker.classifier import EmotionClassifier
+from worker.model.api import ModelOptions
+from worker.model.runner import EmotionClassifier
 
 
 @dataclass
@@ -16,7 +17,7 @@ class ModelRate:
     model_batch: int
     numeric: str
     rate: float
-    passes: Optional[int] = None
+    passes: int | None = None
     """Parallel CPU passes (EMOTION_CPU_PASSES); None: the worker's default."""
 
     @property
@@ -29,16 +30,31 @@ class ModelRate:
 
 
 def model_alone(
-    model: Path, texts: Sequence[str], window: int, model_batch: int, numeric: str = "fp32", passes: Optional[int] = None,
-    packing: bool = True, device: str = "cpu", warmup: int = 32, prepack: bool = True,
+    model: Path,
+    texts: Sequence[str],
+    window: int,
+    model_batch: int,
+    numeric: str = "fp32",
+    passes: int | None = None,
+    packing: bool = True,
+    device: str = "cpu",
+    warmup: int = 32,
+    prepack: bool = True,
 ) -> ModelRate:
     """Posts/s of the model runner over ``texts`` cut into windows, as the worker sees them.
 
     The first ``warmup`` posts are run once before the clock starts (first calls allocate;
     on a GPU each new sub-batch shape also costs its first time: warm up on all of them)."""
     clf = EmotionClassifier(
-        str(model), device=device, batch_size=model_batch, numeric=numeric, cpu_passes=passes, packing=packing,
-        prepack=prepack,
+        str(model),
+        ModelOptions(
+            device=device,
+            batch_size=model_batch,
+            numeric=numeric,
+            cpu_passes=passes,
+            packing=packing,
+            prepack=prepack,
+        ),
     )
     for i in range(0, min(warmup, len(texts)), window):
         clf.predict(list(texts[i : min(i + window, warmup)]))
@@ -48,7 +64,9 @@ def model_alone(
     return ModelRate(window, model_batch, numeric, len(texts) / (time.perf_counter() - started), passes)
 
 
-def best_model_rate(model: Path, texts: Sequence[str], windows: Sequence[int], batches: Sequence[int]) -> tuple[ModelRate, list[ModelRate]]:
+def best_model_rate(
+    model: Path, texts: Sequence[str], windows: Sequence[int], batches: Sequence[int]
+) -> tuple[ModelRate, list[ModelRate]]:
     """The sweep: every window and sub-batch size with the default parallel passes, and the
     largest window again with one pass at a time on all threads."""
     rates = [model_alone(model, texts, w, b) for w in windows for b in batches]
@@ -56,7 +74,9 @@ def best_model_rate(model: Path, texts: Sequence[str], windows: Sequence[int], b
     return max(rates, key=lambda r: r.rate), rates
 
 
-def naive_pipeline(model: Path, texts: Sequence[str], device: str = "cpu", labels: Optional[Sequence[str]] = None):
+def naive_pipeline(
+    model: Path, texts: Sequence[str], device: str = "cpu", labels: Sequence[str] | None = None
+):
     """Posts/s of `transformers.pipeline`, one post at a time, padded to 128 tokens, in fp32.
 
     Given ``labels``, returns (posts/s, accuracy) instead.
@@ -71,22 +91,37 @@ def naive_pipeline(model: Path, texts: Sequence[str], device: str = "cpu", label
     rate = len(texts) / (time.perf_counter() - started)
     if labels is None:
         return rate
-    return rate, sum(p == y for p, y in zip(predicted, labels)) / len(texts)
+    return rate, sum(p == y for p, y in zip(predicted, labels, strict=True)) / len(texts)
 
 
 def accuracy(
-    model: Path, texts: Sequence[str], labels: Sequence[str], numeric: str, model_batch: int = 32, passes: Optional[int] = None,
-    device: str = "cpu", prepack: bool = True,
+    model: Path,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    numeric: str,
+    model_batch: int = 32,
+    passes: int | None = None,
+    device: str = "cpu",
+    prepack: bool = True,
 ) -> float:
-    clf = EmotionClassifier(str(model), device=device, batch_size=model_batch, numeric=numeric, cpu_passes=passes,
-                            prepack=prepack)
+    clf = EmotionClassifier(
+        str(model),
+        ModelOptions(
+            device=device, batch_size=model_batch, numeric=numeric, cpu_passes=passes, prepack=prepack
+        ),
+    )
     predictions = clf.predict(list(texts))
     assert len(predictions) == len(labels), "one label per text"
-    return sum(p.label == y for p, y in zip(predictions, labels)) / len(predictions)
+    return sum(p.label == y for p, y in zip(predictions, labels, strict=True)) / len(predictions)
 
 
 def on_and_off(
-    model: Path, texts: Sequence[str], windows: Sequence[int], model_batch: int, option: str, rounds: int = 2,
+    model: Path,
+    texts: Sequence[str],
+    windows: Sequence[int],
+    model_batch: int,
+    option: str,
+    rounds: int = 2,
 ) -> list[dict]:
     """Posts/s of the model alone with a runner option (``packing``, ``prepack``) on and off,
     measured in turn ``rounds`` times on each window (so drift on a shared machine falls on both)."""

@@ -32,7 +32,10 @@ def build_distilbert_architecture(directory: Path) -> Path:
     else:
         tokenizer = AutoTokenizer.from_pretrained(offline_tokenizer_dir())
         config = DistilBertConfig(
-            vocab_size=tokenizer.vocab_size, num_labels=len(ID2LABEL), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
+            vocab_size=tokenizer.vocab_size,
+            num_labels=len(ID2LABEL),
+            id2label=dict(ID2LABEL),
+            label2id=dict(LABEL2ID),
         )
         tokenizer.save_pretrained(directory)
     DistilBertForSequenceClassification(config).save_pretrained(directory, safe_serialization=True)

@@ -20,13 +20,17 @@ from worker.processing import BatchProcessor, InboundRecord
 
 
 async def run() -> None:
-    from worker.cli.commands import load_settings
+    from worker.cli.usage import load_settings
+    from worker.settings import WorkerSettings
 
-    settings = load_settings()
+    settings = load_settings(WorkerSettings)
     profile = profile_for(settings.broker_backend)
     consumer = AIOKafkaConsumer(
-        settings.input_topic, bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
-        enable_auto_commit=False, **profile.consumer,
+        settings.input_topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        **profile.consumer,
     )
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5, **profile.producer)
     processor = BatchProcessor(constant_predict, ModelInfo(name="constant", version="0"))
@@ -37,12 +41,21 @@ async def run() -> None:
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100, max_records=500)
-            records = [InboundRecord(r.topic, r.partition, r.offset, r.key, r.value) for rs in batch.values() for r in rs]
+            records = [
+                InboundRecord(r.topic, r.partition, r.offset, r.key, r.value)
+                for rs in batch.values()
+                for r in rs
+            ]
             if not records:
                 continue
             outcome = processor.process(records)
-            futures = [await producer.send(settings.output_topic, key=m.key, value=m.value) for m in outcome.results]
-            futures += [await producer.send(settings.dlq_topic, key=m.key, value=m.value) for m in outcome.dead_letters]
+            futures = [
+                await producer.send(settings.output_topic, key=m.key, value=m.value) for m in outcome.results
+            ]
+            futures += [
+                await producer.send(settings.dlq_topic, key=m.key, value=m.value)
+                for m in outcome.dead_letters
+            ]
             await asyncio.gather(*futures)
             await consumer.commit()
     finally:

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
-from bench.host import machine
+from bench.host import add_data_and_model, machine
 from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline, on_and_off
 from bench.models import build_distilbert_architecture, read_split
 from bench.streaming import BenchStream, as_posts
@@ -75,8 +73,13 @@ def histogram_median(before: dict[str, float], after: dict[str, float], name: st
     return previous_le
 
 
-def _stream_env(model: Path, best: ModelRate, wait_ms: int, extra_env: Optional[dict]) -> dict:
-    return {"EMOTION_MODEL": str(model), **best.env, "EMOTION_BATCH_WAIT_MS": str(wait_ms), **(extra_env or {})}
+def _stream_env(model: Path, best: ModelRate, wait_ms: int, extra_env: dict | None) -> dict:
+    return {
+        "EMOTION_MODEL": str(model),
+        **best.env,
+        "EMOTION_BATCH_WAIT_MS": str(wait_ms),
+        **(extra_env or {}),
+    }
 
 
 def _started(stream: BenchStream, texts: list[str]) -> None:
@@ -88,7 +91,9 @@ def _started(stream: BenchStream, texts: list[str]) -> None:
 def _burst(stream: BenchStream, texts: list[str], prefix: str) -> float:
     run = stream.paced(as_posts(texts, prefix), rate=None, timeout=len(texts) / 5 + 60)
     if run.posts < len(texts):
-        raise RuntimeError(f"only {run.posts} of {len(texts)} results came back; see {CACHE / 'e2e-worker.log'}")
+        raise RuntimeError(
+            f"only {run.posts} of {len(texts)} results came back; see {CACHE / 'e2e-worker.log'}"
+        )
     return run.rate
 
 
@@ -98,6 +103,7 @@ def bracketed_bursts(model: Path, texts: list[str], best: ModelRate, wait_ms: in
     held against their mean. These machines drift by 10-30 % within minutes; a ratio of
     neighbours is what that drift leaves alone. The target is the median of the ratios.
     """
+
     def alone() -> float:
         return model_alone(model, texts, best.window, best.model_batch, passes=best.passes).rate
 
@@ -107,13 +113,21 @@ def bracketed_bursts(model: Path, texts: list[str], best: ModelRate, wait_ms: in
             _started(stream, texts)
             rates.append(_burst(stream, texts, f"sat{i}"))
         alones.append(alone())
-    ratios = [rate / ((before + after) / 2) for rate, before, after in zip(rates, alones, alones[1:])]
+    ratios = [
+        rate / ((before + after) / 2) for rate, before, after in zip(rates, alones, alones[1:], strict=False)
+    ]
     return {"alone": alones, "e2e": rates, "ratios": ratios, "ratio": statistics.median(ratios)}
 
 
 def end_to_end(
-    model: Path, texts: list[str], best: ModelRate, wait_ms: int, seconds: float, extra_env: Optional[dict] = None,
-    latency_texts: Optional[list[str]] = None, half_rate_posts: int = 0,
+    model: Path,
+    texts: list[str],
+    best: ModelRate,
+    wait_ms: int,
+    seconds: float,
+    extra_env: dict | None = None,
+    latency_texts: list[str] | None = None,
+    half_rate_posts: int = 0,
 ) -> dict:
     """Throughput of a burst (better of two), then latency paced at that rate and at half of it.
 
@@ -126,7 +140,9 @@ def end_to_end(
         _started(stream, texts)
         rates = [_burst(stream, texts, f"sat{attempt}") for attempt in range(2)]
         rate = max(rates)
-        paced_full = stream.paced(as_posts(texts[: int(rate * seconds)], "full"), rate, timeout=seconds * 4 + 30)
+        paced_full = stream.paced(
+            as_posts(texts[: int(rate * seconds)], "full"), rate, timeout=seconds * 4 + 30
+        )
         before = worker_metrics(stream)
         half = latency_texts[: max(int(rate * seconds / 2), half_rate_posts)]
         paced_half = stream.paced(as_posts(half, "half"), rate / 2, timeout=len(half) / rate * 4 + 30)
@@ -157,7 +173,9 @@ def ceiling(n: int) -> dict:
 def run(args: argparse.Namespace) -> dict:
     CACHE.mkdir(parents=True, exist_ok=True)
     texts, labels = read_split(Path(args.data), "validation")
-    stream_texts = texts + (read_split(Path(args.data), "train")[0] if Path(args.data, "train.txt").is_file() else [])
+    stream_texts = texts + (
+        read_split(Path(args.data), "train")[0] if Path(args.data, "train.txt").is_file() else []
+    )
     sweep_texts = texts[: 256 if args.quick else 1024]
     models = [("DistilBERT arch.", build_distilbert_architecture(CACHE / "distilbert-random"))]
     if args.model and Path(args.model, "config.json").is_file():
@@ -167,7 +185,9 @@ def run(args: argparse.Namespace) -> dict:
         print(f"[bench] {name}: model alone", flush=True)
         best, sweep = best_model_rate(path, sweep_texts, windows=(128, 512), batches=(16, 32, 64))
         one_pass = max((r for r in sweep if r.passes == 1), key=lambda r: r.rate)
-        parallel = max((r for r in sweep if r.passes is None and r.window == one_pass.window), key=lambda r: r.rate)
+        parallel = max(
+            (r for r in sweep if r.passes is None and r.window == one_pass.window), key=lambda r: r.rate
+        )
         print(f"[bench] {name}: small windows, packed and padded", flush=True)
         small_texts, rounds = sweep_texts[: 64 if args.quick else 384], 1 if args.quick else 2
         packing = on_and_off(path, small_texts, SMALL_WINDOWS, best.model_batch, "packing", rounds)
@@ -182,19 +202,38 @@ def run(args: argparse.Namespace) -> dict:
         n_e2e = 300 if args.quick else int(min(len(stream_texts), max(600, best.rate * 20)))
         # The limit the worker is held against: the model alone at the best settings on the
         # very posts of the end-to-end bursts, run just before and just after each burst.
-        paired = bracketed_bursts(path, stream_texts[:n_e2e], best, args.wait_ms, bursts=2 if args.quick else 5)
+        paired = bracketed_bursts(
+            path, stream_texts[:n_e2e], best, args.wait_ms, bursts=2 if args.quick else 5
+        )
         print(f"[bench] {name}: end to end, latency", flush=True)
-        e2e = end_to_end(path, stream_texts[:n_e2e], best, args.wait_ms, seconds=5 if args.quick else 20,
-                         latency_texts=stream_texts, half_rate_posts=0 if args.quick else HALF_RATE_POSTS)
+        e2e = end_to_end(
+            path,
+            stream_texts[:n_e2e],
+            best,
+            args.wait_ms,
+            seconds=5 if args.quick else 20,
+            latency_texts=stream_texts,
+            half_rate_posts=0 if args.quick else HALF_RATE_POSTS,
+        )
         print(f"[bench] {name}: end to end with EMOTION_NUMERIC=int8", flush=True)
-        e2e_int8 = end_to_end(path, stream_texts[:n_e2e], best, args.wait_ms,
-                              seconds=5 if args.quick else 10, extra_env={"EMOTION_NUMERIC": "int8"})
+        e2e_int8 = end_to_end(
+            path,
+            stream_texts[:n_e2e],
+            best,
+            args.wait_ms,
+            seconds=5 if args.quick else 10,
+            extra_env={"EMOTION_NUMERIC": "int8"},
+        )
         report["models"][name] = {
             "paired": paired,
             "best": {"window": best.window, "model_batch": best.model_batch, "passes": best.passes},
-            "passes": {"one": one_pass.__dict__, "parallel": parallel.__dict__}, "packing": packing,
+            "passes": {"one": one_pass.__dict__, "parallel": parallel.__dict__},
+            "packing": packing,
             "prepack": prepack,
-            "sweep": [r.__dict__ for r in sweep], "naive": naive, "e2e": e2e, "e2e_int8": e2e_int8["rate"],
+            "sweep": [r.__dict__ for r in sweep],
+            "naive": naive,
+            "e2e": e2e,
+            "e2e_int8": e2e_int8["rate"],
         }
     print("[bench] numeric modes", flush=True)
     report["numeric"] = numeric_modes(models, texts, labels, report, quick=args.quick)
@@ -210,74 +249,118 @@ def numeric_modes(models, texts, labels, report, quick: bool) -> list[dict]:
         best = report["models"][name]["best"]
         base_rate = None
         # fp32 first (the speed-ups are against it), then fp32 with the weights not prepacked.
-        for label, numeric, prepack in (("fp32", "fp32", True), ("fp32 plain weights", "fp32", False),
-                                        ("bf16", "bf16", True), ("int8", "int8", True)):
-            rate = model_alone(path, texts[:n_speed], best["window"], best["model_batch"], numeric, best["passes"],
-                               prepack=prepack).rate
+        for label, numeric, prepack in (
+            ("fp32", "fp32", True),
+            ("fp32 plain weights", "fp32", False),
+            ("bf16", "bf16", True),
+            ("int8", "int8", True),
+        ):
+            rate = model_alone(
+                path,
+                texts[:n_speed],
+                best["window"],
+                best["model_batch"],
+                numeric,
+                best["passes"],
+                prepack=prepack,
+            ).rate
             base_rate = base_rate or rate
             acc = None
             if not name.startswith("DistilBERT"):
                 n = 300 if quick else len(texts)
-                acc = accuracy(path, texts[:n], labels[:n], numeric, best["model_batch"], best["passes"], prepack=prepack)
-            rows.append({"model": name, "numeric": label, "rate": rate, "speedup": rate / base_rate, "accuracy": acc})
+                acc = accuracy(
+                    path, texts[:n], labels[:n], numeric, best["model_batch"], best["passes"], prepack=prepack
+                )
+            rows.append(
+                {"model": name, "numeric": label, "rate": rate, "speedup": rate / base_rate, "accuracy": acc}
+            )
     return rows
 
 
 def print_table(report: dict) -> bool:
     print(f"\nmachine: {report['machine']}\n")
     ok = True
-    print(f"{'model':<26} {'alone/s':>8} {'e2e/s':>7} {'e2e/alone':>9} {'naive/s':>8} {'e2e/naive':>9}  latency p50/p95/p99 ms (saturated | half rate)")
+    print(
+        f"{'model':<26} {'alone/s':>8} {'e2e/s':>7} {'e2e/alone':>9} {'naive/s':>8} {'e2e/naive':>9}  "
+        "latency p50/p95/p99 ms (saturated | half rate)"
+    )
     for name, m in report["models"].items():
         e2e, paired = m["e2e"], m["paired"]
         rate, alone = statistics.median(paired["e2e"]), statistics.median(paired["alone"])
         ratio_alone, ratio_naive = paired["ratio"], rate / m["naive"]
         sat = "/".join(f"{x:.0f}" for x in e2e["latency_saturated"])
         half = "/".join(f"{x:.0f}" for x in e2e["latency_half"])
-        print(f"{name:<26} {alone:>8.1f} {rate:>7.1f} {ratio_alone:>9.2f} {m['naive']:>8.1f} {ratio_naive:>9.1f}  {sat} | {half}")
-    print("(alone and e2e: medians; e2e/alone: median of each burst against the mean of the model-alone runs"
-          " just before and after it)")
+        print(
+            f"{name:<26} {alone:>8.1f} {rate:>7.1f} {ratio_alone:>9.2f} {m['naive']:>8.1f} "
+            f"{ratio_naive:>9.1f}  {sat} | {half}"
+        )
+    print(
+        "(alone and e2e: medians; e2e/alone: median of each burst against the mean of the model-alone runs"
+        " just before and after it)"
+    )
     for name, m in report["models"].items():
         p = m["paired"]
-        print(f"{name}: model alone {' | '.join(f'{a:.1f}' for a in p['alone'])} posts/s, bursts between them "
-              f"{', '.join(f'{r:.1f}' for r in p['e2e'])}: ratios {', '.join(f'{x:.2f}' for x in p['ratios'])}")
+        print(
+            f"{name}: model alone {' | '.join(f'{a:.1f}' for a in p['alone'])} posts/s, bursts between them "
+            f"{', '.join(f'{r:.1f}' for r in p['e2e'])}: ratios {', '.join(f'{x:.2f}' for x in p['ratios'])}"
+        )
     for name, m in report["models"].items():
         one, par = m["passes"]["one"], m["passes"]["parallel"]
-        print(f"{name} alone, window {one['window']}: parallel passes (default) {par['rate']:.1f} posts/s "
-              f"(sub-batch {par['model_batch']}), one pass on all threads {one['rate']:.1f} "
-              f"(sub-batch {one['model_batch']}): {par['rate'] / one['rate']:.2f}x")
+        print(
+            f"{name} alone, window {one['window']}: parallel passes (default) {par['rate']:.1f} posts/s "
+            f"(sub-batch {par['model_batch']}), one pass on all threads {one['rate']:.1f} "
+            f"(sub-batch {one['model_batch']}): {par['rate'] / one['rate']:.2f}x"
+        )
     for name, m in report["models"].items():
         for option, on, off in (("packing", "packed", "padded"), ("prepack", "weights prepacked", "plain")):
             for row in m.get(option, []):
-                print(f"{name} alone, window {row['window']}: {on} (default) {row['on']:.1f} posts/s, "
-                      f"{off} {row['off']:.1f}: {row['ratio']:.2f}x")
+                print(
+                    f"{name} alone, window {row['window']}: {on} (default) {row['on']:.1f} posts/s, "
+                    f"{off} {row['off']:.1f}: {row['ratio']:.2f}x"
+                )
     for name, m in report["models"].items():
-        print(f"{name} end to end with EMOTION_NUMERIC=int8: {m['e2e_int8']:.1f} posts/s = "
-              f"{m['e2e_int8'] / m['naive']:.1f} x naive")
+        print(
+            f"{name} end to end with EMOTION_NUMERIC=int8: {m['e2e_int8']:.1f} posts/s = "
+            f"{m['e2e_int8'] / m['naive']:.1f} x naive"
+        )
     print(f"\n{'numeric mode':<34} {'posts/s':>8} {'speed-up':>8} {'val. accuracy':>13}")
     for row in report["numeric"]:
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
-        print(f"{row['model'] + ' ' + row['numeric']:<34} {row['rate']:>8.1f} {row['speedup']:>8.2f} {acc:>13}")
+        print(
+            f"{row['model'] + ' ' + row['numeric']:<34} {row['rate']:>8.1f} {row['speedup']:>8.2f} {acc:>13}"
+        )
     c = report["ceiling"]
-    print(f"\npipeline ceiling (model costs nothing): worker {c['worker']:.0f} posts/s, plain aiokafka loop "
-          f"{c['plain aiokafka']:.0f} posts/s, ratio {c['worker'] / c['plain aiokafka']:.2f}")
+    print(
+        f"\npipeline ceiling (model costs nothing): worker {c['worker']:.0f} posts/s, plain aiokafka loop "
+        f"{c['plain aiokafka']:.0f} posts/s, ratio {c['worker'] / c['plain aiokafka']:.2f}"
+    )
     print("\ntargets:")
     for name, m in report["models"].items():
         e2e, paired = m["e2e"], m["paired"]
-        ok &= _target(f"{name}: end to end >= 0.9 x model alone (median of paired ratios {paired['ratio']:.2f})",
-                      paired["ratio"] >= 0.9)
+        ok &= _target(
+            f"{name}: end to end >= 0.9 x model alone (median of paired ratios {paired['ratio']:.2f})",
+            paired["ratio"] >= 0.9,
+        )
         if name.startswith("DistilBERT"):
-            ok &= _target(f"{name}: end to end >= 6 x naive", statistics.median(paired["e2e"]) / m["naive"] >= 6)
+            ok &= _target(
+                f"{name}: end to end >= 6 x naive", statistics.median(paired["e2e"]) / m["naive"] >= 6
+            )
         bound = e2e["wait_ms"] + 2 * e2e["half_median_batch_ms"]
-        ok &= _target(f"{name}: p99 at half rate ({e2e.get('half_posts', '?')} posts) {e2e['latency_half'][2]:.0f} ms"
-                      f" <= wait + 2 x median batch = {bound:.0f} ms",
-                      e2e["latency_half"][2] <= bound)
+        ok &= _target(
+            f"{name}: p99 at half rate ({e2e.get('half_posts', '?')} posts) {e2e['latency_half'][2]:.0f} ms"
+            f" <= wait + 2 x median batch = {bound:.0f} ms",
+            e2e["latency_half"][2] <= bound,
+        )
     ok &= _target("ceiling >= 10,000 posts/s", c["worker"] >= 10_000)
     ok &= _target("ceiling >= 0.5 x plain aiokafka loop", c["worker"] >= 0.5 * c["plain aiokafka"])
     for row in report["numeric"]:
         if row["accuracy"] is not None and row["numeric"] != "fp32":
             fp32 = next(r for r in report["numeric"] if r["model"] == row["model"] and r["numeric"] == "fp32")
-            ok &= _target(f"{row['model']} {row['numeric']}: accuracy loss {fp32['accuracy'] - row['accuracy']:.4f} <= 0.005",
-                          fp32["accuracy"] - row["accuracy"] <= 0.005)
+            ok &= _target(
+                f"{row['model']} {row['numeric']}: accuracy loss {fp32['accuracy'] - row['accuracy']:.4f} <= "
+                "0.005",
+                fp32["accuracy"] - row["accuracy"] <= 0.005,
+            )
     return ok
 
 
@@ -286,15 +369,21 @@ def _target(label: str, passed: bool) -> bool:
     return passed
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("EMOTION_DATA_DIR", "../shared/data/emotion"),
-                        help="directory with validation.txt (default: EMOTION_DATA_DIR, else ../shared/data/emotion)")
-    parser.add_argument("--model", default="artifacts/model", help="trained model directory, if any (default artifacts/model)")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_data_and_model(parser)
     default_wait = WorkerSettings.model_fields["batch_wait_ms"].default
-    parser.add_argument("--wait-ms", type=int, default=default_wait,
-                        help=f"the worker's batch wait (default: the worker's, {default_wait})")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: small samples, not for the numbers")
+    parser.add_argument(
+        "--wait-ms",
+        type=int,
+        default=default_wait,
+        help=f"the worker's batch wait (default: the worker's, {default_wait})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: small samples, not for the numbers"
+    )
     args = parser.parse_args(argv)
     if not Path(args.data, "validation.txt").is_file():
         parser.error(f"{args.data} has no validation.txt: pass --data DIR or set EMOTION_DATA_DIR")

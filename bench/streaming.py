@@ -10,6 +10,7 @@ leaves idle. The load generator runs in a child process for that reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -17,18 +18,17 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence
 
 from aiokafka import AIOKafkaProducer
 
 from worker.broker.embedded import EmbeddedBroker
 from worker.broker.profiles import profile_for
-from worker.clients import follow, produce
-from worker.process import WorkerProcess
-
+from worker.cli.clients import follow, produce
+from worker.cli.worker_process import WorkerProcess
 
 # The embedded broker holds every fetch for its full wait: a throughput reader polls it at
 # this interval, which adds at most this much to a run of many seconds.
@@ -40,8 +40,6 @@ INFRASTRUCTURE_NICE = 10
 
 def _lower_priority() -> None:
     os.nice(INFRASTRUCTURE_NICE)
-
-
 
 
 @dataclass
@@ -58,12 +56,13 @@ class StreamRun:
         if not self.latencies_ms:
             return float("nan")
         ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def as_posts(texts: Sequence[str], prefix: str) -> list[tuple[bytes, bytes]]:
     return [
-        (f"{prefix}-{i}".encode(), json.dumps({"id": f"{prefix}-{i}", "text": t}).encode()) for i, t in enumerate(texts)
+        (f"{prefix}-{i}".encode(), json.dumps({"id": f"{prefix}-{i}", "text": t}).encode())
+        for i, t in enumerate(texts)
     ]
 
 
@@ -74,28 +73,44 @@ def _processed_at(value: bytes) -> float:
 class BenchStream:
     """An embedded broker plus one worker process (the product's, or another module's)."""
 
-    def __init__(self, env: dict[str, str], module: str = "worker.cli.main", args: Sequence[str] = ("worker",), log: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        module: str = "worker.cli.main",
+        args: Sequence[str] = ("worker",),
+        log: Path | None = None,
+    ) -> None:
         self.suffix = uuid.uuid4().hex[:6]
-        self.topics = {"input": f"posts-{self.suffix}", "output": f"out-{self.suffix}", "dlq": f"dlq-{self.suffix}"}
+        self.topics = {
+            "input": f"posts-{self.suffix}",
+            "output": f"out-{self.suffix}",
+            "dlq": f"dlq-{self.suffix}",
+        }
         self.env = env
         self.module, self.args, self.log = module, list(args), log
         self.broker = EmbeddedBroker()
-        self.worker: Optional[WorkerProcess] = None
+        self.worker: WorkerProcess | None = None
         self._load_generator = None  # a child process at the infrastructure's priority, started on first use
 
-    def __enter__(self) -> "BenchStream":
+    def __enter__(self) -> BenchStream:
         self.broker.start()
         os.setpriority(os.PRIO_PROCESS, self.broker.pid, INFRASTRUCTURE_NICE)
         return self
 
     def start_worker(self) -> None:
         env = {
-            **self.env, "EMOTION_BROKER": self.broker.url, "EMOTION_BROKER_BACKEND": "embedded",
-            "EMOTION_INPUT_TOPIC": self.topics["input"], "EMOTION_OUTPUT_TOPIC": self.topics["output"],
-            "EMOTION_DLQ_TOPIC": self.topics["dlq"], "EMOTION_GROUP_ID": f"bench-{self.suffix}",
+            **self.env,
+            "EMOTION_BROKER": self.broker.url,
+            "EMOTION_BROKER_BACKEND": "embedded",
+            "EMOTION_INPUT_TOPIC": self.topics["input"],
+            "EMOTION_OUTPUT_TOPIC": self.topics["output"],
+            "EMOTION_DLQ_TOPIC": self.topics["dlq"],
+            "EMOTION_GROUP_ID": f"bench-{self.suffix}",
             "EMOTION_LOG_LEVEL": "WARNING",
         }
-        self.worker = WorkerProcess(env, log_path=self.log, command=[sys.executable, "-m", self.module, *self.args]).start()
+        self.worker = WorkerProcess(
+            env, log_path=self.log, command=[sys.executable, "-m", self.module, *self.args]
+        ).start()
 
     def __exit__(self, *exc) -> None:
         if self.worker is not None:
@@ -125,7 +140,7 @@ class BenchStream:
         # n results span n - 1 intervals between the first and the last.
         return StreamRun(posts=n - 1, seconds=span, latencies_ms=[])
 
-    def paced(self, posts: list[tuple[bytes, bytes]], rate: Optional[float], timeout: float) -> StreamRun:
+    def paced(self, posts: list[tuple[bytes, bytes]], rate: float | None, timeout: float) -> StreamRun:
         """Send posts at ``rate`` per second (None: all at once) while reading results.
 
         Latency of a post = its result's receipt - its send; the run's rate = posts over the
@@ -141,25 +156,37 @@ def _read_results(bootstrap: str, topic: str, n: int, timeout: float) -> list[by
         seen: dict[bytes, bytes] = {}
 
         async def reader() -> None:
-            async for r in follow(bootstrap, [topic], backend="embedded", fetch_max_wait_ms=_THROUGHPUT_FETCH_WAIT_MS):
+            async for r in follow(
+                bootstrap, [topic], backend="embedded", fetch_max_wait_ms=_THROUGHPUT_FETCH_WAIT_MS
+            ):
                 seen.setdefault(r.key, r.value)
                 if len(seen) >= n:
                     return
 
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(reader(), timeout)
-        except asyncio.TimeoutError:
-            pass
         return list(seen.values())
 
     return asyncio.run(run())
 
 
-def _run_paced(bootstrap: str, topics: dict[str, str], posts: list[tuple[bytes, bytes]], rate: Optional[float], timeout: float) -> StreamRun:
+def _run_paced(
+    bootstrap: str,
+    topics: dict[str, str],
+    posts: list[tuple[bytes, bytes]],
+    rate: float | None,
+    timeout: float,
+) -> StreamRun:
     return asyncio.run(_paced(bootstrap, topics, posts, rate, timeout))
 
 
-async def _paced(bootstrap: str, topics: dict[str, str], posts: list[tuple[bytes, bytes]], rate: Optional[float], timeout: float) -> StreamRun:
+async def _paced(
+    bootstrap: str,
+    topics: dict[str, str],
+    posts: list[tuple[bytes, bytes]],
+    rate: float | None,
+    timeout: float,
+) -> StreamRun:
     """Send posts at ``rate`` per second (None: all at once) while reading results."""
     sent_at: dict[bytes, float] = {}
     got_at: dict[bytes, float] = {}
@@ -181,7 +208,9 @@ async def _paced(bootstrap: str, topics: dict[str, str], posts: list[tuple[bytes
     # a paced post then waits up to 5 ms in the producer, counted in its latency, and the
     # shared broker is not woken for every single post.
     linger = 5
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger, **profile_for("embedded").producer)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger, **profile_for("embedded").producer
+    )
     await producer.start()
     read_task = asyncio.create_task(reader())
     await asyncio.sleep(1.0)  # the reader is assigned before the first send

@@ -4,32 +4,32 @@ Shared by the worker, the training module and the teams that produce to or consu
 the topics. Knows nothing of Kafka, torch or Faust.
 """
 
-from schemas.labels import LABELS, ID2LABEL, LABEL2ID, Emotion, parse_label
+from schemas.labels import ID2LABEL, LABEL2ID, LABELS, Emotion, parse_label
 from schemas.messages import (
     MAX_TEXT_CHARS,
     DeadLetter,
+    DeadLetterSource,
     EmotionResult,
     ErrorInfo,
     ModelInfo,
     Payload,
     Post,
     ResultSource,
-    DeadLetterSource,
 )
 
 __all__ = [
-    "LABELS",
     "ID2LABEL",
     "LABEL2ID",
-    "Emotion",
-    "parse_label",
+    "LABELS",
     "MAX_TEXT_CHARS",
-    "Post",
-    "EmotionResult",
-    "ResultSource",
-    "ModelInfo",
     "DeadLetter",
     "DeadLetterSource",
+    "Emotion",
+    "EmotionResult",
     "ErrorInfo",
+    "ModelInfo",
     "Payload",
+    "Post",
+    "ResultSource",
+    "parse_label",
 ]

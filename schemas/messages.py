@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime, timezone
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,13 +29,15 @@ class Post(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
-    id: str = Field(min_length=1, max_length=256, description="Producer's id of the post; the key of its result.")
+    id: str = Field(
+        min_length=1, max_length=256, description="Producer's id of the post; the key of its result."
+    )
     text: str = Field(max_length=MAX_TEXT_CHARS, description="The post's text; must not be blank.")
-    author: Optional[str] = None
-    created_at: Optional[datetime] = None
-    lang: Optional[str] = Field(default=None, max_length=35, description="BCP 47 language tag, if known.")
-    source: Optional[str] = Field(default=None, description="Where the post came from (platform, feed).")
-    metadata: Optional[dict[str, Any]] = None
+    author: str | None = None
+    created_at: datetime | None = None
+    lang: str | None = Field(default=None, max_length=35, description="BCP 47 language tag, if known.")
+    source: str | None = Field(default=None, description="Where the post came from (platform, feed).")
+    metadata: dict[str, Any] | None = None
 
     @field_validator("id", mode="before")
     @classmethod
@@ -122,7 +124,7 @@ class Payload(BaseModel):
     data: str
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> "Payload":
+    def from_bytes(cls, raw: bytes | None) -> Payload:
         raw = raw or b""
         try:
             return cls(encoding="utf-8", data=raw.decode("utf-8"))
@@ -143,7 +145,7 @@ class DeadLetterSource(BaseModel):
     topic: str
     partition: int
     offset: int
-    key: Optional[Payload] = None
+    key: Payload | None = None
 
 
 class DeadLetter(BaseModel):

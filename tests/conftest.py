@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -73,7 +73,9 @@ class Topics:
 @pytest.fixture
 def topics() -> Topics:
     suffix = uuid.uuid4().hex[:8]
-    return Topics(f"posts-{suffix}", f"post-emotions-{suffix}", f"posts-dlq-{suffix}", f"emotion-test-{suffix}")
+    return Topics(
+        f"posts-{suffix}", f"post-emotions-{suffix}", f"posts-dlq-{suffix}", f"emotion-test-{suffix}"
+    )
 
 
 @pytest.fixture

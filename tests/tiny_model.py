@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Optional
 
 from schemas import ID2LABEL, LABEL2ID
 
@@ -17,33 +16,55 @@ def offline_vocab_dir() -> Path:
 
 
 def build_tiny_model(
-    directory: Path, seed: int = 0, architecture: str = "bert", attention: Optional[str] = None,
+    directory: Path,
+    seed: int = 0,
+    architecture: str = "bert",
+    attention: str | None = None,
 ) -> Path:
     """A two-layer model of ``architecture`` (bert, distilbert or electra); ``attention``
     names the attention implementation it loads with (transformers' default if None)."""
     import torch
     from transformers import (
-        AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
-        DistilBertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        ElectraConfig,
+        ElectraForSequenceClassification,
     )
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(offline_vocab_dir())
     labels = dict(num_labels=len(ID2LABEL), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID))
     if architecture == "distilbert":
-        model = DistilBertForSequenceClassification(DistilBertConfig(
-            vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-            max_position_embeddings=128, **labels,
-        ))
+        model = DistilBertForSequenceClassification(
+            DistilBertConfig(
+                vocab_size=tokenizer.vocab_size,
+                dim=32,
+                n_layers=2,
+                n_heads=2,
+                hidden_dim=64,
+                max_position_embeddings=128,
+                **labels,
+            )
+        )
     else:
         config_class, model_class = {
             "bert": (BertConfig, BertForSequenceClassification),
             "electra": (ElectraConfig, ElectraForSequenceClassification),
         }[architecture]
-        model = model_class(config_class(
-            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=128, **labels,
-        ))
+        model = model_class(
+            config_class(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=128,
+                **labels,
+            )
+        )
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     if attention is not None:
@@ -54,7 +75,24 @@ def build_tiny_model(
     return directory
 
 
-WORDS = "i feel so happy sad angry afraid surprised loved today about the news my friend again".split()
+WORDS = [
+    "i",
+    "feel",
+    "so",
+    "happy",
+    "sad",
+    "angry",
+    "afraid",
+    "surprised",
+    "loved",
+    "today",
+    "about",
+    "the",
+    "news",
+    "my",
+    "friend",
+    "again",
+]
 
 
 def random_posts(n: int, seed: int = 0) -> list[str]:

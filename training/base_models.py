@@ -11,9 +11,9 @@ learns it in seconds rather than through a chain of download retries.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from training.errors import TrainingError
 
@@ -47,7 +47,7 @@ class BaseModel:
     source: str  # what from_pretrained receives: a local directory or a hub id
     name: str  # short name, used in the emotion model's name
     origin: str  # preset | local | hub | hub-cache | fallback
-    note: Optional[str] = None  # why the source differs from the request, if it does
+    note: str | None = None  # why the source differs from the request, if it does
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,24 +60,32 @@ def resolve_base_model(spec: str, *, allow_fallback: bool = True, hub_timeout: f
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise BaseModelError(f"{spec} has no config.json: point --base-model at a Hugging Face model directory")
+            raise BaseModelError(
+                f"{spec} has no config.json: point --base-model at a Hugging Face model directory"
+            )
         return BaseModel(spec, str(path.resolve()), path.resolve().name, "local")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise BaseModelError(f"no directory {spec}: pass an existing model directory, a hub id or {_preset_names()}")
+        raise BaseModelError(
+            f"no directory {spec}: pass an existing model directory, a hub id or {_preset_names()}"
+        )
     problem = hub_problem(spec, hub_timeout)
     if problem is None:
         return BaseModel(spec, spec, short_name(spec), "hub")
     cached = _cached_snapshot(spec)
     if cached is not None:
-        return BaseModel(spec, cached, short_name(spec), "hub-cache", note=f"{problem}; using the local cache")
+        return BaseModel(
+            spec, cached, short_name(spec), "hub-cache", note=f"{problem}; using the local cache"
+        )
     if not allow_fallback:
-        raise BaseModelError(f"cannot load {spec}: {problem}. Pass --base-model {FALLBACK_PRESET} or a local directory")
+        raise BaseModelError(
+            f"cannot load {spec}: {problem}. Pass --base-model {FALLBACK_PRESET} or a local directory"
+        )
     note = f"{spec} could not be loaded ({problem}); fell back to the offline preset {FALLBACK_PRESET}"
     print(f"WARNING: {note}. Pass --base-model to choose another base model.", file=sys.stderr, flush=True)
     return BaseModel(spec, PRESETS[FALLBACK_PRESET](), FALLBACK_PRESET, "fallback", note=note)
 
 
-def hub_problem(repo_id: str, timeout: float) -> Optional[str]:
+def hub_problem(repo_id: str, timeout: float) -> str | None:
     """None when the hub serves ``repo_id``; otherwise why it cannot be downloaded now.
 
     Raises BaseModelError when the hub answers that the model does not exist or is gated:
@@ -93,13 +101,15 @@ def hub_problem(repo_id: str, timeout: float) -> Optional[str]:
     except RepositoryNotFoundError:
         raise BaseModelError(f"the hub has no model {repo_id!r}: check --base-model") from None
     except GatedRepoError:
-        raise BaseModelError(f"{repo_id} is gated on the hub: log in with `hf auth login` or pick another base") from None
+        raise BaseModelError(
+            f"{repo_id} is gated on the hub: log in with `hf auth login` or pick another base"
+        ) from None
     except Exception as exc:  # DNS, refused, timeout, proxy or server errors: the hub is out of reach
         return f"the model hub is unreachable: {type(exc).__name__}: {exc}".splitlines()[0]
     return None
 
 
-def _cached_snapshot(repo_id: str) -> Optional[str]:
+def _cached_snapshot(repo_id: str) -> str | None:
     """A complete earlier download of ``repo_id`` in the local hub cache, if any."""
     from huggingface_hub import snapshot_download
 

@@ -24,7 +24,7 @@ def model_card(identity: dict, record: dict, metrics: dict) -> str:
         f"social-media post as one of six emotions: {', '.join(LABELS)}. Fine-tuned from {base_line}.\n",
         "## Intended use\n\nLabelling streams of English posts (tweets and similar short texts) for "
         "aggregate monitoring: emotion trends over time, dashboards, routing posts for human review. "
-        "Load it with `transformers.pipeline(\"text-classification\", model=DIR)` or serve it with "
+        'Load it with `transformers.pipeline("text-classification", model=DIR)` or serve it with '
         "`emotion-stream worker` (`EMOTION_MODEL=DIR`).\n",
         "## Out-of-scope use\n\nDecisions about individuals (hiring, credit, moderation sanctions, "
         "health or mental-state assessment) without human review; texts that are long, non-English, "
@@ -36,19 +36,26 @@ def model_card(identity: dict, record: dict, metrics: dict) -> str:
         "outside them are handled worse, and biases in the source posts carry over. Validation "
         "figures overstate performance on new data: measure on your own posts before relying on it.\n",
         f"## Data\n\nSource: `{data['source']}`. The dair-ai/emotion dataset is licensed for research "
-        f"and education use only; check the licence of any other data. Trained on {data['train_examples']} posts; selected and measured on the "
+        f"and education use only; check the licence of any other data. Trained on {data['train_examples']} "
+        "posts; selected and measured on the "
         f"{data['eval_split']} split ({data['eval_examples']} posts).\n\n"
         + "| emotion | training posts |\n|---|---|\n"
-        + "\n".join(f"| {k} | {v} |" for k, v in data["train_label_counts"].items()) + "\n",
-        "## Training\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in hp.items())
+        + "\n".join(f"| {k} | {v} |" for k, v in data["train_label_counts"].items())
+        + "\n",
+        "## Training\n\n"
+        + "\n".join(f"- {k}: `{v}`" for k, v in hp.items())
         + f"\n- seed: `{record['seed']}`\n- max length: `{record['max_length']}` tokens\n"
         f"- precision: `{record['precision']}`, device: `{record['device']}`\n"
         f"- command: `{' '.join(record['command_line']) or 'n/a'}`\n",
         _soup_section(record, metrics),
         f"## Metrics ({data['eval_split']} split)\n\n| metric | value |\n|---|---|\n"
-        + "\n".join(f"| {k} | {fmt(report.get(k))} |" for k in
-                    ("accuracy", "f1_weighted", "f1_macro", "roc_auc_weighted", "roc_auc_macro", "log_loss"))
-        + "\n\n" + per_class_markdown(report) + "\n\n![confusion matrix](confusion_matrix.png)\n",
+        + "\n".join(
+            f"| {k} | {fmt(report.get(k))} |"
+            for k in ("accuracy", "f1_weighted", "f1_macro", "roc_auc_weighted", "roc_auc_macro", "log_loss")
+        )
+        + "\n\n"
+        + per_class_markdown(report)
+        + "\n\n![confusion matrix](confusion_matrix.png)\n",
     ]
     return "\n".join(section for section in sections if section)
 
@@ -57,7 +64,9 @@ def _balance(data: dict) -> str:
     """A sentence on class imbalance, from the training counts."""
     counts = sorted(data["train_label_counts"].items(), key=lambda kv: kv[1], reverse=True)
     if counts[0][1] <= 1.5 * max(counts[-1][1], 1):
-        return "The training classes were roughly balanced; real streams are not, so expect other error rates."
+        return (
+            "The training classes were roughly balanced; real streams are not, so expect other error rates."
+        )
     return (
         f"The training classes are imbalanced ({counts[0][0]} {counts[0][1]} posts, {counts[-1][0]} "
         f"{counts[-1][1]}): the rare classes ({counts[-1][0]}, {counts[-2][0]}) are learnt least well."
@@ -72,10 +81,15 @@ def _soup_section(record: dict, metrics: dict) -> str:
     rows = []
     for part in record["soup_of"]:
         v = alone.get(part["directory"], {})
-        rows.append(f"| `{part['version']}` | {fmt(v.get('accuracy'))} | {fmt(v.get('f1_weighted'))} | "
-                    f"{fmt(v.get('f1_macro'))} | `{' '.join(part.get('command_line') or []) or 'n/a'}` |")
+        rows.append(
+            f"| `{part['version']}` | {fmt(v.get('accuracy'))} | {fmt(v.get('f1_weighted'))} | "
+            f"{fmt(v.get('f1_macro'))} | `{' '.join(part.get('command_line') or []) or 'n/a'}` |"
+        )
     return (
-        f"## Model soup\n\nThe weights are the average of {len(record['soup_of'])} models fine-tuned from the same "
+        f"## Model soup\n\nThe weights are the average of {len(record['soup_of'])} models fine-tuned from "
+        "the same "
         "base (the hyperparameters above are the first one's). Each alone, on validation:\n\n"
-        "| version | accuracy | weighted F1 | macro F1 | command |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "| version | accuracy | weighted F1 | macro F1 | command |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
     )

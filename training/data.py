@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
 
 from schemas import ID2LABEL, parse_label
 from training.errors import TrainingError
@@ -41,7 +41,7 @@ class LabeledTexts:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices: Sequence[int]) -> "LabeledTexts":
+    def subset(self, indices: Sequence[int]) -> LabeledTexts:
         return LabeledTexts([self.texts[i] for i in indices], [self.labels[i] for i in indices])
 
     def label_counts(self) -> dict[str, int]:
@@ -65,7 +65,7 @@ class EmotionData:
         return self.splits[name]
 
 
-def load_emotion_data(data_dir: Optional[Path]) -> EmotionData:
+def load_emotion_data(data_dir: Path | None) -> EmotionData:
     """The splits in ``data_dir``, or the hub dataset when it is None."""
     return load_local(Path(data_dir)) if data_dir is not None else load_hub()
 
@@ -91,7 +91,9 @@ def load_hub(name: str = HUB_DATASET) -> EmotionData:
 
 def load_local(directory: Path) -> EmotionData:
     if not directory.is_dir():
-        raise DataError(f"data directory {directory} does not exist: pass --data DIR with train and validation files")
+        raise DataError(
+            f"data directory {directory} does not exist: pass --data DIR with train and validation files"
+        )
     splits = {}
     for name in SPLITS:
         path = find_split_file(directory, name)
@@ -106,12 +108,14 @@ def load_local(directory: Path) -> EmotionData:
     return EmotionData(source=str(directory.resolve()), splits=splits)
 
 
-def find_split_file(directory: Path, split: str) -> Optional[Path]:
+def find_split_file(directory: Path, split: str) -> Path | None:
     """The one file named ``<split>.<ext>``; None when there is none."""
     candidates = sorted(p for p in directory.iterdir() if p.is_file() and p.stem == split)
     supported = [p for p in candidates if p.suffix.lower() in FORMATS]
     if len(supported) > 1:
-        raise DataError(f"{directory} has several {split} files ({', '.join(p.name for p in supported)}): keep one")
+        raise DataError(
+            f"{directory} has several {split} files ({', '.join(p.name for p in supported)}): keep one"
+        )
     if not supported and candidates:
         raise DataError(
             f"{candidates[0]}: unknown extension {candidates[0].suffix!r}: use one of {', '.join(FORMATS)}"
@@ -128,7 +132,9 @@ def read_split_file(path: Path) -> LabeledTexts:
     try:
         split = _validated(f"{path} {unit}", reader(path))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8") from None
+        raise DataError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+        ) from None
     if not split.texts:
         raise DataError(f"{path}: no examples found: the file is empty")
     return split
@@ -169,7 +175,10 @@ def _csv_rows(path: Path) -> Iterator[Row]:
         reader = csv.DictReader(fh)
         missing = {"text", "label"} - set(reader.fieldnames or [])
         if missing:
-            raise DataError(f"{path} line 1: the header needs columns text and label (missing {', '.join(sorted(missing))})")
+            raise DataError(
+                f"{path} line 1: the header needs columns text and label (missing "
+                f"{', '.join(sorted(missing))})"
+            )
         for row in reader:
             yield reader.line_num, row.get("text"), row.get("label")
 
@@ -199,7 +208,7 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
         yield row_no, record["text"], record["label"]
 
 
-def _open_text(path: Path, newline: Optional[str] = None):
+def _open_text(path: Path, newline: str | None = None):
     try:
         return path.open(encoding="utf-8", newline=newline)
     except OSError as exc:

@@ -11,11 +11,11 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from schemas import LABELS
+from schemas.model_directory import read_identity
 from training.baseline import BASELINE_NAME, baseline_proba, fit_baseline
 from training.data import LabeledTexts, load_emotion_data
 from training.metrics import fmt, full_report, per_class_markdown
@@ -26,8 +26,16 @@ SUMMARY_METRICS = ("accuracy", "f1_weighted", "f1_macro", "roc_auc_weighted", "r
 
 
 def evaluate(
-    model_dir: Path, *, split: str = "validation", data_dir: Optional[Path] = None, output_dir: Optional[Path] = None,
-    baseline: bool = True, batch_size: int = 64, max_length: int = 128, max_errors: int = 50, seed: int = 42,
+    model_dir: Path,
+    *,
+    split: str = "validation",
+    data_dir: Path | None = None,
+    output_dir: Path | None = None,
+    baseline: bool = True,
+    batch_size: int = 64,
+    max_length: int = 128,
+    max_errors: int = 50,
+    seed: int = 42,
 ) -> dict:
     """Evaluate ``model_dir`` on ``split``; return what was written to ``evaluation.json``."""
     import torch
@@ -38,25 +46,35 @@ def evaluate(
     data = load_emotion_data(data_dir)
     target = data.split(split)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    probs = predict_proba(model, tokenizer, columns, target.texts, batch_size=batch_size, max_length=max_length)
+    probs = predict_proba(
+        model, tokenizer, columns, target.texts, batch_size=batch_size, max_length=max_length
+    )
     report = full_report(target.labels, probs)
     output.mkdir(parents=True, exist_ok=True)
     result = {
         "model": str(model_dir.resolve()),
-        "model_identity": _identity(model_dir),
+        "model_identity": read_identity(model_dir),
         "split": split,
         "data_source": data.source,
         "metrics": report,
         "files": {
-            "confusion_matrix": str(save_confusion_matrix(
-                report["confusion_matrix"], output / "confusion_matrix.png", title=f"{model_dir.name} on {split}")),
+            "confusion_matrix": str(
+                save_confusion_matrix(
+                    report["confusion_matrix"],
+                    output / "confusion_matrix.png",
+                    title=f"{model_dir.name} on {split}",
+                )
+            ),
             "errors": str(write_errors(output / "errors.csv", target, probs, max_errors)),
         },
     }
     if baseline:
         reference = fit_baseline(data.split("train"), seed=seed)
-        result["baseline"] = {"name": BASELINE_NAME, "trained_on": "train",
-                              "metrics": full_report(target.labels, baseline_proba(reference, target.texts))}
+        result["baseline"] = {
+            "name": BASELINE_NAME,
+            "trained_on": "train",
+            "metrics": full_report(target.labels, baseline_proba(reference, target.texts)),
+        }
     (output / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(summary_table(result), flush=True)
     print(f"\nwritten to {output}", file=sys.stderr, flush=True)
@@ -72,8 +90,15 @@ def write_errors(path: Path, split: LabeledTexts, probs: np.ndarray, limit: int)
         writer = csv.writer(fh)
         writer.writerow(["text", "true", "predicted", "confidence", "true_label_probability"])
         for i in wrong[:limit]:
-            writer.writerow([split.texts[i], LABELS[split.labels[i]], LABELS[predicted[i]],
-                             f"{probs[i, predicted[i]]:.4f}", f"{probs[i, split.labels[i]]:.4f}"])
+            writer.writerow(
+                [
+                    split.texts[i],
+                    LABELS[split.labels[i]],
+                    LABELS[predicted[i]],
+                    f"{probs[i, predicted[i]]:.4f}",
+                    f"{probs[i, split.labels[i]]:.4f}",
+                ]
+            )
     return path
 
 
@@ -82,7 +107,10 @@ def summary_table(result: dict) -> str:
     model = result["metrics"]
     other = result.get("baseline", {}).get("metrics")
     head = f"| metric ({result['split']}, {model['examples']} posts) | model |"
-    lines = [head + (f" {BASELINE_NAME} | difference |" if other else ""), "|---|---|" + ("---|---|" if other else "")]
+    lines = [
+        head + (f" {BASELINE_NAME} | difference |" if other else ""),
+        "|---|---|" + ("---|---|" if other else ""),
+    ]
     for key in SUMMARY_METRICS:
         row = f"| {key} | {fmt(model.get(key))} |"
         if other:
@@ -90,8 +118,3 @@ def summary_table(result: dict) -> str:
             row += f" {fmt(other.get(key))} | {'n/a' if diff is None else f'{diff:+.4f}'} |"
         lines.append(row)
     return "\n".join(lines) + "\n\n" + per_class_markdown(model)
-
-
-def _identity(model_dir: Path) -> Optional[dict]:
-    path = model_dir / "emotion_model.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -1,22 +1,21 @@
 """Writing a trained model as the directory the worker serves.
 
 Contents: weights (safetensors) with ``id2label`` set to the emotion names, the tokenizer,
-``training_config.json`` (how it was made), ``metrics.json``, ``emotion_model.json`` (the
-name and version the worker stamps on each result), the model card and the confusion matrix.
+``training_config.json`` (how it was made), ``metrics.json``, the identity file (the name and
+version the worker stamps on each result; its name, contents and version scheme are defined
+by :mod:`schemas.model_directory`), the model card and the confusion matrix.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from schemas import ID2LABEL, LABEL2ID
+from schemas.model_directory import WEIGHTS_GLOB, model_name, new_version, write_identity
 from training.card import model_card
 from training.plots import save_confusion_matrix
-
-IDENTITY_FILE = "emotion_model.json"
 
 
 def export_model(directory: Path, model, tokenizer, *, record: dict, metrics: dict) -> dict:
@@ -28,36 +27,30 @@ def export_model(directory: Path, model, tokenizer, *, record: dict, metrics: di
     model.config.label2id = dict(LABEL2ID)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    for weights in directory.glob("*.safetensors"):
+    for weights in directory.glob(WEIGHTS_GLOB):
         # Saved owner-only; a container whose worker runs as another user could not read them.
         weights.chmod(0o644)
     created = datetime.now(timezone.utc)
     identity = {
-        "name": f"emotion-{record['base_model']['name']}",
-        "version": f"{created:%Y%m%dT%H%M%SZ}-{weights_digest(directory)[:8]}",
-        "base_model": record["base_model"]["requested"] if record["base_model"]["origin"] != "fallback"
+        "name": model_name(record["base_model"]["name"]),
+        "version": new_version(directory, created),
+        "base_model": record["base_model"]["requested"]
+        if record["base_model"]["origin"] != "fallback"
         else record["base_model"]["name"],
         "base_model_requested": record["base_model"]["requested"],
         "created_at": created.isoformat(timespec="seconds"),
     }
-    _write_json(directory / IDENTITY_FILE, identity)
+    write_identity(directory, identity)
     _write_json(directory / "training_config.json", record)
     _write_json(directory / "metrics.json", metrics)
     report = metrics[metrics["eval_split"]]
-    save_confusion_matrix(report["confusion_matrix"], directory / "confusion_matrix.png",
-                          title=f"{identity['name']} on {metrics['eval_split']}")
+    save_confusion_matrix(
+        report["confusion_matrix"],
+        directory / "confusion_matrix.png",
+        title=f"{identity['name']} on {metrics['eval_split']}",
+    )
     (directory / "README.md").write_text(model_card(identity, record, metrics), encoding="utf-8")
     return identity
-
-
-def weights_digest(directory: Path) -> str:
-    """SHA-256 of the weight files, so two different models never share a version."""
-    digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.safetensors")):
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json(path: Path, payload: dict) -> None:

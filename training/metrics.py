@@ -7,7 +7,7 @@ reported beside it because it exposes the rare classes (surprise, love) that wei
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,7 +29,12 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict
         "f1_weighted": float(f1_score(y_true, y_pred, labels=CLASS_IDS, average="weighted", zero_division=0)),
         "f1_macro": float(f1_score(y_true, y_pred, labels=CLASS_IDS, average="macro", zero_division=0)),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(LABELS)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=CLASS_IDS).tolist(),
@@ -71,7 +76,11 @@ def ovr_roc_auc(y_true: np.ndarray, probs: np.ndarray) -> dict:
 def full_report(y_true: Sequence[int], probs: np.ndarray) -> dict:
     """Everything above for predictions given as a (n, 6) probability array."""
     y_pred = probs.argmax(axis=1)
-    return {**classification_metrics(y_true, y_pred), **probability_metrics(y_true, probs), "examples": len(y_true)}
+    return {
+        **classification_metrics(y_true, y_pred),
+        **probability_metrics(y_true, probs),
+        "examples": len(y_true),
+    }
 
 
 def compute_metrics(eval_prediction) -> dict[str, float]:
@@ -93,9 +102,11 @@ def per_class_markdown(report: dict) -> str:
     """A Markdown table of per-class precision, recall, F1 and support."""
     lines = ["| emotion | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, row in report["per_class"].items():
-        lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+        lines.append(
+            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |"
+        )
     return "\n".join(lines)
 
 
-def fmt(value: Optional[float]) -> str:
+def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"

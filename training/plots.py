@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from schemas import LABELS
 
 
-def save_confusion_matrix(matrix: Sequence[Sequence[int]], path: Path, title: str = "Confusion matrix") -> Path:
+def save_confusion_matrix(
+    matrix: Sequence[Sequence[int]], path: Path, title: str = "Confusion matrix"
+) -> Path:
     """Counts per (true, predicted) emotion, shaded by share of the true class so rare classes show."""
     import matplotlib
 
@@ -27,8 +29,15 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], path: Path, title: st
     ax.set_title(title)
     for i in range(len(LABELS)):
         for j in range(len(LABELS)):
-            ax.text(j, i, int(counts[i, j]), ha="center", va="center",
-                    color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                int(counts[i, j]),
+                ha="center",
+                va="center",
+                color="white" if shares[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     fig.tight_layout()
     path = Path(path)

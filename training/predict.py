@@ -7,8 +7,8 @@ order on tweets). Probability columns follow ``schemas.LABELS`` whatever the mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,17 +27,27 @@ def load_emotion_model(directory: Path):
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise ModelDirError(f"{directory} is not a model directory (no config.json): train one with `emotion-stream train`")
+        raise ModelDirError(
+            f"{directory} is not a model directory (no config.json): train one with `emotion-stream train`"
+        )
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True).eval()
     names = [str(model.config.id2label.get(i, "")).lower() for i in range(model.config.num_labels)]
     if sorted(names) != sorted(LABELS):
-        raise ModelDirError(f"{directory} predicts {names}, not the six emotions {list(LABELS)}: it is not an emotion model")
+        raise ModelDirError(
+            f"{directory} predicts {names}, not the six emotions {list(LABELS)}: it is not an emotion model"
+        )
     return tokenizer, model, [LABEL2ID[name] for name in names]
 
 
 def predict_proba(
-    model, tokenizer, columns: Sequence[int], texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128,
+    model,
+    tokenizer,
+    columns: Sequence[int],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
 ) -> np.ndarray:
     """A (len(texts), 6) float64 array of probabilities, rows in the order of ``texts``."""
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]

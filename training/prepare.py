@@ -7,7 +7,7 @@ run with the same options will see.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from training.base_models import BaseModel, resolve_base_model
 from training.config import RunOptions
@@ -41,7 +41,8 @@ def select_splits(data: EmotionData, options: RunOptions) -> tuple[LabeledTexts,
     """(train, eval, eval name) after the dev carve and the train limit."""
     train = data.split("train")
     if options.dev_fraction:
-        # Selecting on validation many times (tuning, early stopping) overfits it; a dev split keeps it honest.
+        # Selecting on validation many times (tuning, early stopping) overfits it; a dev split keeps it
+        # honest.
         train, evaluation, name = *carve_dev_split(train, options.dev_fraction, options.seed), "dev"
     else:
         evaluation, name = data.split("validation"), "validation"
@@ -50,7 +51,7 @@ def select_splits(data: EmotionData, options: RunOptions) -> tuple[LabeledTexts,
     return train, evaluation, name
 
 
-def prepare_run(options: RunOptions, data: Optional[EmotionData] = None) -> PreparedRun:
+def prepare_run(options: RunOptions, data: EmotionData | None = None) -> PreparedRun:
     from transformers import AutoTokenizer
 
     from training.trainer import tokenized_dataset
@@ -63,10 +64,17 @@ def prepare_run(options: RunOptions, data: Optional[EmotionData] = None) -> Prep
         hf_logging.disable_progress_bar()
     data = data or load_emotion_data(options.data_dir)
     train, evaluation, name = select_splits(data, options)
-    base = resolve_base_model(options.base_model, allow_fallback=options.allow_fallback, hub_timeout=options.hub_timeout)
+    base = resolve_base_model(
+        options.base_model, allow_fallback=options.allow_fallback, hub_timeout=options.hub_timeout
+    )
     tokenizer = AutoTokenizer.from_pretrained(base.source)
     return PreparedRun(
-        base=base, tokenizer=tokenizer, data=data, train_split=train, eval_split=evaluation, eval_name=name,
+        base=base,
+        tokenizer=tokenizer,
+        data=data,
+        train_split=train,
+        eval_split=evaluation,
+        eval_name=name,
         train_dataset=tokenized_dataset(tokenizer, train, options.max_length),
         eval_dataset=tokenized_dataset(tokenizer, evaluation, options.max_length, sort_by_length=True),
     )

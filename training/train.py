@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -26,7 +25,13 @@ from training.export import export_model
 from training.metrics import full_report, softmax
 from training.prepare import PreparedRun, prepare_run
 from training.settings import TrainingSettings, resolve_data_dir
-from training.trainer import RemainingTimeCallback, build_trainer, model_factory, training_arguments, tokenized_dataset
+from training.trainer import (
+    RemainingTimeCallback,
+    build_trainer,
+    model_factory,
+    tokenized_dataset,
+    training_arguments,
+)
 
 
 @dataclass
@@ -46,22 +51,36 @@ def train(options: TrainOptions, hp: Hyperparameters) -> TrainResult:
     print(
         f"[train] {run.base.name} on {len(run.train_split)} posts, selecting on {run.eval_name} "
         f"({len(run.eval_split)} posts); output {output}",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
     started = time.monotonic()
     try:
-        args = training_arguments(hp, checkpoints, seed=options.seed, max_steps=options.max_steps,
-                                  keep_best=True, progress=options.progress)
+        args = training_arguments(
+            hp,
+            checkpoints,
+            seed=options.seed,
+            max_steps=options.max_steps,
+            keep_best=True,
+            progress=options.progress,
+        )
         trainer = build_trainer(
-            model=model_factory(run.base.source)(), tokenizer=run.tokenizer, hp=hp, args=args,
-            train_dataset=run.train_dataset, eval_dataset=run.eval_dataset, train_labels=run.train_split.labels,
+            model=model_factory(run.base.source)(),
+            tokenizer=run.tokenizer,
+            hp=hp,
+            args=args,
+            train_dataset=run.train_dataset,
+            eval_dataset=run.eval_dataset,
+            train_labels=run.train_split.labels,
             callbacks=[RemainingTimeCallback()] if options.progress else [],
         )
         trainer.train()
         metrics = _measure(trainer, run, options)
         metrics["training"] = {
-            "runtime_s": round(time.monotonic() - started, 1), "epochs": trainer.state.epoch,
-            "steps": trainer.state.global_step, "best_checkpoint": _checkpoint_name(trainer.state.best_model_checkpoint),
+            "runtime_s": round(time.monotonic() - started, 1),
+            "epochs": trainer.state.epoch,
+            "steps": trainer.state.global_step,
+            "best_checkpoint": _checkpoint_name(trainer.state.best_model_checkpoint),
         }
         record = training_record(options, hp, run)
         identity = export_model(output, trainer.model, run.tokenizer, record=record, metrics=metrics)
@@ -70,8 +89,10 @@ def train(options: TrainOptions, hp: Hyperparameters) -> TrainResult:
     report = metrics[run.eval_name]
     print(
         f"[train] {identity['name']} {identity['version']} written to {output}: {run.eval_name} accuracy "
-        f"{report['accuracy']:.4f}, weighted F1 {report['f1_weighted']:.4f}, macro F1 {report['f1_macro']:.4f}",
-        file=sys.stderr, flush=True,
+        f"{report['accuracy']:.4f}, weighted F1 {report['f1_weighted']:.4f}, macro F1 "
+        f"{report['f1_macro']:.4f}",
+        file=sys.stderr,
+        flush=True,
     )
     return TrainResult(output, identity, metrics, run.base)
 
@@ -82,12 +103,17 @@ def _measure(trainer, run: PreparedRun, options: TrainOptions) -> dict:
     splits = {run.eval_name: run.eval_dataset}
     if run.eval_name != "validation" and "validation" in run.data.splits:
         splits["validation"] = tokenized_dataset(
-            run.tokenizer, run.data.split("validation"), options.max_length, sort_by_length=True)
+            run.tokenizer, run.data.split("validation"), options.max_length, sort_by_length=True
+        )
     for name, dataset in splits.items():
         prediction = trainer.predict(dataset)
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        logits = (
+            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        )
         # label_ids, not the split's labels: the eval dataset is sorted by length.
-        metrics[name] = full_report(prediction.label_ids.tolist(), softmax(np.asarray(logits, dtype=np.float64)))
+        metrics[name] = full_report(
+            prediction.label_ids.tolist(), softmax(np.asarray(logits, dtype=np.float64))
+        )
     return metrics
 
 
@@ -106,15 +132,22 @@ def training_record(options: TrainOptions, hp: Hyperparameters, run: PreparedRun
         "command_line": list(options.command_line),
         "device": "cuda" if cuda else "cpu",
         "precision": precision,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def train_default(
-    output_dir: Path, data_dir: Optional[Path] = None, *, progress: bool = True,
-    base_model: str = DEFAULT_BASE_MODEL, hyperparameters: Optional[Hyperparameters] = None,
+    output_dir: Path,
+    data_dir: Path | None = None,
+    *,
+    progress: bool = True,
+    base_model: str = DEFAULT_BASE_MODEL,
+    hyperparameters: Hyperparameters | None = None,
 ) -> TrainResult:
     """Train the default model into ``output_dir`` (for the demo when no model exists yet).
 
@@ -123,12 +156,18 @@ def train_default(
     """
     settings = TrainingSettings()
     options = TrainOptions(
-        output_dir=Path(output_dir), data_dir=resolve_data_dir(data_dir), base_model=base_model,
-        hub_timeout=settings.hub_timeout, progress=progress, command_line=["train_default"],
+        output_dir=Path(output_dir),
+        data_dir=resolve_data_dir(data_dir),
+        base_model=base_model,
+        hub_timeout=settings.hub_timeout,
+        progress=progress,
+        command_line=["train_default"],
     )
-    print("[train] no model yet: training one; the time left is printed as it goes", file=sys.stderr, flush=True)
+    print(
+        "[train] no model yet: training one; the time left is printed as it goes", file=sys.stderr, flush=True
+    )
     return train(options, hyperparameters or DEMO_RECIPE)
 
 
-def _checkpoint_name(path: Optional[str]) -> Optional[str]:
+def _checkpoint_name(path: str | None) -> str | None:
     return Path(path).name if path else None

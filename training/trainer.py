@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,9 @@ def tokenized_dataset(tokenizer, split: LabeledTexts, max_length: int, *, sort_b
     dataset = Dataset.from_dict({"text": split.texts, "label": split.labels})
     dataset = dataset.map(
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
-        batched=True, remove_columns=["text"], desc="tokenizing",
+        batched=True,
+        remove_columns=["text"],
+        desc="tokenizing",
     )
     if sort_by_length:
         lengths = [len(ids) for ids in dataset["input_ids"]]
@@ -55,7 +57,10 @@ def model_factory(source: str) -> Callable[[], torch.nn.Module]:
     def model_init() -> torch.nn.Module:
         # ignore_mismatched_sizes: a base already fine-tuned on other labels gets a new head.
         return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(LABELS), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
+            source,
+            num_labels=len(LABELS),
+            id2label=dict(ID2LABEL),
+            label2id=dict(LABEL2ID),
             ignore_mismatched_sizes=True,
         )
 
@@ -88,14 +93,22 @@ class WeightedLossTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         loss = F.cross_entropy(
-            outputs.logits.float(), labels, weight=self.class_weights.to(outputs.logits.device),
+            outputs.logits.float(),
+            labels,
+            weight=self.class_weights.to(outputs.logits.device),
             label_smoothing=self.args.label_smoothing_factor,
         )
         return (loss, outputs) if return_outputs else loss
 
 
 def training_arguments(
-    hp: Hyperparameters, output_dir: Path, *, seed: int, max_steps: Optional[int], keep_best: bool, progress: bool,
+    hp: Hyperparameters,
+    output_dir: Path,
+    *,
+    seed: int,
+    max_steps: int | None,
+    keep_best: bool,
+    progress: bool,
 ) -> TrainingArguments:
     """Evaluate each epoch; with ``keep_best``, checkpoint each epoch and end on the best one."""
     cuda = torch.cuda.is_available()
@@ -133,8 +146,16 @@ def training_arguments(
 
 
 def build_trainer(
-    *, model=None, model_init=None, tokenizer, hp: Hyperparameters, args: TrainingArguments, train_dataset, eval_dataset,
-    train_labels: Sequence[int], callbacks: Sequence[TrainerCallback] = (),
+    *,
+    model=None,
+    model_init=None,
+    tokenizer,
+    hp: Hyperparameters,
+    args: TrainingArguments,
+    train_dataset,
+    eval_dataset,
+    train_labels: Sequence[int],
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> Trainer:
     """A Trainer with dynamic padding, the shared metrics, and weighted loss when asked for.
 
@@ -145,9 +166,15 @@ def build_trainer(
     if args.load_best_model_at_end and hp.patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.patience))
     common = dict(
-        model=model, model_init=model_init, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics, callbacks=callbacks,
+        model=model,
+        model_init=model_init,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
     )
     if hp.class_weights:
         return WeightedLossTrainer(class_weights=class_weights(train_labels, hp.class_weight_power), **common)
@@ -178,7 +205,8 @@ class RemainingTimeCallback(TrainerCallback):
         print(
             f"[train] {prefix}step {state.global_step}/{state.max_steps}, "
             f"{_minutes(elapsed)} elapsed, about {_minutes(left)} left (plus evaluation)",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
 

@@ -14,7 +14,6 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import optuna
 from transformers import TrainerCallback
@@ -48,7 +47,7 @@ class TuneOptions(RunOptions):
     storage: str = DEFAULT_TUNE_STORAGE
     study_name: str = "emotion"
     trials: int = 20  # finished trials the study should hold; a resumed study runs only the missing ones
-    timeout_s: Optional[float] = None
+    timeout_s: float | None = None
     params_out: Path = DEFAULT_PARAMS_FILE
     space: SearchSpace = field(default_factory=SearchSpace)
     fixed: Hyperparameters = field(default_factory=Hyperparameters)  # the knobs not searched
@@ -59,7 +58,7 @@ class PruningCallback(TrainerCallback):
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
-        self.best: Optional[float] = None
+        self.best: float | None = None
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = float(metrics[f"eval_{SELECTION_METRIC}"])
@@ -79,10 +78,18 @@ def tune(options: TuneOptions) -> dict:
     study = open_study(options)
     done = sum(t.state in FINISHED for t in study.trials)
     missing = max(options.trials - done, 0)
-    print(f"[tune] study {options.study_name!r}: {done} trials done, running {missing} more", file=sys.stderr, flush=True)
+    print(
+        f"[tune] study {options.study_name!r}: {done} trials done, running {missing} more",
+        file=sys.stderr,
+        flush=True,
+    )
     if missing:
-        study.optimize(lambda trial: _objective(trial, run, options), n_trials=missing,
-                       timeout=options.timeout_s, gc_after_trial=True)
+        study.optimize(
+            lambda trial: _objective(trial, run, options),
+            n_trials=missing,
+            timeout=options.timeout_s,
+            gc_after_trial=True,
+        )
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise TrainingError("no trial completed: run more trials (--trials) or check the errors above")
     best = write_best_params(study, options)
@@ -92,14 +99,18 @@ def tune(options: TuneOptions) -> dict:
 
 def open_study(options: TuneOptions) -> optuna.Study:
     if options.storage.startswith("sqlite:///"):
-        Path(options.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     existing = _trial_count(options)
     # A resumed study reseeds its sampler, or it would replay the first run's random trials.
     sampler = optuna.samplers.TPESampler(seed=options.seed + existing)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     return optuna.create_study(
-        storage=options.storage, study_name=options.study_name, direction="maximize",
-        sampler=sampler, pruner=pruner, load_if_exists=True,
+        storage=options.storage,
+        study_name=options.study_name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
     )
 
 
@@ -116,11 +127,22 @@ def _objective(trial: optuna.Trial, run, options: TuneOptions) -> float:
     hp = Hyperparameters(**{**options.fixed.model_dump(), **options.space.sample(trial)})
     callback = PruningCallback(trial)
     with tempfile.TemporaryDirectory(prefix="emotion-tune-") as scratch:
-        args = training_arguments(hp, Path(scratch), seed=options.seed, max_steps=options.max_steps,
-                                  keep_best=False, progress=options.progress)
+        args = training_arguments(
+            hp,
+            Path(scratch),
+            seed=options.seed,
+            max_steps=options.max_steps,
+            keep_best=False,
+            progress=options.progress,
+        )
         trainer = build_trainer(
-            model_init=model_factory(run.base.source), tokenizer=run.tokenizer, hp=hp, args=args,
-            train_dataset=run.train_dataset, eval_dataset=run.eval_dataset, train_labels=run.train_split.labels,
+            model_init=model_factory(run.base.source),
+            tokenizer=run.tokenizer,
+            hp=hp,
+            args=args,
+            train_dataset=run.train_dataset,
+            eval_dataset=run.eval_dataset,
+            train_labels=run.train_split.labels,
             callbacks=[callback],
         )
         trainer.train()
@@ -137,23 +159,38 @@ def write_best_params(study: optuna.Study, options: TuneOptions) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     summary = {
-        "study": options.study_name, "storage": options.storage, "best_trial": best.number,
-        f"best_{SELECTION_METRIC}": best.value, "params_file": str(out), "params": params,
-        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
-                   for t in study.trials],
+        "study": options.study_name,
+        "storage": options.storage,
+        "best_trial": best.number,
+        f"best_{SELECTION_METRIC}": best.value,
+        "params_file": str(out),
+        "params": params,
+        "trials": [
+            {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
+            for t in study.trials
+        ],
     }
-    out.with_name(out.stem + "_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"[tune] best trial {best.number}: {SELECTION_METRIC} {best.value:.4f}; parameters in {out}",
-          file=sys.stderr, flush=True)
+    out.with_name(out.stem + "_summary.json").write_text(
+        json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+    )
+    print(
+        f"[tune] best trial {best.number}: {SELECTION_METRIC} {best.value:.4f}; parameters in {out}",
+        file=sys.stderr,
+        flush=True,
+    )
     return params
 
 
 def trials_table(study: optuna.Study) -> str:
-    lines = [f"| trial | state | {SELECTION_METRIC} | learning_rate | batch_size | epochs | class_weights |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| trial | state | {SELECTION_METRIC} | learning_rate | batch_size | epochs | class_weights |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in study.trials:
         p = t.params
         value = "n/a" if t.value is None else f"{t.value:.4f}"
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {p.get('learning_rate', 0):.2e} | "
-                     f"{p.get('batch_size', '')} | {p.get('epochs', '')} | {p.get('class_weights', '')} |")
+        lines.append(
+            f"| {t.number} | {t.state.name.lower()} | {value} | {p.get('learning_rate', 0):.2e} | "
+            f"{p.get('batch_size', '')} | {p.get('epochs', '')} | {p.get('class_weights', '')} |"
+        )
     return "\n".join(lines)

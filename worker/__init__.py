@@ -4,9 +4,13 @@ Modules, one concept each:
 - settings: the one settings object (env prefix ``EMOTION_``)
 - codec: bytes -> validated post, or the reason it is a dead letter
 - batching: the micro-batcher (max size, max wait)
-- classifier: the model runner (texts in, predictions out; no Kafka)
+- model/: the model runner and its process (texts in, predictions out; no Kafka)
 - processing: one batch of raw records -> encoded results and dead letters
 - app: the Faust app and its thin agent
-- broker: broker backends (embedded launcher, per-backend quirks)
+- transport: the Kafka transport (the one module on private Faust and aiokafka APIs)
+- pacing: the fetch wait, following the model
+- heap: keeping the garbage collector off the latency path
+- broker/: broker backends (embedded launcher, per-backend quirks)
 - observability: structured logs and Prometheus metrics
+- cli/: the command line, the composition root (the only place that imports training)
 """

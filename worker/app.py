@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable, Optional, Sequence
+from typing import Any
 
 import faust
 import structlog
@@ -23,9 +24,10 @@ from worker.batching import MicroBatcher
 from worker.broker.profiles import profile_for
 from worker.heap import freeze_startup_objects
 from worker.observability import WorkerMetrics
+from worker.pacing import FetchPacer
 from worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
 from worker.settings import WorkerSettings
-from worker.transport import EmotionApp, FetchPacer
+from worker.transport import EmotionApp
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +57,10 @@ class EmotionStream:
     """Wires settings, a batch processor and metrics into a Faust app."""
 
     def __init__(
-        self, settings: WorkerSettings, processor: BatchProcessor, metrics: Optional[WorkerMetrics] = None,
+        self,
+        settings: WorkerSettings,
+        processor: BatchProcessor,
+        metrics: WorkerMetrics | None = None,
         prepare_ahead: bool = True,
     ) -> None:
         """``prepare_ahead``: prepare a waiting full batch while the model runs the current one.
@@ -72,11 +77,12 @@ class EmotionStream:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._assigned = False
-        self.failure: Optional[BaseException] = None
+        self.failure: BaseException | None = None
         """What stopped the worker, if a batch failed in a way that must not be skipped."""
-        self.on_fatal: Optional[Callable[[BaseException], None]] = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
         """Called after such a failure, to stop the whole process (the CLI stops its Faust worker)."""
-        self._seconds_per_post: Optional[float] = None  # running estimate, for the fetch pacer
+        self._seconds_per_post: float | None = None  # running estimate, for the fetch pacer
+        self._failing: asyncio.Future | None = None
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -117,22 +123,32 @@ class EmotionStream:
         # the cycle collector from walking all of that in the middle of a batch.
         frozen = freeze_startup_objects()
         log.info(
-            "worker started", input_topic=s.input_topic, output_topic=s.output_topic, dlq_topic=s.dlq_topic,
-            batch_size=s.batch_size, batch_wait_ms=s.batch_wait_ms, model=self.processor.model.name,
-            model_version=self.processor.model.version, broker_backend=s.broker_backend,
-            prepare_ahead=self.prepare_ahead, frozen_objects=frozen,
+            "worker started",
+            input_topic=s.input_topic,
+            output_topic=s.output_topic,
+            dlq_topic=s.dlq_topic,
+            batch_size=s.batch_size,
+            batch_wait_ms=s.batch_wait_ms,
+            model=self.processor.model.name,
+            model_version=self.processor.model.version,
+            broker_backend=s.broker_backend,
+            prepare_ahead=self.prepare_ahead,
+            frozen_objects=frozen,
         )
         # The wait counts from each post's Kafka timestamp (see MicroBatcher).
         batches = MicroBatcher(
-            _channel_events(stream), s.batch_size, s.batch_wait_ms / 1000, born=lambda e: e.message.timestamp,
+            _channel_events(stream),
+            s.batch_size,
+            s.batch_wait_ms / 1000,
+            born=lambda e: e.message.timestamp,
         )
         # A batch goes through three stages: prepare (decode, tokenize) in one thread, the
         # model in another, then publish on the event loop. Batch N is published while N+1
         # is in the model, and with prepare_ahead a waiting full batch N+1 is prepared while
         # N is in the model; batches leave each stage in order, so acks (and commits)
         # never overtake a send.
-        in_model: Optional[asyncio.Future] = None
-        publishing: Optional[asyncio.Future] = None
+        in_model: asyncio.Future | None = None
+        publishing: asyncio.Future | None = None
         try:
             async for events in batches:
                 started = time.perf_counter()
@@ -165,10 +181,16 @@ class EmotionStream:
 
     def _crash_on_failure(self, task: asyncio.Future) -> None:
         if not task.cancelled() and task.exception() is not None:
-            asyncio.ensure_future(self._fail(task.exception()))
+            self._failing = asyncio.ensure_future(
+                self._fail(task.exception())
+            )  # held: a task may be collected
 
     async def _publish_after(
-        self, events: Sequence[Any], in_model: asyncio.Future, previous: Optional[asyncio.Future], started: float,
+        self,
+        events: Sequence[Any],
+        in_model: asyncio.Future,
+        previous: asyncio.Future | None,
+        started: float,
     ) -> None:
         outcome = await in_model
         if previous is not None:
@@ -228,8 +250,11 @@ class EmotionStream:
         if outcome.model_seconds:
             m.model_seconds.observe(outcome.model_seconds)
         log.debug(
-            "batch done", results=len(outcome.results), dead_letters=len(outcome.dead_letters),
-            model_ms=round(outcome.model_seconds * 1000, 1), batch_ms=round(seconds * 1000, 1),
+            "batch done",
+            results=len(outcome.results),
+            dead_letters=len(outcome.dead_letters),
+            model_ms=round(outcome.model_seconds * 1000, 1),
+            batch_ms=round(seconds * 1000, 1),
         )
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -263,7 +288,9 @@ class EmotionStream:
             return view.json(body, status=200 if self.ready else 503)
 
         async def metrics(view: Any, request: Any) -> Any:
-            return view.text(generate_latest(self.metrics.registry).decode("utf-8"), content_type="text/plain")
+            return view.text(
+                generate_latest(self.metrics.registry).decode("utf-8"), content_type="text/plain"
+            )
 
         app.page("/health")(health)
         app.page("/ready")(ready)

@@ -16,8 +16,10 @@ nothing worse than a batch released at once, or after the whole wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import AsyncIterable, AsyncIterator, Callable, Generic, List, Optional, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -28,8 +30,11 @@ class MicroBatcher(Generic[T]):
     """Async iterator of lists of at most ``max_size`` items from ``source``."""
 
     def __init__(
-        self, source: AsyncIterable[T], max_size: int, max_wait: float,
-        born: Optional[Callable[[T], Optional[float]]] = None,
+        self,
+        source: AsyncIterable[T],
+        max_size: int,
+        max_wait: float,
+        born: Callable[[T], float | None] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -42,8 +47,8 @@ class MicroBatcher(Generic[T]):
         # Room for one batch in progress and one gathering: enough to keep the model fed,
         # little enough that few unprocessed messages are held in memory.
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=2 * max_size)
-        self._pump: Optional[asyncio.Task] = None
-        self._error: Optional[BaseException] = None
+        self._pump: asyncio.Task | None = None
+        self._error: BaseException | None = None
         self._ended = False
 
     async def _fill(self) -> None:
@@ -64,10 +69,10 @@ class MicroBatcher(Generic[T]):
             return 0.0
         return min(max(time.time() - born, 0.0), self.max_wait)
 
-    def __aiter__(self) -> AsyncIterator[List[T]]:
+    def __aiter__(self) -> AsyncIterator[list[T]]:
         return self._batches()
 
-    async def _batches(self) -> AsyncIterator[List[T]]:
+    async def _batches(self) -> AsyncIterator[list[T]]:
         if self._pump is None:
             self._pump = asyncio.get_running_loop().create_task(self._fill())
         try:
@@ -80,12 +85,12 @@ class MicroBatcher(Generic[T]):
         finally:
             await self.aclose()
 
-    async def _next_batch(self) -> List[T]:
+    async def _next_batch(self) -> list[T]:
         arrived, first = await self._queue.get()
         if first is _END:
             self._ended = True
             return []
-        batch: List[T] = [first]
+        batch: list[T] = [first]
         loop = asyncio.get_running_loop()
         deadline = arrived + self.max_wait
         while len(batch) < self.max_size:
@@ -114,7 +119,5 @@ class MicroBatcher(Generic[T]):
         pump, self._pump = self._pump, None
         if pump is not None and not pump.done():
             pump.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await pump
-            except asyncio.CancelledError:
-                pass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional, Union
 
 from pydantic import ValidationError
 
@@ -26,7 +25,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode_post(raw: Optional[bytes]) -> Union[Post, Rejected]:
+def decode_post(raw: bytes | None) -> Post | Rejected:
     """Decode UTF-8 JSON into a :class:`Post`; never raises for bad input."""
     if raw is not None:
         # Fast path: pydantic's own JSON parser handles a valid post in one step; only a
@@ -40,15 +39,24 @@ def decode_post(raw: Optional[bytes]) -> Union[Post, Rejected]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Rejected(ErrorInfo(kind="not_utf8", message=f"value is not UTF-8: {exc.reason} at byte {exc.start}"))
+        return Rejected(
+            ErrorInfo(kind="not_utf8", message=f"value is not UTF-8: {exc.reason} at byte {exc.start}")
+        )
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return Rejected(ErrorInfo(kind="not_json", message=f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"))
+        return Rejected(
+            ErrorInfo(
+                kind="not_json",
+                message=f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            )
+        )
     except RecursionError:
         return Rejected(ErrorInfo(kind="not_json", message="value is JSON nested too deeply to decode"))
     if not isinstance(obj, dict):
-        return Rejected(ErrorInfo(kind="invalid_post", message=f"expected a JSON object, got {type(obj).__name__}"))
+        return Rejected(
+            ErrorInfo(kind="invalid_post", message=f"expected a JSON object, got {type(obj).__name__}")
+        )
     try:
         return Post.model_validate(obj)
     except ValidationError as exc:

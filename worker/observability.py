@@ -25,9 +25,7 @@ _SHARED_PROCESSORS: list[Any] = [
 def logging_config(level: str = "INFO", fmt: str = "json") -> dict:
     """A ``logging.config.dictConfig`` that renders every record with structlog."""
     renderer = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     return {
         "version": 1,
@@ -44,7 +42,11 @@ def logging_config(level: str = "INFO", fmt: str = "json") -> dict:
             }
         },
         "handlers": {
-            "default": {"class": "logging.StreamHandler", "formatter": "structlog", "stream": "ext://sys.stderr"}
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "structlog",
+                "stream": "ext://sys.stderr",
+            }
         },
         "root": {"handlers": ["default"], "level": level},
         # Faust, mode and aiokafka narrate every service start and group join at INFO; the
@@ -72,8 +74,34 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> dict:
 
 # Fine enough between 10 ms and 1 s, where batch times fall, to read a median off them.
 _SECONDS_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3,
-    0.4, 0.5, 0.6, 0.8, 1, 1.5, 2, 3, 5, 10, 30,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.06,
+    0.08,
+    0.1,
+    0.125,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.8,
+    1,
+    1.5,
+    2,
+    3,
+    5,
+    10,
+    30,
 )
 
 
@@ -84,22 +112,39 @@ class WorkerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.posts_in = Counter("emotion_posts_in_total", "Messages read from the input topic.", registry=r)
-        self.results_out = Counter("emotion_results_out_total", "Results acknowledged by the broker.", registry=r)
-        self.labels = Counter("emotion_predictions_total", "Results by predicted label.", ["label"], registry=r)
+        self.results_out = Counter(
+            "emotion_results_out_total", "Results acknowledged by the broker.", registry=r
+        )
+        self.labels = Counter(
+            "emotion_predictions_total", "Results by predicted label.", ["label"], registry=r
+        )
         self.dead_letters = Counter(
-            "emotion_dead_letters_total", "Messages sent to the dead-letter topic, by reason.", ["kind"], registry=r
+            "emotion_dead_letters_total",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["kind"],
+            registry=r,
         )
         self.batch_size = Histogram(
-            "emotion_batch_size", "Messages per batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r
+            "emotion_batch_size",
+            "Messages per batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
         )
         self.batch_seconds = Histogram(
-            "emotion_batch_seconds", "Time from a batch's release to its results being acknowledged.", registry=r,
+            "emotion_batch_seconds",
+            "Time from a batch's release to its results being acknowledged.",
+            registry=r,
             buckets=_SECONDS_BUCKETS,
         )
         self.model_seconds = Histogram(
-            "emotion_model_seconds", "Time in the model per batch.", registry=r, buckets=_SECONDS_BUCKETS,
+            "emotion_model_seconds",
+            "Time in the model per batch.",
+            registry=r,
+            buckets=_SECONDS_BUCKETS,
         )
-        self.ready = Gauge("emotion_ready", "1 when the worker has a model and partitions assigned.", registry=r)
+        self.ready = Gauge(
+            "emotion_ready", "1 when the worker has a model and partitions assigned.", registry=r
+        )
 
     def totals(self) -> dict[str, int]:
         """Posts read and results acknowledged so far, for lifecycle logs."""

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from datetime import datetime, timezone
+from typing import Any
 
 import structlog
 
 from schemas import DeadLetter, DeadLetterSource, ErrorInfo, ModelInfo, Payload, Post
-from worker.classifier import ModelUnavailable, Prediction
 from worker.codec import Rejected, decode_post
+from worker.model.api import ModelUnavailable, Prediction
 
 log = structlog.get_logger(__name__)
 
@@ -30,13 +31,13 @@ class InboundRecord:
     topic: str
     partition: int
     offset: int
-    key: Optional[bytes]
-    value: Optional[bytes]
+    key: bytes | None
+    value: bytes | None
 
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    key: Optional[bytes]
+    key: bytes | None
     value: bytes
 
 
@@ -61,7 +62,7 @@ class PreparedBatch:
     outcome: BatchOutcome
     valid: list[tuple[InboundRecord, Post]]
     model_input: Any = None
-    prepare_error: Optional[BaseException] = None
+    prepare_error: BaseException | None = None
 
 
 def dead_letter(record: InboundRecord, error: ErrorInfo) -> OutboundMessage:
@@ -115,13 +116,13 @@ class BatchProcessor:
         started = time.perf_counter()
         predictions = self._predict_isolating_failures(batch)
         outcome.model_seconds = time.perf_counter() - started
-        for (record, post), prediction in zip(batch.valid, predictions):
+        for (record, post), prediction in zip(batch.valid, predictions, strict=True):
             if prediction is not None:
                 outcome.results.append(self._result(record, post, prediction))
                 outcome.labels.append(prediction.label)
         return outcome
 
-    def _predict_isolating_failures(self, batch: PreparedBatch) -> list[Optional[Prediction]]:
+    def _predict_isolating_failures(self, batch: PreparedBatch) -> list[Prediction | None]:
         error = batch.prepare_error
         if error is None:
             try:
@@ -131,15 +132,21 @@ class BatchProcessor:
             except Exception as exc:
                 error = exc
         # The batch failed: find the posts that fail on their own.
-        log.warning("batch prediction failed; retrying post by post", error=repr(error), posts=len(batch.valid))
-        single: list[Optional[Prediction]] = []
+        log.warning(
+            "batch prediction failed; retrying post by post", error=repr(error), posts=len(batch.valid)
+        )
+        single: list[Prediction | None] = []
         for record, post in batch.valid:
             try:
                 single.append(self._predict(self._prepare([post.text]))[0])
             except ModelUnavailable:
                 raise
             except Exception as exc:
-                self._reject(batch.outcome, record, ErrorInfo(kind="processing_failed", message=f"model failed on this post: {exc!r}"))
+                self._reject(
+                    batch.outcome,
+                    record,
+                    ErrorInfo(kind="processing_failed", message=f"model failed on this post: {exc!r}"),
+                )
                 single.append(None)
         return single
 

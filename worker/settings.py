@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_DIR = Path("artifacts/model")
+from schemas.model_directory import DEFAULT_MODEL_DIR
+from worker.model.api import ModelOptions
 
 
 class WorkerSettings(BaseSettings):
@@ -25,49 +25,78 @@ class WorkerSettings(BaseSettings):
         description="`kafka` for Apache Kafka or compatible brokers; `embedded` for the bundled "
         "broker, whose quirks are worked around (set by `emotion-stream broker` and the demo).",
     )
-    group_id: str = Field(default="emotion-stream", description="Consumer group and Faust app id.")
-    input_topic: str = Field(default="posts", min_length=1)
-    output_topic: str = Field(default="post-emotions", min_length=1)
-    dlq_topic: str = Field(default="posts-dlq", min_length=1)
+    group_id: str = Field(
+        default="emotion-stream",
+        description="Consumer group (and Faust app id): workers with the same group share the input "
+        "partitions.",
+    )
+    input_topic: str = Field(default="posts", min_length=1, description="Posts to label.")
+    output_topic: str = Field(
+        default="post-emotions", min_length=1, description="One result per post, key = post id."
+    )
+    dlq_topic: str = Field(
+        default="posts-dlq",
+        min_length=1,
+        description="Dead letters: messages that could not be labelled, with the reason.",
+    )
 
     model: str = Field(
         default=str(DEFAULT_MODEL_DIR),
-        description="Model directory (Hugging Face format) or hub id.",
+        description="Model directory (Hugging Face format, safetensors) or hub id.",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the model runs; auto picks CUDA when there is one."
+    )
     numeric: Literal["auto", "fp32", "bf16", "int8"] = Field(
         default="auto",
-        description="Numeric mode: auto (mixed precision on CUDA, fp32 on the CPU), fp32, bf16 autocast (bf16, or fp16 "
-        "where the GPU lacks bf16) or int8 dynamic quantization (CPU only); see bench/ for speed and accuracy.",
+        description="Numeric mode: auto (mixed precision on CUDA, fp32 on the CPU), fp32, bf16 autocast "
+        "(bf16, or fp16 "
+        "where the GPU lacks bf16) or int8 dynamic quantization (CPU only). bf16 pays on CPUs with "
+        "AVX512-BF16 or AMX "
+        "and is several times slower on others; bench/README.md has speed and accuracy.",
     )
     batch_size: int = Field(default=128, ge=1, le=4096, description="Most posts gathered into one batch.")
     batch_wait_ms: int = Field(
-        default=150, ge=0, le=60_000,
+        default=150,
+        ge=0,
+        le=60_000,
         description="Longest wait to fill a batch, from when its first post was produced (its Kafka "
         "timestamp, counted at most this far back). Waiting about as long as a batch takes keeps the model "
-        "out of a regime of small back-to-back batches (see README, Benchmarks).",
+        "out of a regime of small back-to-back batches (docs/architecture.md).",
     )
     model_batch_size: int = Field(
-        default=32, ge=1, le=1024,
-        description="Most posts per padded forward pass; a batch is cut into length-sorted sub-batches of at most "
+        default=32,
+        ge=1,
+        le=1024,
+        description="Most posts per padded forward pass; a batch is cut into length-sorted sub-batches of at "
+        "most "
         "this size (a packed pass is bounded by its rows of 128 tokens instead).",
     )
-    max_length: int = Field(default=128, ge=8, le=512, description="Token limit per post (longer posts are truncated).")
-    torch_threads: Optional[int] = Field(default=None, ge=1, description="CPU threads for the model; default: torch's choice.")
-    cpu_passes: Optional[int] = Field(
-        default=None, ge=1,
-        description="Forward passes run at once on the CPU, sharing the torch threads; default: one per thread, at most 4.",
+    max_length: int = Field(
+        default=128, ge=8, le=512, description="Token limit per post (longer posts are truncated)."
+    )
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for the model; default: torch's choice."
+    )
+    cpu_passes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Forward passes run at once on the CPU, sharing the torch threads; default: one per "
+        "thread, at most 4.",
     )
     packing: bool = Field(
         default=True,
-        description="On the CPU, run a small batch (a few rows of 128 tokens per pass) with its posts laid end to "
-        "end instead of padded: the same results, 1.2-1.35x faster on batches of 4-24 posts (DistilBERT and BERT "
+        description="On the CPU, run a small batch (a few rows of 128 tokens per pass) with its posts laid "
+        "end to "
+        "end instead of padded: the same results, 1.2-1.35x faster on batches of 4-24 posts (DistilBERT and "
+        "BERT "
         "models; others always run padded).",
     )
     prepack_weights: bool = Field(
         default=True,
-        description="In fp32 on the CPU, lay the linear layers' weights out once at load for the matrix products "
-        "instead of on every pass: the same results, 1.1-1.3x faster (most on small batches; see README, Benchmarks).",
+        description="In fp32 on the CPU, lay the linear layers' weights out once at load for the matrix "
+        "products "
+        "instead of on every pass: the same results, 1.1-1.3x faster (most on small batches).",
     )
     model_process: bool = Field(
         default=True,
@@ -75,12 +104,19 @@ class WorkerSettings(BaseSettings):
         "(and the worker's Kafka work never waits for the model's); false runs it in the worker's process.",
     )
 
-    web_enabled: bool = True
-    web_host: str = Field(default="127.0.0.1", description="Address of the health, readiness and metrics endpoints.")
-    web_port: int = Field(default=6066, ge=1, le=65535)
+    web_enabled: bool = Field(default=True, description="Serve `/health`, `/ready` and `/metrics`.")
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="Address of those endpoints (`0.0.0.0` to reach them from outside a container).",
+    )
+    web_port: int = Field(default=6066, ge=1, le=65535, description="Port of those endpoints.")
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe log level written (post text never appears above DEBUG)."
+    )
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="`json` for machines, `console` for humans."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -101,7 +137,7 @@ class WorkerSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _distinct_topics(self) -> "WorkerSettings":
+    def _distinct_topics(self) -> WorkerSettings:
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
             raise ValueError("input_topic, output_topic and dlq_topic must be three different topics")
         return self
@@ -110,6 +146,19 @@ class WorkerSettings(BaseSettings):
     def bootstrap_servers(self) -> list[str]:
         """The broker addresses as `host:port` strings, for plain Kafka clients."""
         return [p.strip().split("://", 1)[-1] for p in self.broker.split(";") if p.strip()]
+
+    def model_options(self) -> ModelOptions:
+        """How the model is loaded and run, as the model runner takes it."""
+        return ModelOptions(
+            device=self.device,
+            numeric=self.numeric,
+            max_length=self.max_length,
+            batch_size=self.model_batch_size,
+            torch_threads=self.torch_threads,
+            cpu_passes=self.cpu_passes,
+            packing=self.packing,
+            prepack=self.prepack_weights,
+        )
 
     @property
     def faust_broker(self) -> list[str]:

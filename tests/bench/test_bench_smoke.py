@@ -10,9 +10,17 @@ from bench.streaming import StreamRun
 
 def test_histogram_median_interpolates_within_the_bucket_of_the_middle_observation():
     name = "emotion_batch_seconds"
-    before = {f'{name}_bucket{{le="0.1"}}': 1.0, f'{name}_bucket{{le="0.2"}}': 1.0, f'{name}_bucket{{le="+Inf"}}': 1.0}
+    before = {
+        f'{name}_bucket{{le="0.1"}}': 1.0,
+        f'{name}_bucket{{le="0.2"}}': 1.0,
+        f'{name}_bucket{{le="+Inf"}}': 1.0,
+    }
     # Over the interval: 2 observations <= 0.1, 6 in (0.1, 0.2], none above.
-    after = {f'{name}_bucket{{le="0.1"}}': 3.0, f'{name}_bucket{{le="0.2"}}': 9.0, f'{name}_bucket{{le="+Inf"}}': 9.0}
+    after = {
+        f'{name}_bucket{{le="0.1"}}': 3.0,
+        f'{name}_bucket{{le="0.2"}}': 9.0,
+        f'{name}_bucket{{le="+Inf"}}': 9.0,
+    }
     median = histogram_median(before, after, name)
     assert 0.1 < median < 0.2
     assert math.isclose(median, 0.1 + 0.1 * (4 - 2) / 6)
@@ -48,7 +56,9 @@ def test_on_and_off_measures_both_on_every_window(tiny_model, option, monkeypatc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(measure, "EmotionClassifier", recording)
-    rows = measure.on_and_off(tiny_model, ["i feel fine today", "so very angry", "ok"] * 6, (2, 8), 4, option, rounds=1)
+    rows = measure.on_and_off(
+        tiny_model, ["i feel fine today", "so very angry", "ok"] * 6, (2, 8), 4, option, rounds=1
+    )
     assert [r["window"] for r in rows] == [2, 8]
     assert seen == [True, False, True, False]  # in turn, on each window
     for r in rows:
@@ -65,8 +75,25 @@ def test_the_gpu_benchmark_runs_its_sections_on_the_cpu(tiny_model, tmp_path):
     lines = ["i feel so happy today;joy", "this makes me angry;anger", "i am scared of the dark;fear"] * 20
     (data / "validation.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    assert main(["--device", "cpu", "--quick", "--no-e2e", "--data", str(data), "--model", str(tiny_model),
-                 "--distilbert", str(tiny_model), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--device",
+                "cpu",
+                "--quick",
+                "--no-e2e",
+                "--data",
+                str(data),
+                "--model",
+                str(tiny_model),
+                "--distilbert",
+                str(tiny_model),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "results.json").read_text())
     assert set(report["models"]) == {"DistilBERT arch.", f"trained ({tiny_model.name})"}
     for section in report["models"].values():

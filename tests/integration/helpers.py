@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
-from worker.clients import follow, produce
+from worker.cli.clients import follow, produce
 
 
 def make_posts(n: int, prefix: str = "p") -> list[tuple[bytes, bytes]]:
@@ -20,7 +21,7 @@ def make_posts(n: int, prefix: str = "p") -> list[tuple[bytes, bytes]]:
     return posts
 
 
-MALFORMED: list[tuple[Optional[bytes], bytes, str]] = [
+MALFORMED: list[tuple[bytes | None, bytes, str]] = [
     (None, b"this is not json", "not_json"),
     (b"bin", b"\xff\xfe\x00garbage", "not_utf8"),
     (b"m-1", b'{"id": "m-1"}', "invalid_post"),
@@ -36,7 +37,9 @@ def produce_sync(broker, topic: str, messages) -> int:
     return asyncio.run(produce(broker.bootstrap, topic, messages, broker.backend))
 
 
-def collect(broker, topics: list[str], done: Callable[[dict[str, list]], bool], timeout: float) -> dict[str, list]:
+def collect(
+    broker, topics: list[str], done: Callable[[dict[str, list]], bool], timeout: float
+) -> dict[str, list]:
     """Read ``topics`` from the beginning until ``done(records by topic)`` or ``timeout``."""
 
     async def run() -> dict[str, list]:
@@ -49,10 +52,8 @@ def collect(broker, topics: list[str], done: Callable[[dict[str, list]], bool], 
                 if done(seen):
                     return
 
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(reader(), max(0.1, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            pass
         return seen
 
     return asyncio.run(run())

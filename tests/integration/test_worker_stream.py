@@ -15,7 +15,7 @@ import pytest
 
 from schemas import LABELS, DeadLetter, EmotionResult
 from tests.integration.helpers import MALFORMED, collect, make_posts, produce_sync, result_ids
-from worker.process import WorkerProcess
+from worker.cli.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +44,16 @@ def test_valid_posts_get_results_and_malformed_ones_dead_letters(broker, topics,
     random.Random(7).shuffle(mixed)
     produce_sync(broker, topics.input, mixed)
 
-    worker = WorkerProcess({**worker_env, "EMOTION_BATCH_SIZE": "16"}, log_path=tmp_path / "worker.log").start()
+    worker = WorkerProcess(
+        {**worker_env, "EMOTION_BATCH_SIZE": "16"}, log_path=tmp_path / "worker.log"
+    ).start()
     try:
         worker.wait_ready(timeout=90)
         seen = collect(
-            broker, [topics.output, topics.dlq],
-            lambda s: len(s[topics.output]) >= len(posts) and len(s[topics.dlq]) >= len(MALFORMED), timeout=90,
+            broker,
+            [topics.output, topics.dlq],
+            lambda s: len(s[topics.output]) >= len(posts) and len(s[topics.dlq]) >= len(MALFORMED),
+            timeout=90,
         )
         metrics = _metrics(worker)
         assert _health(worker) == {"status": "ok"}
@@ -110,7 +114,9 @@ def _interrupt_then_resume(broker, topics, worker_env, tmp_path, posts, done_bef
     second = WorkerProcess(env, log_path=tmp_path / "second.log").start()
     try:
         second.wait_ready(timeout=90)
-        after = collect(broker, [topics.output], lambda s: set(result_ids(s[topics.output])) >= valid_ids, timeout=180)
+        after = collect(
+            broker, [topics.output], lambda s: set(result_ids(s[topics.output])) >= valid_ids, timeout=180
+        )
         letters = collect(broker, [topics.dlq], lambda s: False, timeout=2)[topics.dlq]
     finally:
         assert second.stop() == 0
@@ -120,7 +126,13 @@ def _interrupt_then_resume(broker, topics, worker_env, tmp_path, posts, done_bef
 def test_worker_killed_mid_stream_loses_nothing(broker, topics, worker_env, tmp_path):
     posts = make_posts(3000)
     _, done, _ = _interrupt_then_resume(
-        broker, topics, worker_env, tmp_path, posts, 200, lambda worker: worker.kill(),  # SIGKILL: no flush, no commit
+        broker,
+        topics,
+        worker_env,
+        tmp_path,
+        posts,
+        200,
+        lambda worker: worker.kill(),  # SIGKILL: no flush, no commit
     )
     assert done == {k.decode() for k, _ in posts}
 
@@ -134,7 +146,9 @@ def test_a_dead_model_process_stops_the_worker_and_loses_nothing(broker, topics,
         exit_codes.append(worker.process.wait(timeout=60))
 
     posts = make_posts(2000)
-    _, done, letters = _interrupt_then_resume(broker, topics, worker_env, tmp_path, posts, 100, kill_model_process)
+    _, done, letters = _interrupt_then_resume(
+        broker, topics, worker_env, tmp_path, posts, 100, kill_model_process
+    )
     first_log = (tmp_path / "first.log").read_text()
     assert exit_codes[0] != 0, "a worker without its model must stop, not carry on"
     assert "killed by signal 9" in first_log and "not committed" in first_log
@@ -145,7 +159,9 @@ def test_a_dead_model_process_stops_the_worker_and_loses_nothing(broker, topics,
 def test_the_model_can_run_in_the_worker_process(broker, topics, worker_env, tmp_path):
     posts = make_posts(50)
     produce_sync(broker, topics.input, posts)
-    worker = WorkerProcess({**worker_env, "EMOTION_MODEL_PROCESS": "false"}, log_path=tmp_path / "worker.log").start()
+    worker = WorkerProcess(
+        {**worker_env, "EMOTION_MODEL_PROCESS": "false"}, log_path=tmp_path / "worker.log"
+    ).start()
     try:
         worker.wait_ready(timeout=90)
         seen = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= len(posts), timeout=90)
@@ -187,8 +203,11 @@ def test_worker_refuses_bad_settings_with_a_clear_message(worker_env, tmp_path):
 
     env = {**worker_env, "EMOTION_BATCH_SIZE": "0", "EMOTION_DEVICE": "tpu"}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "worker"], env={**__import__("os").environ, **env},
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "worker.cli.main", "worker"],
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "EMOTION_BATCH_SIZE" in proc.stderr and "EMOTION_DEVICE" in proc.stderr
@@ -204,7 +223,9 @@ def _produce_at(broker, topic, messages, timestamp_ms):
     from worker.broker.profiles import profile_for
 
     async def run():
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, **profile_for(broker.backend).producer)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap, **profile_for(broker.backend).producer
+        )
         await producer.start()
         try:
             for key, value in messages:
@@ -218,7 +239,9 @@ def _produce_at(broker, topic, messages, timestamp_ms):
 def test_the_batch_wait_counts_from_when_a_post_was_produced(broker, topics, worker_env, tmp_path):
     # A 30 s wait: a fresh post waits that long for company, one produced a minute ago has
     # waited long enough already and is released as soon as it arrives.
-    worker = WorkerProcess({**worker_env, "EMOTION_BATCH_WAIT_MS": "30000"}, log_path=tmp_path / "worker.log").start()
+    worker = WorkerProcess(
+        {**worker_env, "EMOTION_BATCH_WAIT_MS": "30000"}, log_path=tmp_path / "worker.log"
+    ).start()
     try:
         worker.wait_ready(timeout=90)
         old, fresh = make_posts(2, prefix="aged")

@@ -5,7 +5,6 @@ The tiny random base model is the session fixture ``tiny_model`` from ``tests/co
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,18 @@ WORDS = {
     "fear": ["scared", "terrified", "anxious", "nervous", "frightened", "worried", "panicky"],
     "surprise": ["amazed", "astonished", "shocked", "stunned", "startled", "speechless", "curious"],
 }
-OPENINGS = ["i feel so", "today i am", "honestly feeling", "i woke up", "right now i am",
-            "i keep feeling", "still so", "why am i so", "i am just", "feeling very"]
+OPENINGS = [
+    "i feel so",
+    "today i am",
+    "honestly feeling",
+    "i woke up",
+    "right now i am",
+    "i keep feeling",
+    "still so",
+    "why am i so",
+    "i am just",
+    "feeling very",
+]
 
 
 def synthetic_lines(per_label: int, offset: int = 0) -> list[str]:
@@ -37,7 +46,9 @@ def write_emotion_data(directory: Path) -> Path:
     """train.txt (60 lines) and validation.txt (24 lines), `text;label`, text containing ';'."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "train.txt").write_text("\n".join(synthetic_lines(10)) + "\n", encoding="utf-8")
-    (directory / "validation.txt").write_text("\n".join(synthetic_lines(4, offset=3)) + "\n", encoding="utf-8")
+    (directory / "validation.txt").write_text(
+        "\n".join(synthetic_lines(4, offset=3)) + "\n", encoding="utf-8"
+    )
     return directory
 
 
@@ -47,13 +58,10 @@ def emotion_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(*argv: str) -> int:
-    """Run a training subcommand the way `emotion-stream` does: parse, then call ``run``."""
-    from training.cli import register
+    """Run a subcommand in this process exactly as `emotion-stream` does; returns its exit code."""
+    from worker.cli.main import main
 
-    parser = argparse.ArgumentParser(prog="emotion-stream")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.run(args)
+    return main([str(a) for a in argv])
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ from tests.training.conftest import run_cli
 
 def test_building_the_parser_imports_no_heavy_libraries() -> None:
     code = (
-        "import argparse, sys\n"
-        "from training.cli import register\n"
-        "p = argparse.ArgumentParser(); register(p.add_subparsers())\n"
-        "heavy = [m for m in ('torch', 'transformers', 'optuna', 'datasets', 'sklearn') if m in sys.modules]\n"
+        "import sys\n"
+        "from worker.cli.main import build_parser\n"
+        "build_parser()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'optuna', 'datasets', 'sklearn', 'faust') if m in "
+        "sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -38,7 +39,9 @@ def test_bad_options_stop_before_any_work(argv: list, expected: str, capsys: pyt
     assert expected in capsys.readouterr().err
 
 
-def test_fixable_problems_exit_2_with_advice(tmp_path: Path, emotion_data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fixable_problems_exit_2_with_advice(
+    tmp_path: Path, emotion_data: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert run_cli("train", "--data", tmp_path / "nowhere", "--output", tmp_path / "m") == 2
     assert "emotion-stream train: data directory" in capsys.readouterr().err
     params = tmp_path / "p.json"

@@ -21,8 +21,24 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, emotion
     runs = []
     for name, epochs in (("short", 1), ("long", 2)):
         out = work / name
-        code = run_cli("train", "--data", emotion_data, "--base-model", tiny_model, "--output", out,
-                       "--lr", 3e-3, "--batch-size", 8, "--epochs", epochs, "--seed", 7, "--no-progress")
+        code = run_cli(
+            "train",
+            "--data",
+            emotion_data,
+            "--base-model",
+            tiny_model,
+            "--output",
+            out,
+            "--lr",
+            3e-3,
+            "--batch-size",
+            8,
+            "--epochs",
+            epochs,
+            "--seed",
+            7,
+            "--no-progress",
+        )
         assert code == 0
         runs.append(out)
     return runs
@@ -45,7 +61,10 @@ def test_soup_averages_the_weights_and_exports_a_loadable_model(two_runs, emotio
 
     from transformers import pipeline
 
-    labels = {r["label"] for r in pipeline("text-classification", model=str(out))(["i feel so thrilled", "so scared"])}
+    labels = {
+        r["label"]
+        for r in pipeline("text-classification", model=str(out))(["i feel so thrilled", "so scared"])
+    }
     assert labels <= set(LABELS)
 
 
@@ -67,7 +86,9 @@ def test_soup_refuses_a_different_architecture(two_runs, emotion_data, tmp_path,
     shutil.copytree(two_runs[0], other)
     from transformers import BertConfig, BertForSequenceClassification
 
-    BertForSequenceClassification(BertConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")})).save_pretrained(other)
+    BertForSequenceClassification(
+        BertConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")})
+    ).save_pretrained(other)
     code = run_cli("soup", two_runs[0], other, "--data", emotion_data, "--output", tmp_path / "x")
     assert code == 2 and "different architecture" in capsys.readouterr().err
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -14,9 +15,32 @@ from training.tune import PruningCallback
 
 
 def tune_args(storage: str, out: Path, data: Path, base: Path, trials: int) -> list:
-    return ["tune", "--data", data, "--base-model", base, "--trials", trials, "--storage", storage,
-            "--study-name", "tiny", "--output", out, "--lr-range", "1e-3", "3e-3", "--batch-sizes", "8", "16",
-            "--epoch-choices", "1", "--train-limit", "30", "--no-progress"]
+    return [
+        "tune",
+        "--data",
+        data,
+        "--base-model",
+        base,
+        "--trials",
+        trials,
+        "--storage",
+        storage,
+        "--study-name",
+        "tiny",
+        "--output",
+        out,
+        "--lr-range",
+        "1e-3",
+        "3e-3",
+        "--batch-sizes",
+        "8",
+        "16",
+        "--epoch-choices",
+        "1",
+        "--train-limit",
+        "30",
+        "--no-progress",
+    ]
 
 
 def test_search_resumes_from_sqlite_and_writes_params_for_train(
@@ -35,7 +59,9 @@ def test_search_resumes_from_sqlite_and_writes_params_for_train(
     assert trials[2].params != trials[0].params  # the resumed sampler does not replay the first draws
 
     params = json.loads(out.read_text())
-    assert 1e-3 <= params["learning_rate"] <= 3e-3 and params["batch_size"] in (8, 16) and params["epochs"] == 1
+    assert (
+        1e-3 <= params["learning_rate"] <= 3e-3 and params["batch_size"] in (8, 16) and params["epochs"] == 1
+    )
     hp = resolve_hyperparameters(out, {})  # exactly what `train --params` does with it
     assert hp.model_dump() == params
     summary = json.loads((tmp_path / "best_params_summary.json").read_text())
@@ -51,7 +77,9 @@ def test_pruning_callback_stops_a_trial_that_trails_the_median() -> None:
     trial = study.ask()
     callback = PruningCallback(trial)
     state = type("State", (), {"epoch": 1.0})()
-    with pytest.raises(optuna.TrialPruned, match="f1_weighted 0.2000 after epoch 1 trails the median"):
+    with pytest.raises(
+        optuna.TrialPruned, match=re.escape("f1_weighted 0.2000 after epoch 1 trails the median")
+    ):
         callback.on_evaluate(None, state, None, metrics={"eval_f1_weighted": 0.2})
     leader = PruningCallback(study.ask())
     leader.on_evaluate(None, state, None, metrics={"eval_f1_weighted": 0.95})  # ahead: keeps going

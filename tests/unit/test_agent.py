@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from schemas import LABELS, ModelInfo
 from worker.app import EmotionStream
-from worker.classifier import Prediction
+from worker.model.api import Prediction
 from worker.processing import BatchProcessor
 from worker.settings import WorkerSettings
 
@@ -17,7 +17,12 @@ class Event:
     def __init__(self, offset: int, acks: list) -> None:
         value = json.dumps({"id": f"p{offset}", "text": f"post {offset}"}).encode()
         self.message = SimpleNamespace(
-            topic="posts", partition=0, offset=offset, key=f"p{offset}".encode(), value=value, timestamp=time.time(),
+            topic="posts",
+            partition=0,
+            offset=offset,
+            key=f"p{offset}".encode(),
+            value=value,
+            timestamp=time.time(),
         )
         self._acks = acks
 
@@ -65,7 +70,10 @@ class Stages:
         self._mark("model", texts, "start")
         time.sleep(self.model_seconds)
         self._mark("model", texts, "end")
-        return [Prediction(label=LABELS[0], score=1.0, scores={n: float(n == LABELS[0]) for n in LABELS}) for _ in texts]
+        return [
+            Prediction(label=LABELS[0], score=1.0, scores={n: float(n == LABELS[0]) for n in LABELS})
+            for _ in texts
+        ]
 
     def at(self, stage: str, first_text: str, edge: str) -> float:
         return next(t for s, x, e, t in self.log if (s, x, e) == (stage, first_text, edge))
@@ -85,7 +93,9 @@ async def _run(stream: EmotionStream, events: list, until, timeout: float = 10.0
         await asyncio.gather(agent, return_exceptions=True)
 
 
-def _stream(stages: Stages, producer: Producer, batch_size: int = 4, prepare_ahead: bool = True) -> EmotionStream:
+def _stream(
+    stages: Stages, producer: Producer, batch_size: int = 4, prepare_ahead: bool = True
+) -> EmotionStream:
     settings = WorkerSettings(batch_size=batch_size, batch_wait_ms=20, web_enabled=False)
     processor = BatchProcessor(stages.predict, ModelInfo(name="m", version="1"), prepare=stages.prepare)
     stream = EmotionStream(settings, processor, prepare_ahead=prepare_ahead)

@@ -144,7 +144,9 @@ async def _release_delay(born_age, max_wait=0.4, born=True):
 
 
 async def test_time_spent_reaching_the_batcher_counts_as_waiting():
-    assert 0.1 <= await _release_delay(0.25, max_wait=0.4) < 0.25  # released at 0.4 s of age, 0.15 s after arrival
+    assert (
+        0.1 <= await _release_delay(0.25, max_wait=0.4) < 0.25
+    )  # released at 0.4 s of age, 0.15 s after arrival
 
 
 async def test_an_item_older_than_the_wait_leaves_at_once():

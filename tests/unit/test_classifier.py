@@ -1,13 +1,17 @@
 import itertools
 import json
 import random
+import re
 import threading
 
 import pytest
 import torch
 
 from schemas import LABELS
-from worker.classifier import EmotionClassifier, ModelLoadError, plan_sub_batches, select_device, split_threads
+from worker.model.api import ModelLoadError, ModelOptions
+from worker.model.loading import select_device
+from worker.model.planning import plan_sub_batches, split_threads
+from worker.model.runner import EmotionClassifier
 
 TEXTS = [
     "i feel wonderful",
@@ -24,7 +28,8 @@ def classifier(tiny_model):
     # one pass at a time keeps their order (parallel passes and packing are tested on their
     # own below).
     return EmotionClassifier(
-        str(tiny_model), device="cpu", batch_size=2, call_cost_tokens=1e6, cpu_passes=1, packing=False,
+        str(tiny_model),
+        ModelOptions(device="cpu", batch_size=2, call_cost_tokens=1e6, cpu_passes=1, packing=False),
     )
 
 
@@ -60,10 +65,10 @@ def test_sub_batches_pad_only_to_their_own_longest_post(classifier, monkeypatch)
 
 def test_long_posts_are_truncated_to_max_length(tiny_model):
     for packing in (False, True):
-        short = EmotionClassifier(str(tiny_model), device="cpu", max_length=16, packing=packing)
+        short = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", max_length=16, packing=packing))
         seen = []
         forward = short._forward
-        short._forward = lambda x: (seen.append(x.ids.shape[1]), forward(x))[1]
+        short._forward = lambda x, seen=seen, forward=forward: (seen.append(x.ids.shape[1]), forward(x))[1]
         short.predict(["word " * 500])
         assert seen == [16]
 
@@ -75,12 +80,15 @@ def test_empty_input_gives_no_predictions(classifier):
 def test_model_version_is_a_digest_without_a_card_and_the_card_when_present(tiny_model, tmp_path):
     import shutil
 
-    info = EmotionClassifier(str(tiny_model), device="cpu").info
+    info = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu")).info
     assert info.name == tiny_model.name and len(info.version) == 12
     copy = tmp_path / "carded"
     shutil.copytree(tiny_model, copy)
     (copy / "emotion_model.json").write_text(json.dumps({"name": "emotion-minilm", "version": "2026.11.22"}))
-    assert EmotionClassifier(str(copy), device="cpu").info.model_dump() == {"name": "emotion-minilm", "version": "2026.11.22"}
+    assert EmotionClassifier(str(copy), ModelOptions(device="cpu")).info.model_dump() == {
+        "name": "emotion-minilm",
+        "version": "2026.11.22",
+    }
 
 
 def test_a_model_without_the_emotion_labels_is_refused(tiny_model, tmp_path):
@@ -93,12 +101,12 @@ def test_a_model_without_the_emotion_labels_is_refused(tiny_model, tmp_path):
     config["label2id"] = {f"LABEL_{i}": i for i in range(6)}
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="not the six emotions"):
-        EmotionClassifier(str(copy), device="cpu")
+        EmotionClassifier(str(copy), ModelOptions(device="cpu"))
 
 
 def test_a_directory_that_is_not_a_model_is_refused(tmp_path):
-    with pytest.raises(ModelLoadError, match="config.json"):
-        EmotionClassifier(str(tmp_path), device="cpu")
+    with pytest.raises(ModelLoadError, match=re.escape("config.json")):
+        EmotionClassifier(str(tmp_path), ModelOptions(device="cpu"))
 
 
 def test_device_selection():
@@ -111,8 +119,8 @@ def test_device_selection():
 
 @pytest.mark.parametrize("numeric,tolerance", [("bf16", 0.02), ("int8", 0.02)])
 def test_faster_numeric_modes_stay_close_to_fp32(tiny_model, numeric, tolerance):
-    exact = EmotionClassifier(str(tiny_model), device="cpu").predict_proba(TEXTS)
-    fast = EmotionClassifier(str(tiny_model), device="cpu", numeric=numeric)
+    exact = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu")).predict_proba(TEXTS)
+    fast = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", numeric=numeric))
     approx = fast.predict_proba(TEXTS)
     assert approx.dtype == torch.float32
     assert torch.allclose(approx.sum(dim=1), torch.ones(len(TEXTS)), atol=1e-4)
@@ -121,7 +129,7 @@ def test_faster_numeric_modes_stay_close_to_fp32(tiny_model, numeric, tolerance)
 
 def test_unknown_numeric_mode_is_refused(tiny_model):
     with pytest.raises(ModelLoadError, match="use auto, fp32, bf16 or int8"):
-        EmotionClassifier(str(tiny_model), device="cpu", numeric="fp8")
+        EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", numeric="fp8"))
 
 
 def _plan_cost(lengths, plan, call_cost):
@@ -164,35 +172,39 @@ def test_plan_is_the_cheapest_of_all_cuts(seed):
     every = []
     for cuts in itertools.product([False, True], repeat=n - 1):
         points = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
-        candidate = list(zip(points, points[1:]))
+        candidate = list(itertools.pairwise(points))
         if _is_partition(candidate, n, max_size):
             every.append(_plan_cost(lengths, candidate, call_cost))
     assert _plan_cost(lengths, plan, call_cost) == pytest.approx(min(every))
 
 
 def test_the_cost_of_a_pass_is_measured_when_the_model_loads(tiny_model):
-    clf = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8)
+    clf = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", batch_size=8))
     assert 1.0 <= clf.call_cost_tokens <= 1024.0
-    given = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, call_cost_tokens=12.5)
+    given = EmotionClassifier(
+        str(tiny_model), ModelOptions(device="cpu", batch_size=8, call_cost_tokens=12.5)
+    )
     assert given.call_cost_tokens == 12.5
 
 
 def test_a_pass_cost_the_clock_cannot_see_is_planned_as_large_as_allowed(tiny_model, monkeypatch):
     # A GPU runs one post and a padded sub-batch in the same time: the fixed cost is then all
     # there is, and the planner must cut as few sub-batches as it can, not as many.
-    import worker.classifier as classifier_module
+    import worker.model.runner as classifier_module
 
     ticks = iter(range(10_000))
     monkeypatch.setattr(classifier_module.time, "perf_counter", lambda: float(next(ticks)))
-    clf = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8)
+    clf = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", batch_size=8))
     assert clf.call_cost_tokens == classifier_module.MAX_CALL_COST_TOKENS
 
 
 def test_auto_numeric_mode_is_fp32_on_the_cpu(tiny_model):
-    auto = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, call_cost_tokens=4)
+    auto = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", batch_size=8, call_cost_tokens=4))
     assert auto.numeric == "fp32" and auto._autocast_dtype is None
     texts = ["i feel fine", "so angry right now"]
-    explicit = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, call_cost_tokens=4, numeric="fp32")
+    explicit = EmotionClassifier(
+        str(tiny_model), ModelOptions(device="cpu", batch_size=8, call_cost_tokens=4, numeric="fp32")
+    )
     assert torch.equal(auto.predict_proba(texts), explicit.predict_proba(texts))
 
 
@@ -205,7 +217,9 @@ def test_prepare_then_run_is_predict_and_prepare_leaves_the_model_alone(classifi
     assert sorted(prepared.rows) == list(range(len(TEXTS)))
     assert sum(x.ids.shape[0] for x in prepared.inputs) == len(TEXTS)
     assert torch.allclose(classifier.run(prepared), classifier.predict_proba(TEXTS))
-    assert [p.label for p in classifier.predict_prepared(prepared)] == [p.label for p in classifier.predict(TEXTS)]
+    assert [p.label for p in classifier.predict_prepared(prepared)] == [
+        p.label for p in classifier.predict(TEXTS)
+    ]
     assert classifier.run(classifier.prepare([])).shape == (0, len(LABELS))
 
 
@@ -244,10 +258,12 @@ def _threads_of_each_pass(clf):
 def test_parallel_passes_give_the_same_results_on_their_own_threads(tiny_model, two_threads):
     texts = TEXTS * 7
     parallel = EmotionClassifier(
-        str(tiny_model), device="cpu", batch_size=2, cpu_passes=2, call_cost_tokens=4, packing=False,
+        str(tiny_model),
+        ModelOptions(device="cpu", batch_size=2, cpu_passes=2, call_cost_tokens=4, packing=False),
     )
     serial = EmotionClassifier(
-        str(tiny_model), device="cpu", batch_size=2, cpu_passes=1, call_cost_tokens=4, packing=False,
+        str(tiny_model),
+        ModelOptions(device="cpu", batch_size=2, cpu_passes=1, call_cost_tokens=4, packing=False),
     )
     assert parallel.pass_threads == [1, 1] and serial.pass_threads == [2] and serial._passes is None
     ran_on = set()
@@ -266,5 +282,5 @@ def test_parallel_passes_give_the_same_results_on_their_own_threads(tiny_model, 
 
 
 def test_more_passes_than_threads_is_refused_with_what_to_do(tiny_model, two_threads):
-    with pytest.raises(ModelLoadError, match="cpu_passes=3 needs between 1 and 2.*EMOTION_CPU_PASSES"):
-        EmotionClassifier(str(tiny_model), device="cpu", cpu_passes=3, call_cost_tokens=4)
+    with pytest.raises(ModelLoadError, match=r"cpu_passes=3 needs between 1 and 2.*EMOTION_CPU_PASSES"):
+        EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", cpu_passes=3, call_cost_tokens=4))

@@ -1,14 +1,16 @@
 """The model runner in its own process: same answers, clear errors, and a dead process stops the batch."""
 
 import os
+import re
 import signal
 
 import numpy
 import pytest
 import torch
 
-from worker.classifier import EmotionClassifier, ModelLoadError, ModelUnavailable
-from worker.model_process import ModelProcess
+from worker.model.api import ModelLoadError, ModelOptions, ModelUnavailable
+from worker.model.process import ModelProcess
+from worker.model.runner import EmotionClassifier
 from worker.processing import BatchProcessor, InboundRecord
 
 TEXTS = [
@@ -22,12 +24,12 @@ OPTIONS = dict(device="cpu", batch_size=2, torch_threads=1)
 
 @pytest.fixture(scope="module")
 def model_process(tiny_model):
-    with ModelProcess(str(tiny_model), log_level="WARNING", **OPTIONS) as process:
+    with ModelProcess(str(tiny_model), ModelOptions(**OPTIONS), log_level="WARNING") as process:
         yield process
 
 
 def test_answers_match_the_model_in_this_process(model_process, tiny_model):
-    here = EmotionClassifier(str(tiny_model), **OPTIONS)
+    here = EmotionClassifier(str(tiny_model), ModelOptions(**OPTIONS))
     assert model_process.info == here.info and model_process.columns == here.columns
     assert model_process.pid != os.getpid()
     there = torch.from_numpy(model_process.run(model_process.prepare(TEXTS)))
@@ -39,7 +41,11 @@ def test_batches_sent_ahead_come_back_to_their_own_tickets(model_process):
     singles = numpy.concatenate([model_process.run(model_process.prepare([t])) for t in TEXTS])
     # Three batches of different sizes in flight at once: an answer given to the wrong ticket
     # would not even have its shape.
-    first, second, third = model_process.prepare(TEXTS[:1]), model_process.prepare(TEXTS[1:3]), model_process.prepare(TEXTS)
+    first, second, third = (
+        model_process.prepare(TEXTS[:1]),
+        model_process.prepare(TEXTS[1:3]),
+        model_process.prepare(TEXTS),
+    )
     numpy.testing.assert_allclose(model_process.run(first), singles[:1], rtol=0, atol=1e-6)
     numpy.testing.assert_allclose(model_process.run(second), singles[1:3], rtol=0, atol=1e-6)
     numpy.testing.assert_allclose(model_process.run(third), singles, rtol=0, atol=1e-6)
@@ -52,12 +58,12 @@ def test_a_batch_that_fails_in_the_model_process_fails_alone(model_process):
 
 
 def test_a_model_that_cannot_load_says_so_from_the_other_process(tmp_path):
-    with pytest.raises(ModelLoadError, match="has no config.json"):
-        ModelProcess(str(tmp_path), log_level="WARNING", **OPTIONS)
+    with pytest.raises(ModelLoadError, match=re.escape("has no config.json")):
+        ModelProcess(str(tmp_path), ModelOptions(**OPTIONS), log_level="WARNING")
 
 
 def test_signals_to_the_process_group_do_not_stop_it_but_close_does(tiny_model):
-    process = ModelProcess(str(tiny_model), log_level="WARNING", **OPTIONS)
+    process = ModelProcess(str(tiny_model), ModelOptions(**OPTIONS), log_level="WARNING")
     try:
         os.kill(process.pid, signal.SIGTERM)  # what a graceful stop of the worker's group sends
         os.kill(process.pid, signal.SIGINT)  # Ctrl-C on a terminal
@@ -68,14 +74,17 @@ def test_signals_to_the_process_group_do_not_stop_it_but_close_does(tiny_model):
 
 
 def test_a_killed_model_process_stops_the_batch_instead_of_dead_lettering_it(tiny_model):
-    process = ModelProcess(str(tiny_model), log_level="WARNING", **OPTIONS)
+    process = ModelProcess(str(tiny_model), ModelOptions(**OPTIONS), log_level="WARNING")
     processor = BatchProcessor(process.predict_prepared, process.info, prepare=process.prepare)
-    records = [InboundRecord("posts", 0, i, None, f'{{"id": "p{i}", "text": "{t}"}}'.encode()) for i, t in enumerate(TEXTS)]
+    records = [
+        InboundRecord("posts", 0, i, None, f'{{"id": "p{i}", "text": "{t}"}}'.encode())
+        for i, t in enumerate(TEXTS)
+    ]
     try:
         assert len(processor.process(records).results) == len(TEXTS)
         os.kill(process.pid, signal.SIGKILL)
         process._process.join(10)
-        with pytest.raises(ModelUnavailable, match="killed by signal 9.*not committed"):
+        with pytest.raises(ModelUnavailable, match=r"killed by signal 9.*not committed"):
             processor.process(records)
     finally:
         process.close()

@@ -5,16 +5,24 @@ import random
 import pytest
 import torch
 
-from tests.tiny_model import build_tiny_model, random_posts as _posts
-from worker.classifier import PACK_ROWS_PER_PASS, EmotionClassifier, pack_rows, share_out
+from tests.tiny_model import build_tiny_model
+from tests.tiny_model import random_posts as _posts
+from worker.model.api import ModelOptions
+from worker.model.packing import PACK_ROWS_PER_PASS, pack_rows
+from worker.model.planning import share_out
+from worker.model.runner import EmotionClassifier
 
 
-@pytest.fixture(scope="module", params=[("bert", None), ("distilbert", None), ("bert", "eager"), ("distilbert", "eager")],
-                ids=lambda p: f"{p[0]}-{p[1] or 'default'}")
+@pytest.fixture(
+    scope="module",
+    params=[("bert", None), ("distilbert", None), ("bert", "eager"), ("distilbert", "eager")],
+    ids=lambda p: f"{p[0]}-{p[1] or 'default'}",
+)
 def packable_model(request, tmp_path_factory):
     architecture, attention = request.param
-    return build_tiny_model(tmp_path_factory.mktemp("packable") / architecture, architecture=architecture,
-                            attention=attention)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("packable") / architecture, architecture=architecture, attention=attention
+    )
 
 
 def test_share_out_balances_total_length_and_places_every_post_once():
@@ -43,8 +51,12 @@ def test_pack_rows_uses_as_few_rows_as_hold_the_tokens():
 def test_packed_results_match_padded_sub_batches_and_posts_alone(packable_model, passes):
     torch.set_num_threads(2)
     texts = _posts(17)
-    packed = EmotionClassifier(str(packable_model), device="cpu", batch_size=4, cpu_passes=passes)
-    padded = EmotionClassifier(str(packable_model), device="cpu", batch_size=4, cpu_passes=passes, packing=False)
+    packed = EmotionClassifier(
+        str(packable_model), ModelOptions(device="cpu", batch_size=4, cpu_passes=passes)
+    )
+    padded = EmotionClassifier(
+        str(packable_model), ModelOptions(device="cpu", batch_size=4, cpu_passes=passes, packing=False)
+    )
     assert packed.packing and not padded.packing
     prepared = packed.prepare(texts)
     assert all(x.firsts is not None for x in prepared.inputs)
@@ -59,7 +71,7 @@ def test_packed_results_match_padded_sub_batches_and_posts_alone(packable_model,
 
 
 def test_a_packed_row_restarts_positions_and_walls_off_each_post(tiny_model):
-    clf = EmotionClassifier(str(tiny_model), device="cpu", cpu_passes=1)
+    clf = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", cpu_passes=1))
     texts = ["i feel wonderful", "so angry", "a little afraid of the dark tonight"]
     x = clf.prepare(texts).inputs[0]
     lengths = [len(clf.tokenizer(t)["input_ids"]) for t in texts]
@@ -75,7 +87,7 @@ def test_a_packed_row_restarts_positions_and_walls_off_each_post(tiny_model):
 
 
 def test_a_window_too_big_to_pack_runs_as_planned_padded_sub_batches(tiny_model):
-    clf = EmotionClassifier(str(tiny_model), device="cpu", batch_size=8, cpu_passes=1)
+    clf = EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", batch_size=8, cpu_passes=1))
     post = "word " * 60  # 62 tokens with the special ones
     fits = 1 * PACK_ROWS_PER_PASS * 128 // 62
     assert all(x.firsts is not None for x in clf.prepare([post] * fits).inputs)
@@ -86,7 +98,7 @@ def test_a_window_too_big_to_pack_runs_as_planned_padded_sub_batches(tiny_model)
 
 def test_an_architecture_without_a_known_head_runs_padded(tmp_path):
     electra = build_tiny_model(tmp_path / "electra", architecture="electra")
-    clf = EmotionClassifier(str(electra), device="cpu", batch_size=4)
+    clf = EmotionClassifier(str(electra), ModelOptions(device="cpu", batch_size=4))
     assert not clf.packing
     texts = _posts(6, seed=1)
     assert all(x.firsts is None for x in clf.prepare(texts).inputs)

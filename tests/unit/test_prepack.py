@@ -3,8 +3,11 @@
 import pytest
 import torch
 
-from tests.tiny_model import build_tiny_model, random_posts as _posts
-from worker.classifier import EmotionClassifier, PrepackedLinear, prepack_linears
+from tests.tiny_model import build_tiny_model
+from tests.tiny_model import random_posts as _posts
+from worker.model.api import ModelOptions
+from worker.model.prepack import PrepackedLinear, prepack_linears
+from worker.model.runner import EmotionClassifier
 from worker.settings import WorkerSettings
 
 
@@ -38,9 +41,13 @@ def test_a_prepacked_linear_computes_what_the_linear_does():
 def test_prepacked_model_gives_the_plain_models_results(model_dir, passes, packing):
     torch.set_num_threads(2)
     texts = _posts(23)
-    fast = EmotionClassifier(str(model_dir), device="cpu", batch_size=4, cpu_passes=passes, packing=packing)
-    plain = EmotionClassifier(str(model_dir), device="cpu", batch_size=4, cpu_passes=passes, packing=packing,
-                              prepack=False)
+    fast = EmotionClassifier(
+        str(model_dir), ModelOptions(device="cpu", batch_size=4, cpu_passes=passes, packing=packing)
+    )
+    plain = EmotionClassifier(
+        str(model_dir),
+        ModelOptions(device="cpu", batch_size=4, cpu_passes=passes, packing=packing, prepack=False),
+    )
     assert fast.prepacked > 0 and plain.prepacked == 0
     # Every linear layer is replaced, the head's included; the plain model keeps nn.Linear.
     assert all(type(m) is PrepackedLinear for m in _linears(fast.model))
@@ -52,7 +59,7 @@ def test_prepacked_model_gives_the_plain_models_results(model_dir, passes, packi
 
 @pytest.mark.parametrize("numeric", ["bf16", "int8"])
 def test_other_numeric_modes_are_not_prepacked(model_dir, numeric):
-    clf = EmotionClassifier(str(model_dir), device="cpu", batch_size=4, numeric=numeric)
+    clf = EmotionClassifier(str(model_dir), ModelOptions(device="cpu", batch_size=4, numeric=numeric))
     assert clf.prepacked == 0
     assert not any(type(m) is PrepackedLinear for m in clf.model.modules())
     assert len(clf.predict(_posts(5))) == 5
@@ -67,7 +74,9 @@ def test_nothing_is_replaced_where_prepacking_is_unavailable_or_wrong(model_dir,
     assert prepack_linears(model) == 0
     monkeypatch.undo()
     # A prepacked layer whose result differs from the plain one's is not used either.
-    monkeypatch.setattr(PrepackedLinear, "forward", lambda self, x: torch.zeros(*x.shape[:-1], self.out_features))
+    monkeypatch.setattr(
+        PrepackedLinear, "forward", lambda self, x: torch.zeros(*x.shape[:-1], self.out_features)
+    )
     assert prepack_linears(model) == 0
     monkeypatch.undo()
 

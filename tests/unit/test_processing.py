@@ -1,7 +1,7 @@
 import json
 
 from schemas import LABELS, DeadLetter, EmotionResult, ModelInfo
-from worker.classifier import Prediction
+from worker.model.api import Prediction
 from worker.processing import BatchProcessor, InboundRecord
 
 MODEL = ModelInfo(name="m", version="1")
@@ -41,7 +41,10 @@ def test_valid_posts_become_results_in_order_and_bad_ones_dead_letters():
 
 
 def test_a_post_that_breaks_the_model_is_dead_lettered_alone():
-    records = [record(i, json.dumps({"id": str(i), "text": t}).encode()) for i, t in enumerate(["ok", "poison pill", "fine"])]
+    records = [
+        record(i, json.dumps({"id": str(i), "text": t}).encode())
+        for i, t in enumerate(["ok", "poison pill", "fine"])
+    ]
     outcome = BatchProcessor(fake_predict, MODEL).process(records)
     assert [json.loads(m.value)["id"] for m in outcome.results] == ["0", "2"]
     letter = DeadLetter.model_validate_json(outcome.dead_letters[0].value)
@@ -64,13 +67,17 @@ def test_the_two_stages_give_what_one_call_gives_and_prepare_needs_no_model():
         prepared_texts.append(list(texts))
         return [t.upper() for t in texts]
 
-    processor = BatchProcessor(lambda inputs: [_prediction(t.lower()) for t in inputs], MODEL, prepare=prepare)
+    processor = BatchProcessor(
+        lambda inputs: [_prediction(t.lower()) for t in inputs], MODEL, prepare=prepare
+    )
     batch = processor.prepare(records)
     assert prepared_texts == [[f"post {'x' * i}" for i in range(5)]]
     assert batch.outcome.dead_letter_kinds == ["invalid_post"] and not batch.outcome.results
     outcome = processor.finish(batch)
     whole = BatchProcessor(fake_predict, MODEL).process(records)
-    assert [json.loads(m.value)["label"] for m in outcome.results] == [json.loads(m.value)["label"] for m in whole.results]
+    assert [json.loads(m.value)["label"] for m in outcome.results] == [
+        json.loads(m.value)["label"] for m in whole.results
+    ]
     assert outcome.dead_letter_kinds == whole.dead_letter_kinds
 
 

@@ -24,8 +24,15 @@ def test_parse_label_rejects_unknown_labels(raw):
 
 def test_post_keeps_known_fields_and_ignores_unknown_ones():
     post = Post.model_validate(
-        {"id": "a1", "text": "i feel fine", "author": "@x", "created_at": "2026-01-02T03:04:05Z",
-         "lang": "en", "metadata": {"k": 1}, "brand_new_field": [1, 2]}
+        {
+            "id": "a1",
+            "text": "i feel fine",
+            "author": "@x",
+            "created_at": "2026-01-02T03:04:05Z",
+            "lang": "en",
+            "metadata": {"k": 1},
+            "brand_new_field": [1, 2],
+        }
     )
     assert post.id == "a1" and post.author == "@x" and post.metadata == {"k": 1}
     assert post.created_at.year == 2026
@@ -58,8 +65,12 @@ def test_post_rejects_invalid_input(obj, field):
 
 def _result(**overrides):
     base = dict(
-        id="a", label="joy", score=0.9, scores={name: (0.9 if name == "joy" else 0.02) for name in LABELS},
-        model={"name": "m", "version": "1"}, source={"topic": "posts", "partition": 0, "offset": 3},
+        id="a",
+        label="joy",
+        score=0.9,
+        scores={name: (0.9 if name == "joy" else 0.02) for name in LABELS},
+        model={"name": "m", "version": "1"},
+        source={"topic": "posts", "partition": 0, "offset": 3},
     )
     return EmotionResult.model_validate({**base, **overrides})
 
@@ -86,8 +97,11 @@ def test_payload_keeps_utf8_as_text_and_binary_as_base64():
 
 def test_dead_letter_round_trips():
     letter = DeadLetter.model_validate(
-        {"error": {"kind": "not_json", "message": "m"}, "payload": Payload.from_bytes(b"x").model_dump(),
-         "source": {"topic": "t", "partition": 1, "offset": 2, "key": None}}
+        {
+            "error": {"kind": "not_json", "message": "m"},
+            "payload": Payload.from_bytes(b"x").model_dump(),
+            "source": {"topic": "t", "partition": 1, "offset": 2, "key": None},
+        }
     )
     again = DeadLetter.model_validate_json(letter.model_dump_json())
     assert again == letter

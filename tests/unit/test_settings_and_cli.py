@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from worker.broker.profiles import profile_for
-from worker.clients import line_to_message
+from worker.cli.clients import line_to_message
 from worker.settings import WorkerSettings
 
 
@@ -29,9 +29,15 @@ def test_environment_overrides(monkeypatch):
 
 @pytest.mark.parametrize(
     "name,value",
-    [("EMOTION_BROKER", "http://x:1"), ("EMOTION_BROKER", "kafka://nohost"), ("EMOTION_BATCH_SIZE", "0"),
-     ("EMOTION_DEVICE", "tpu"), ("EMOTION_OUTPUT_TOPIC", "posts"), ("EMOTION_WEB_PORT", "70000"),
-     ("EMOTION_CPU_PASSES", "0")],
+    [
+        ("EMOTION_BROKER", "http://x:1"),
+        ("EMOTION_BROKER", "kafka://nohost"),
+        ("EMOTION_BATCH_SIZE", "0"),
+        ("EMOTION_DEVICE", "tpu"),
+        ("EMOTION_OUTPUT_TOPIC", "posts"),
+        ("EMOTION_WEB_PORT", "70000"),
+        ("EMOTION_CPU_PASSES", "0"),
+    ],
 )
 def test_bad_settings_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
@@ -60,12 +66,23 @@ def test_produce_lines():
 
 def test_cli_reports_a_missing_model_with_what_to_do(tmp_path):
     env = {**__import__("os").environ, "EMOTION_MODEL": str(tmp_path / "absent")}
-    proc = subprocess.run([sys.executable, "-m", "worker.cli.main", "worker"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "emotion-stream train" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_schemas_export(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "worker.cli.main", "schemas", "export", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "schemas", "export", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0
     assert (tmp_path / "post.schema.json").is_file()

@@ -1,5 +1,4 @@
 import asyncio
-import inspect
 import time
 
 import pytest
@@ -7,7 +6,8 @@ from aiokafka.consumer.fetcher import Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from worker.broker.profiles import profile_for
-from worker.transport import ConsumerThread, FetchPacer, _PacedFetcher
+from worker.pacing import FetchPacer
+from worker.transport import PINNED, RELIED_ON, ConsumerThread, pace_fetcher, private_api_changes
 
 
 def test_pacer_waits_the_floor_when_idle_and_until_the_model_is_free_when_busy():
@@ -30,14 +30,69 @@ def test_pacer_waits_the_floor_when_idle_and_until_the_model_is_free_when_busy()
         FetchPacer(20, 10)
 
 
-def test_aiokafka_builds_each_fetch_request_from_the_attribute_the_pacer_replaces():
-    # If aiokafka renames it, the pacer silently stops working: this catches the upgrade.
-    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher._get_actions_per_node)
+def test_the_private_apis_the_transport_relies_on_are_the_ones_it_was_written_against():
+    # Fails on any upgrade of Faust or aiokafka that changes a function worker/transport.py
+    # replaces or depends on: read the new source, adapt the module, then update the digests
+    # (and PINNED, and the pins in pyproject.toml).
+    assert private_api_changes() == (), "\n".join(private_api_changes())
+    assert set(PINNED) == {"faust-streaming", "aiokafka"} and len(RELIED_ON) == 4
+
+
+def test_the_pins_in_pyproject_are_the_transports():
+    from pathlib import Path
+
+    import tomllib
+
+    dependencies = tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"]
+    for distribution, version in PINNED.items():
+        assert f"{distribution}=={version}" in dependencies
+
+
+def test_a_changed_private_api_is_reported_and_the_app_falls_back_to_fausts_transport(monkeypatch):
+    import worker.transport as transport
+    from schemas import ModelInfo
+    from worker.app import EmotionStream
+    from worker.processing import BatchProcessor
+    from worker.settings import WorkerSettings
+
+    def transport_class():
+        return type(
+            EmotionStream(
+                WorkerSettings(web_enabled=False), BatchProcessor(list, ModelInfo(name="m", version="1"))
+            ).app.transport
+        )
+
+    assert transport_class() is transport.Transport
+    private_api_changes.cache_clear()
+    monkeypatch.setitem(transport.RELIED_ON, "faust.transport.consumer:Consumer._drain_messages", "0" * 16)
+    try:
+        changes = private_api_changes()
+        assert len(changes) == 1 and "Consumer._drain_messages has changed" in changes[0]
+        assert transport_class() is faust_aiokafka.Transport
+    finally:
+        private_api_changes.cache_clear()
+
+
+def test_the_paced_fetcher_builds_each_request_with_the_pacers_wait_of_the_moment():
+    fetcher = Fetcher.__new__(Fetcher)
+    fetcher._fetch_max_wait_ms = 10  # what Fetcher.__init__ stores
+    seen = []
+    # The original build reads the attribute into every FetchRequest; stand in for it.
+    fetcher._get_actions_per_node = lambda assignment: seen.append(fetcher._fetch_max_wait_ms)
+    pacer = FetchPacer(10, 250)
+    pace_fetcher(fetcher, pacer)
+    assert type(fetcher) is Fetcher  # no class swapped
+    pacer.busy_for(0.2)
+    fetcher._get_actions_per_node(None)
+    pacer.idle()
+    fetcher._get_actions_per_node(None)
+    assert seen[0] > 100 and seen[1] == 10
 
 
 def test_consumer_thread_hands_the_fetcher_to_the_pacer(monkeypatch):
     fetcher = Fetcher.__new__(Fetcher)
-    fetcher._fetch_max_wait_ms = 10  # what Fetcher.__init__ stores
+    fetcher._fetch_max_wait_ms = 10
+    fetcher._get_actions_per_node = lambda assignment: fetcher._fetch_max_wait_ms
 
     async def started(self):
         self._consumer = type("StartedConsumer", (), {"_fetcher": fetcher})()
@@ -47,11 +102,10 @@ def test_consumer_thread_hands_the_fetcher_to_the_pacer(monkeypatch):
     thread = ConsumerThread.__new__(ConsumerThread)
     thread.consumer = type("FaustConsumer", (), {"app": type("App", (), {"fetch_pacer": pacer})()})()
     asyncio.run(thread.on_start())
-    assert isinstance(fetcher, _PacedFetcher)
     pacer.busy_for(0.2)
-    assert fetcher._fetch_max_wait_ms == pacer.wait_ms() > 100
+    assert fetcher._get_actions_per_node(None) > 100
     pacer.idle()
-    assert fetcher._fetch_max_wait_ms == 10
+    assert fetcher._get_actions_per_node(None) == 10
 
 
 def test_only_brokers_that_hold_fetches_get_a_pacer():

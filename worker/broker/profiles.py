@@ -1,7 +1,7 @@
 """Per-backend client settings: the one place where a broker's quirks are handled.
 
 The embedded broker (Tansu 0.6) differs from Apache Kafka in ways that matter here
-(measured, see FACTS.md):
+(measured on this project's machines):
 - group joins are slow with Kafka's default session timeout (the first join waits half of
   it), so the session timeout and heartbeat are shortened;
 - "latest" offsets are wrong after batched produces, so consumers start from the earliest
@@ -17,7 +17,7 @@ Apache Kafka gets the client defaults, with the same at-least-once guarantee.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class BrokerProfile:
     """aiokafka consumer keyword arguments for this backend (tools, tests, benchmarks)."""
     producer: dict[str, Any] = field(default_factory=dict)
     """aiokafka producer keyword arguments for this backend."""
-    busy_fetch_wait_ms: Optional[int] = None
+    busy_fetch_wait_ms: int | None = None
     """Longest fetch wait while the worker's model is busy (brokers that hold fetches)."""
 
 
@@ -49,7 +49,9 @@ PROFILES: dict[str, BrokerProfile] = {
         name="embedded",
         faust={**_COMMON_FAUST, "broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0},
         consumer={
-            "auto_offset_reset": "earliest", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
             "fetch_max_wait_ms": 10,
         },
         producer={"acks": "all", "enable_idempotence": False},

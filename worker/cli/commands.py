@@ -1,4 +1,8 @@
-"""The subcommands of `emotion-stream` (each returns a process exit code)."""
+"""The service's subcommands: worker, broker, produce, consume, schemas (each returns an exit code).
+
+Problems the user can fix are raised as :class:`~worker.cli.usage.UsageError`; the demo
+and the training commands live in modules of their own.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +11,16 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
 
-from pydantic import ValidationError
-
-
-class UsageError(Exception):
-    """A bad option or setting; the message says what to do."""
-
-
-def load_settings():
-    from worker.settings import WorkerSettings
-
-    try:
-        return WorkerSettings()
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_url=False):
-            name = "EMOTION_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
-            lines.append(f"  {name}: {err['msg']}")
-        raise UsageError("invalid settings:\n" + "\n".join(lines) + "\nFix these environment variables and try again.") from None
-
-
-def model_missing_message(model: str) -> str:
-    return (
-        f"no model at {model}. Train one with\n"
-        f"    emotion-stream train --data ../shared/data/emotion --output {model}\n"
-        "(about 15 minutes on 2 CPU cores), or set EMOTION_MODEL to a model directory "
-        "or a hub id such as bhadresh-savani/distilbert-base-uncased-emotion."
-    )
+from schemas.model_directory import looks_like_directory
+from worker.cli.usage import UsageError, load_settings, model_missing_message
+from worker.settings import WorkerSettings
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = load_settings(WorkerSettings)
     from worker.observability import configure_logging
 
     log_config = configure_logging(settings.log_level, settings.log_format)
@@ -48,29 +28,20 @@ def run_worker(args: argparse.Namespace) -> int:
     import faust
 
     from worker.app import EmotionStream
-    from worker.classifier import EmotionClassifier, ModelLoadError
-    from worker.model_process import ModelProcess
     from worker.processing import BatchProcessor
 
-    if looks_like_path(settings.model) and not Path(settings.model).exists():
+    if looks_like_directory(settings.model) and not Path(settings.model).exists():
         raise UsageError(model_missing_message(settings.model))
-    options = dict(
-        device=settings.device, max_length=settings.max_length, batch_size=settings.model_batch_size,
-        torch_threads=settings.torch_threads, numeric=settings.numeric, cpu_passes=settings.cpu_passes,
-        packing=settings.packing, prepack=settings.prepack_weights,
-    )
-    try:
-        if settings.model_process:
-            classifier = ModelProcess(settings.model, log_level=settings.log_level, log_format=settings.log_format, **options)
-        else:
-            classifier = EmotionClassifier(settings.model, **options)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+    classifier = start_model(settings)
     try:
         processor = BatchProcessor(classifier.predict_prepared, classifier.info, prepare=classifier.prepare)
         stream = EmotionStream(settings, processor, prepare_ahead=classifier.leaves_cpu_to_spare)
         worker = faust.Worker(
-            stream.app, loglevel=settings.log_level, logging_config=log_config, quiet=True, redirect_stdouts=False,
+            stream.app,
+            loglevel=settings.log_level,
+            logging_config=log_config,
+            quiet=True,
+            redirect_stdouts=False,
         )
         # A batch that failed for good (its send refused, the model process gone) stops the
         # worker with a non-zero exit, its offsets uncommitted, so a supervisor restarts it.
@@ -84,22 +55,30 @@ def run_worker(args: argparse.Namespace) -> int:
             print(f"emotion-stream worker: stopped after a failed batch: {stream.failure}", file=sys.stderr)
             return 1
     finally:
-        if isinstance(classifier, ModelProcess):
-            classifier.close()
+        classifier.close()
     return 0
 
 
-def looks_like_path(model: str) -> bool:
-    """Whether ``model`` names a directory rather than a hub id (`name` or `org/name`)."""
-    from worker.settings import DEFAULT_MODEL_DIR
+def start_model(settings: WorkerSettings):
+    """The model runner the settings ask for: in a process of its own (torch never loads in
+    this one) or in this process. A model that cannot load is a usage error."""
+    from worker.model.api import ModelLoadError
 
-    return (
-        Path(model).exists()
-        or Path(model) == DEFAULT_MODEL_DIR
-        or model.startswith((".", "/", "~"))
-        or model.count("/") > 1
-        or model.endswith("/")
-    )
+    try:
+        if settings.model_process:
+            from worker.model.process import ModelProcess
+
+            return ModelProcess(
+                settings.model,
+                settings.model_options(),
+                log_level=settings.log_level,
+                log_format=settings.log_format,
+            )
+        from worker.model.runner import EmotionClassifier
+
+        return EmotionClassifier(settings.model, settings.model_options())
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_broker(args: argparse.Namespace) -> int:
@@ -124,20 +103,17 @@ def run_broker(args: argparse.Namespace) -> int:
 
 
 def _lines(path: str) -> Iterator[str]:
-    stream: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    try:
-        for line in stream:
-            if line.strip():
-                yield line
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+    if path == "-":
+        yield from (line for line in sys.stdin if line.strip())
+        return
+    with open(path, encoding="utf-8") as stream:
+        yield from (line for line in stream if line.strip())
 
 
 def run_produce(args: argparse.Namespace) -> int:
-    from worker.clients import line_to_message, produce
+    from worker.cli.clients import line_to_message, produce
 
-    settings = load_settings()
+    settings = load_settings(WorkerSettings)
     if args.file != "-" and not Path(args.file).is_file():
         raise UsageError(f"{args.file} is not a file: give a file of JSON or text lines, or - for stdin")
     topic = args.topic or settings.input_topic
@@ -158,13 +134,14 @@ def format_result_row(value: dict) -> str:
 def format_dead_letter_row(value: dict) -> str:
     src = value.get("source", {})
     err = value.get("error", {})
-    return f"{src.get('topic')}[{src.get('partition')}]@{src.get('offset')}  {err.get('kind')}: {err.get('message')}"
+    where = f"{src.get('topic')}[{src.get('partition')}]@{src.get('offset')}"
+    return f"{where}  {err.get('kind')}: {err.get('message')}"
 
 
 def run_consume(args: argparse.Namespace) -> int:
-    from worker.clients import follow
+    from worker.cli.clients import follow
 
-    settings = load_settings()
+    settings = load_settings(WorkerSettings)
     topic = args.topic or (settings.dlq_topic if args.dead_letters else settings.output_topic)
     as_table = sys.stdout.isatty() and not args.json
     row = format_dead_letter_row if args.dead_letters else format_result_row
@@ -172,7 +149,12 @@ def run_consume(args: argparse.Namespace) -> int:
     async def loop() -> None:
         if as_table and not args.dead_letters:
             print(f"{'id':<24}  {'label':<9} {'score':>5}  model  processed_at")
-        async for record in follow(settings.bootstrap_servers, [topic], idle_timeout=args.idle_timeout, backend=settings.broker_backend):
+        async for record in follow(
+            settings.bootstrap_servers,
+            [topic],
+            idle_timeout=args.idle_timeout,
+            backend=settings.broker_backend,
+        ):
             text = (record.value or b"").decode("utf-8", errors="replace")
             if as_table:
                 try:
@@ -184,12 +166,6 @@ def run_consume(args: argparse.Namespace) -> int:
 
     asyncio.run(loop())
     return 0
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from worker.cli.demo import run
-
-    return run(args)
 
 
 def run_schemas_export(args: argparse.Namespace) -> int:

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import os
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
+from schemas.model_directory import looks_like_directory
+from worker.cli.usage import UsageError, load_settings, model_missing_message
 from worker.codec import Rejected, decode_post
+from worker.settings import WorkerSettings
 
 BINARY_MESSAGE = b"\x89PNG\r\n\x1a\n\x00 binary bytes, not a post"
 WIDTH = 58
 
 
-def sample_messages() -> list[tuple[Optional[bytes], bytes]]:
+def sample_messages() -> list[tuple[bytes | None, bytes]]:
     """The demo's messages, as (key, value): each line of the sample file as is, plus one binary."""
     text = resources.files("worker.demo").joinpath("sample_posts.jsonl").read_text(encoding="utf-8")
-    messages: list[tuple[Optional[bytes], bytes]] = []
+    messages: list[tuple[bytes | None, bytes]] = []
     for line in text.splitlines():
         if line.strip():
             try:
@@ -37,12 +39,10 @@ def sample_messages() -> list[tuple[Optional[bytes], bytes]]:
     return messages
 
 
-def resolve_model() -> Path | str:
-    from worker.cli.commands import UsageError, looks_like_path, model_missing_message
-    from worker.settings import DEFAULT_MODEL_DIR
-
-    model = os.environ.get("EMOTION_MODEL") or str(DEFAULT_MODEL_DIR)
-    if looks_like_path(model) and not Path(model).exists():
+def resolve_model(settings: WorkerSettings) -> Path | str:
+    """The model the demo serves (EMOTION_MODEL, else the default directory), trained first if missing."""
+    model = settings.model
+    if looks_like_directory(model) and not Path(model).exists():
         trained = train_default_model(Path(model))
         if trained is None:
             raise UsageError(model_missing_message(model))
@@ -50,17 +50,19 @@ def resolve_model() -> Path | str:
     return model
 
 
-def train_default_model(directory: Path) -> Optional[Path]:
+def train_default_model(directory: Path) -> Path | None:
     """Train the default model into ``directory``; None when the training extra is missing."""
     try:
         from training.train import train_default
     except ImportError:
         return None
-    print(f"No model at {directory}: training the default model first "
-          "(about 13 minutes on 2 CPU cores; progress and time left below).\n"
-          "Data: EMOTION_DATA_DIR, else the hub dataset dair-ai/emotion.", flush=True)
+    print(
+        f"No model at {directory}: training the default model first "
+        "(about 13 minutes on 2 CPU cores; progress and time left below).\n"
+        "Data: EMOTION_DATA_DIR, else the hub dataset dair-ai/emotion.",
+        flush=True,
+    )
     from training.errors import TrainingError
-    from worker.cli.commands import UsageError
 
     try:
         return train_default(directory, progress=True).output_dir
@@ -76,7 +78,7 @@ def _short(text: str) -> str:
 class DemoPrinter:
     """Prints results and dead letters as they arrive; knows what the demo sent."""
 
-    def __init__(self, messages: list[tuple[Optional[bytes], bytes]]) -> None:
+    def __init__(self, messages: list[tuple[bytes | None, bytes]]) -> None:
         self.texts: dict[str, str] = {}
         self.expected_results = 0
         self.expected_dead = 0
@@ -99,18 +101,26 @@ class DemoPrinter:
         if post_id in self.results:
             return
         self.results[post_id] = value["label"]
-        print(f"  {value['label']:<9} {value['score']:.2f}  {post_id:<8}  {_short(self.texts.get(post_id, ''))}", flush=True)
+        print(
+            f"  {value['label']:<9} {value['score']:.2f}  {post_id:<8}  "
+            f"{_short(self.texts.get(post_id, ''))}",
+            flush=True,
+        )
 
     def on_dead_letter(self, value: dict) -> None:
         error, payload = value["error"], value["payload"]
         self.dead.append(error["kind"])
-        shown = payload["data"] if payload["encoding"] == "utf-8" else f"<{payload['encoding']}> {payload['data'][:24]}"
+        shown = (
+            payload["data"]
+            if payload["encoding"] == "utf-8"
+            else f"<{payload['encoding']}> {payload['data'][:24]}"
+        )
         print(f"  DEAD LETTER  {error['kind']}: {error['message']}", flush=True)
         print(f"               payload: {_short(shown)}", flush=True)
 
 
 async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: float) -> None:
-    from worker.clients import follow
+    from worker.cli.clients import follow
 
     async def reader() -> None:
         async for record in follow(broker.bootstrap, [output, dlq], backend="embedded"):
@@ -119,19 +129,16 @@ async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: f
             if printer.complete:
                 return
 
-    try:
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(reader(), timeout)
-    except asyncio.TimeoutError:
-        pass
 
 
 def run(args: argparse.Namespace) -> int:
     from worker.broker.embedded import EmbeddedBroker
-    from worker.clients import produce
-    from worker.cli.commands import UsageError
-    from worker.process import WorkerProcess
+    from worker.cli.clients import produce
+    from worker.cli.worker_process import WorkerProcess
 
-    model = resolve_model()
+    model = resolve_model(load_settings(WorkerSettings))
     messages = sample_messages()
     printer = DemoPrinter(messages)
     log_path = Path("artifacts/demo/worker.log").resolve()
@@ -143,9 +150,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"embedded broker on {broker.bootstrap}", flush=True)
         worker = WorkerProcess(
             {
-                "EMOTION_BROKER": broker.url, "EMOTION_BROKER_BACKEND": "embedded", "EMOTION_MODEL": str(model),
-                "EMOTION_INPUT_TOPIC": topics["input"], "EMOTION_OUTPUT_TOPIC": topics["output"],
-                "EMOTION_DLQ_TOPIC": topics["dlq"], "EMOTION_LOG_FORMAT": "console",
+                "EMOTION_BROKER": broker.url,
+                "EMOTION_BROKER_BACKEND": "embedded",
+                "EMOTION_MODEL": str(model),
+                "EMOTION_INPUT_TOPIC": topics["input"],
+                "EMOTION_OUTPUT_TOPIC": topics["output"],
+                "EMOTION_DLQ_TOPIC": topics["dlq"],
+                "EMOTION_LOG_FORMAT": "console",
             },
             log_path=log_path,
         ).start()
@@ -154,13 +165,23 @@ def run(args: argparse.Namespace) -> int:
             try:
                 ready = worker.wait_ready(timeout=120)
             except (RuntimeError, TimeoutError) as exc:
-                tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log_path.exists() else []
+                tail = (
+                    log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+                    if log_path.exists()
+                    else []
+                )
                 raise UsageError(f"{exc}\n" + "\n".join(tail)) from None
             model_info = ready.get("model", {})
-            print(f"worker ready: model {model_info.get('name')} version {model_info.get('version')}", flush=True)
+            print(
+                f"worker ready: model {model_info.get('name')} version {model_info.get('version')}",
+                flush=True,
+            )
             sent = asyncio.run(produce(broker.bootstrap, topics["input"], messages, "embedded"))
-            print(f"sent {sent} messages to '{topics['input']}' "
-                  f"({printer.expected_results} posts, {printer.expected_dead} malformed)\n", flush=True)
+            print(
+                f"sent {sent} messages to '{topics['input']}' "
+                f"({printer.expected_results} posts, {printer.expected_dead} malformed)\n",
+                flush=True,
+            )
             asyncio.run(_watch(broker, printer, topics["output"], topics["dlq"], args.timeout))
         finally:
             print("\nstopping the worker (SIGTERM: finish, flush, commit) ...", flush=True)
@@ -172,8 +193,11 @@ def _summary(printer: DemoPrinter, worker_code: int, seconds: float, log_path: P
     counts: dict[str, int] = {}
     for label in printer.results.values():
         counts[label] = counts.get(label, 0) + 1
-    print(f"\n{len(printer.results)}/{printer.expected_results} posts labelled, "
-          f"{len(printer.dead)}/{printer.expected_dead} dead letters, in {seconds:.1f}s; worker exit code {worker_code}")
+    print(
+        f"\n{len(printer.results)}/{printer.expected_results} posts labelled, "
+        f"{len(printer.dead)}/{printer.expected_dead} dead letters, in {seconds:.1f}s; worker exit code "
+        f"{worker_code}"
+    )
     print("labels: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])))
     if not printer.complete or worker_code != 0:
         print(f"the demo did not complete: see the worker log {log_path}")

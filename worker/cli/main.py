@@ -1,23 +1,40 @@
 """`emotion-stream`: the command line, and the composition root of the project.
 
-The only module that may import both the worker and the training module; each subcommand
-imports what it needs when it runs, so `emotion-stream worker` never loads training code.
+``worker/cli`` is the only package that imports both the worker and the training module;
+each subcommand imports what it needs when it runs, so `emotion-stream worker` never loads
+training code, and building the parser loads neither torch nor transformers. Every problem
+the user can fix ends here: one message on stderr, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
-from worker.cli import commands
+from training.errors import TrainingError
+from worker.cli import commands, training
+from worker.cli.usage import UsageError
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from worker.cli.demo import run
+
+    return run(args)
+
+
+def _run_settings(args: argparse.Namespace) -> int:
+    from worker.cli.reference import settings_reference
+
+    print(settings_reference(), end="")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emotion-stream",
         description="Label social-media posts on a Kafka topic with one of six emotions.",
-        epilog="Settings come from EMOTION_* environment variables; see README.md.",
+        epilog="Settings come from EMOTION_* environment variables: `emotion-stream settings` lists them.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -25,28 +42,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=commands.run_worker)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker on 127.0.0.1")
-    p.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092; 0 picks a free one)")
+    p.add_argument(
+        "--port", type=int, default=9092, help="port to listen on (default 9092; 0 picks a free one)"
+    )
     p.set_defaults(run=commands.run_broker)
 
     p = sub.add_parser("produce", help="send posts to the input topic")
-    p.add_argument("file", nargs="?", default="-", help="JSON lines or plain text lines; - for stdin (default)")
+    p.add_argument(
+        "file", nargs="?", default="-", help="JSON lines or plain text lines; - for stdin (default)"
+    )
     p.add_argument("--topic", help="topic (default: EMOTION_INPUT_TOPIC)")
     p.set_defaults(run=commands.run_produce)
 
-    p = sub.add_parser("consume", help="follow the output topic (a table on a terminal, JSON lines when piped)")
+    p = sub.add_parser(
+        "consume", help="follow the output topic (a table on a terminal, JSON lines when piped)"
+    )
     p.add_argument("--topic", help="topic (default: EMOTION_OUTPUT_TOPIC)")
     p.add_argument("--dead-letters", action="store_true", help="follow the dead-letter topic instead")
-    p.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without a message")
+    p.add_argument(
+        "--idle-timeout", type=float, default=None, help="stop after this many seconds without a message"
+    )
     p.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     p.set_defaults(run=commands.run_consume)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded broker with sample posts")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all results (default 300)")
-    p.set_defaults(run=commands.run_demo)
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for all results (default 300)"
+    )
+    p.set_defaults(run=_run_demo)
 
-    from training.cli import register as register_training  # cheap: heavy imports happen when a command runs
+    training.register(sub)
 
-    register_training(sub)
+    p = sub.add_parser(
+        "settings", help="print every EMOTION_* setting with its default and meaning (Markdown)"
+    )
+    p.set_defaults(run=_run_settings)
 
     p = sub.add_parser("schemas", help="the wire contract")
     schemas_sub = p.add_subparsers(dest="schemas_command", metavar="ACTION", required=True)
@@ -56,12 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except commands.UsageError as exc:
+    except (UsageError, TrainingError) as exc:
         print(f"emotion-stream {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -28,30 +28,33 @@ import multiprocessing
 import queue
 import signal
 import threading
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import structlog
 
 from schemas import ModelInfo
-from worker.classifier import ModelLoadError, ModelUnavailable, Prediction, to_predictions
+from worker.model.api import ModelLoadError, ModelOptions, ModelUnavailable, Prediction, to_predictions
 
 log = structlog.get_logger(__name__)
 
 _STOP = None  # on the request pipe: no more requests
 
 
-def _serve(requests: Connection, responses: Connection, model: str, options: dict, logging: tuple[str, str]) -> None:
+def _serve(
+    requests: Connection, responses: Connection, model: str, options: ModelOptions, logging: tuple[str, str]
+) -> None:
     """The model process: load the model, report, then answer requests until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from worker.classifier import EmotionClassifier
     from worker.heap import freeze_startup_objects
+    from worker.model.runner import EmotionClassifier
     from worker.observability import configure_logging
 
     configure_logging(*logging)
     try:
-        clf = EmotionClassifier(model, **options)
+        clf = EmotionClassifier(model, options)
     except ModelLoadError as exc:
         responses.send(("failed", str(exc)))
         return
@@ -59,10 +62,17 @@ def _serve(requests: Connection, responses: Connection, model: str, options: dic
         responses.send(("failed", f"cannot load model {model!r}: {exc!r}"))
         return
     frozen = freeze_startup_objects()  # a full collection would stall the model mid-batch (see worker.heap)
-    responses.send(("ready", {
-        "info": clf.info.model_dump(), "columns": clf.columns,
-        "device": str(clf.device), "frozen_objects": frozen,
-    }))
+    responses.send(
+        (
+            "ready",
+            {
+                "info": clf.info.model_dump(),
+                "columns": clf.columns,
+                "device": str(clf.device),
+                "frozen_objects": frozen,
+            },
+        )
+    )
 
     prepared: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -100,20 +110,30 @@ def _serve(requests: Connection, responses: Connection, model: str, options: dic
 
 
 class ModelProcess:
-    """An :class:`~worker.classifier.EmotionClassifier` in a child process.
+    """An :class:`~worker.model.runner.EmotionClassifier` in a child process; a
+    :class:`~worker.model.api.ModelRunner`.
 
-    ``options`` are the classifier's keyword arguments. Loading errors come back as
+    ``options`` cross to the child as they are (a frozen dataclass). Loading errors come back as
     :class:`ModelLoadError` with the classifier's own message. Thread-safe in the way the
     worker uses it: :meth:`prepare` from one thread, :meth:`predict_prepared` from another.
     """
 
-    def __init__(self, model: str, *, log_level: str = "INFO", log_format: str = "json",
-                 start_timeout: float = 600.0, **options: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        options: ModelOptions | None = None,
+        *,
+        log_level: str = "INFO",
+        log_format: str = "json",
+        start_timeout: float = 600.0,
+    ) -> None:
+        options = options or ModelOptions()
         context = multiprocessing.get_context("spawn")  # never fork a process that holds threads
         requests_out, self._requests = context.Pipe(duplex=False)
         self._responses, responses_in = context.Pipe(duplex=False)
         self._process = context.Process(
-            target=_serve, name="emotion-model",
+            target=_serve,
+            name="emotion-model",
             args=(requests_out, responses_in, model, options, (log_level, log_format)),
         )
         self._process.start()
@@ -133,7 +153,10 @@ class ModelProcess:
         self.frozen_objects: int = body["frozen_objects"]
         """Objects the model process exempted from garbage collection once loaded (see worker.heap)."""
         log.info(
-            "model process started", pid=self._process.pid, model=self.info.name, device=self.device,
+            "model process started",
+            pid=self._process.pid,
+            model=self.info.name,
+            device=self.device,
             frozen_objects=self.frozen_objects,
         )
 
@@ -155,7 +178,7 @@ class ModelProcess:
         return True
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._process.pid
 
     def prepare(self, texts: Sequence[str]) -> int:
@@ -193,10 +216,14 @@ class ModelProcess:
     def _gone(self) -> ModelUnavailable:
         self._process.join(timeout=1)
         code = self._process.exitcode
-        how = "is still running but closed its pipe" if code is None else (
-            f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        how = (
+            "is still running but closed its pipe"
+            if code is None
+            else (f"was killed by signal {-code}" if code < 0 else f"exited with code {code}")
         )
-        return ModelUnavailable(f"the model process (pid {self._process.pid}) {how}; the batch was not committed")
+        return ModelUnavailable(
+            f"the model process (pid {self._process.pid}) {how}; the batch was not committed"
+        )
 
     def close(self, timeout: float = 30.0) -> None:
         """Let the model process finish what it was sent, then stop it."""
@@ -215,7 +242,7 @@ class ModelProcess:
             self._process.join()
         self._responses.close()
 
-    def __enter__(self) -> "ModelProcess":
+    def __enter__(self) -> ModelProcess:
         return self
 
     def __exit__(self, *exc: Any) -> None:

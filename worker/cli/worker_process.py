@@ -1,4 +1,9 @@
-"""Runs `emotion-stream worker` as a child process: for the demo, the tests and the benchmarks."""
+"""Runs `emotion-stream worker` as a child process, configured by ``EMOTION_*`` variables.
+
+The demo runs its worker this way, so it stays with the commands; the integration tests and
+the benchmarks drive their workers through the same class, so what they measure and check
+is the worker exactly as the demo and a supervisor start it.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Mapping, Optional, Sequence, Union
+from typing import IO
 
 from worker.broker.embedded import free_port
 
@@ -20,27 +26,35 @@ class WorkerProcess:
     """A worker in a child process, configured by ``EMOTION_*`` variables."""
 
     def __init__(
-        self, env: Mapping[str, str], log_path: Optional[Path] = None, command: Optional[Sequence[str]] = None
+        self, env: Mapping[str, str], log_path: Path | None = None, command: Sequence[str] | None = None
     ) -> None:
         self.command = list(command or [sys.executable, "-m", "worker.cli.main", "worker"])
         self.web_port = int(env.get("EMOTION_WEB_PORT") or free_port())
-        self.env = {**os.environ, **env, "EMOTION_WEB_PORT": str(self.web_port), "EMOTION_WEB_HOST": "127.0.0.1"}
+        self.env = {
+            **os.environ,
+            **env,
+            "EMOTION_WEB_PORT": str(self.web_port),
+            "EMOTION_WEB_HOST": "127.0.0.1",
+        }
         self.log_path = log_path
-        self._log: Optional[IO[bytes]] = None
-        self.process: Optional[subprocess.Popen] = None
+        self._log: IO[bytes] | None = None
+        self.process: subprocess.Popen | None = None
 
-    def start(self) -> "WorkerProcess":
-        out: Union[int, IO[bytes]] = subprocess.DEVNULL
+    def start(self) -> WorkerProcess:
+        out: int | IO[bytes] = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = out = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command,
-            env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            env=self.env,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
         )
         return self
 
-    def readiness(self) -> Optional[dict]:
+    def readiness(self) -> dict | None:
         """The body of GET /ready, or None when the worker does not answer yet."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/ready", timeout=1) as resp:
@@ -54,7 +68,10 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"the worker exited with code {self.process.returncode} before it was ready{self._log_hint()}")
+                raise RuntimeError(
+                    f"the worker exited with code {self.process.returncode} before it was "
+                    f"ready{self._log_hint()}"
+                )
             body = self.readiness()
             if body and body.get("ready"):
                 return body

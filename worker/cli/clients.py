@@ -1,11 +1,16 @@
-"""Plain Kafka clients for the command line, the demo, the tests and the benchmarks."""
+"""Plain Kafka clients behind `produce`, `consume` and the demo.
+
+The worker itself never uses them (it reads and writes through Faust). The tests and the
+benchmarks feed and read their topics through the same functions, so the commands a user
+types are the ones that are tested.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from typing import AsyncIterator, Iterable, Optional, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
@@ -13,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from worker.broker.profiles import profile_for
 
 
-def line_to_message(line: str) -> tuple[Optional[bytes], bytes]:
+def line_to_message(line: str) -> tuple[bytes | None, bytes]:
     """A line of `produce` input as (key, value).
 
     A line that is a JSON object is sent as it is (keyed by its `id` when it has one), so
@@ -32,7 +37,10 @@ def line_to_message(line: str) -> tuple[Optional[bytes], bytes]:
 
 
 async def produce(
-    bootstrap: Sequence[str] | str, topic: str, messages: Iterable[tuple[Optional[bytes], bytes]], backend: str = "kafka"
+    bootstrap: Sequence[str] | str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes]],
+    backend: str = "kafka",
 ) -> int:
     """Send every message and wait until the broker acknowledged all of them."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **profile_for(backend).producer)
@@ -46,8 +54,13 @@ async def produce(
 
 
 async def follow(
-    bootstrap: Sequence[str] | str, topics: Sequence[str], *, idle_timeout: Optional[float] = None,
-    backend: str = "kafka", from_beginning: bool = True, fetch_max_wait_ms: Optional[int] = None,
+    bootstrap: Sequence[str] | str,
+    topics: Sequence[str],
+    *,
+    idle_timeout: float | None = None,
+    backend: str = "kafka",
+    from_beginning: bool = True,
+    fetch_max_wait_ms: int | None = None,
 ) -> AsyncIterator[ConsumerRecord]:
     """Yield records of ``topics`` as they arrive; stop after ``idle_timeout`` seconds of silence.
 
@@ -63,7 +76,9 @@ async def follow(
     if not from_beginning and backend != "embedded":
         settings["auto_offset_reset"] = "latest"
     # Short metadata age: topics that do not exist yet are picked up within a second.
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, metadata_max_age_ms=1000, **settings)
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, group_id=None, metadata_max_age_ms=1000, **settings
+    )
     await consumer.start()
     try:
         while True:

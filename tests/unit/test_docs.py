@@ -1,0 +1,44 @@
+"""The documentation the code can check: the configuration table, and what comments cite."""
+
+import re
+from pathlib import Path
+
+from worker.cli.reference import settings_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_configuration_table_is_the_settings_own():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = re.search(r"<!-- settings:start -->\n(.*)<!-- settings:end -->", readme, re.S)
+    assert table, "README.md lost its <!-- settings:start --> ... <!-- settings:end --> markers"
+    assert table.group(1) == settings_reference(), (
+        "README.md's configuration table differs from the settings: paste the output of "
+        "`emotion-stream settings` between its markers"
+    )
+
+
+def test_every_setting_says_what_it_does():
+    from training.settings import TrainingSettings
+    from worker.settings import WorkerSettings
+
+    for settings in (WorkerSettings, TrainingSettings):
+        for name, field in settings.model_fields.items():
+            assert field.description and len(field.description) > 10, (
+                f"{settings.__name__}.{name} has no description"
+            )
+
+
+def test_code_cites_only_files_in_the_repository():
+    cited = re.compile(r"\b((?:[\w-]+/)*[\w-]+\.(?:md|py|toml|yml|yaml))\b")
+    allowed_names = {"README.md"}  # the model card every exported model directory holds
+    missing = []
+    for path in [*ROOT.glob("*/**/*.py")]:
+        if ".venv" in path.parts or "artifacts" in path.parts:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for name in cited.findall(line):
+                if name in allowed_names or (ROOT / name).exists() or (path.parent / name).exists():
+                    continue
+                missing.append(f"{path.relative_to(ROOT)}:{number}: {name}")
+    assert missing == []

@@ -1,0 +1,64 @@
+"""The configuration reference, generated from the settings' own field descriptions.
+
+`emotion-stream settings` prints it; the README's configuration table is this output, and a
+test fails when the two differ, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings
+
+from training.settings import TrainingSettings
+from worker.cli.usage import env_name
+from worker.settings import WorkerSettings
+
+SECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
+    ("worker (`emotion-stream worker`, `produce`, `consume`, `demo`)", WorkerSettings),
+    ("training (`emotion-stream train`, `tune`, `soup`, `evaluate`)", TrainingSettings),
+)
+
+
+def _default(field: FieldInfo) -> str:
+    value = field.default
+    if value is PydanticUndefined or value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def _choices(annotation: Any) -> list[str]:
+    """The allowed values of a ``Literal`` field (also inside ``Optional``), else none."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is typing.Literal:
+            return _choices(arg)
+    return []
+
+
+def _meaning(field: FieldInfo) -> str:
+    text = " ".join((field.description or "").split())
+    choices = _choices(field.annotation)
+    if choices:
+        text += " One of " + ", ".join(f"`{c}`" for c in choices) + "."
+    return text.replace("|", "\\|")
+
+
+def settings_table(settings_class: type[BaseSettings]) -> str:
+    """A Markdown table of every field of ``settings_class``: variable, default, meaning."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in settings_class.model_fields.items():
+        lines.append(f"| `{env_name(settings_class, (name,))}` | {_default(field)} | {_meaning(field)} |")
+    return "\n".join(lines) + "\n"
+
+
+def settings_reference() -> str:
+    """Every program's settings, one table each."""
+    parts = [f"Settings of the {title}:\n\n{settings_table(cls)}" for title, cls in SECTIONS]
+    return "\n".join(parts)

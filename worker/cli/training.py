@@ -1,0 +1,325 @@
+"""The training subcommands: ``train``, ``tune``, ``soup`` and ``evaluate``.
+
+``register(subparsers)`` adds them; each sets ``run`` to a function returning an exit code.
+Building the parser imports nothing heavy: torch, transformers and optuna load only when a
+command runs. Problems the user can fix (``TrainingError`` from the training module, or a
+:class:`~worker.cli.usage.UsageError` here) end with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.base_models import DEFAULT_BASE_MODEL, PRESETS
+from training.config import DEFAULT_OUTPUT_DIR, DEFAULT_PARAMS_FILE, DEFAULT_TUNE_STORAGE
+from training.settings import TrainingSettings
+from worker.cli.usage import UsageError, load_settings
+
+
+def register(subparsers) -> None:
+    """Add ``train``, ``tune`` and ``evaluate`` to an argparse subparsers object."""
+    _add_train(
+        subparsers.add_parser(
+            "train",
+            help="fine-tune the emotion model and export it",
+            description="Fine-tune a base model on the emotion data and write a model directory the worker "
+            "serves.",
+        )
+    )
+    _add_tune(
+        subparsers.add_parser(
+            "tune",
+            help="search hyperparameters with Optuna",
+            description="Search learning rate, batch size, epochs and class weighting; write the best as a "
+            "--params file.",
+        )
+    )
+    _add_soup(
+        subparsers.add_parser(
+            "soup",
+            help="average several fine-tuned models into one",
+            description="Average the weights of models fine-tuned from the same base (a uniform model soup), "
+            "measure the result on validation and export it like a trained model.",
+        )
+    )
+    _add_evaluate(
+        subparsers.add_parser(
+            "evaluate",
+            help="measure a model directory on a split",
+            description="Metrics, confusion matrix, confident mistakes and a TF-IDF baseline comparison.",
+        )
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="directory with train and validation files (.txt `text;label`, .csv, .jsonl, .parquet); "
+        "default: EMOTION_DATA_DIR, else the hub dataset dair-ai/emotion",
+    )
+    p.add_argument(
+        "--base-model",
+        default=DEFAULT_BASE_MODEL,
+        metavar="NAME",
+        help=f"hub id, local directory or preset ({', '.join(PRESETS)}); default {DEFAULT_BASE_MODEL}, "
+        "which falls back to minilm-l6 when the hub is unreachable",
+    )
+    p.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to minilm-l6")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--max-length", type=_positive_int, default=128, help="token limit per post (default 128)")
+    p.add_argument(
+        "--max-steps", type=_positive_int, help="stop after this many optimizer steps (smoke tests)"
+    )
+    p.add_argument(
+        "--train-limit", type=_positive_int, metavar="N", help="train on a stratified subset of N posts"
+    )
+    p.add_argument(
+        "--dev-fraction",
+        type=_fraction,
+        metavar="F",
+        help="select on a stratified share F of train instead of validation (validation is still reported)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    _add_run_options(p)
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT_DIR,
+        metavar="DIR",
+        help=f"model directory to write (default {DEFAULT_OUTPUT_DIR})",
+    )
+    p.add_argument(
+        "--params", type=Path, metavar="FILE", help="JSON hyperparameters (from `tune`); flags override it"
+    )
+    # None means "not given", so a --params file value survives unless a flag overrides it.
+    p.add_argument("--lr", type=float, help="learning rate (default 2e-5)")
+    p.add_argument("--batch-size", type=_positive_int, help="training batch size (default 16)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default 3)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    p.add_argument(
+        "--warmup-ratio", type=float, help="share of steps warming up the learning rate (default 0)"
+    )
+    p.add_argument("--label-smoothing", type=float, help="label smoothing factor (default 0)")
+    p.add_argument(
+        "--class-weight-power",
+        type=float,
+        help="with --class-weights: weights are inverse frequency to this power (default 1; 0.5 is gentler)",
+    )
+    p.add_argument(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weight the loss by inverse class frequency (default off)",
+    )
+    p.add_argument(
+        "--patience", type=int, help="epochs without improvement before stopping early; 0 = never (default 2)"
+    )
+    p.set_defaults(run=run_train)
+
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    _add_run_options(p)
+    p.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=20,
+        help="finished trials the study should hold; a resumed study runs only the missing ones (default 20)",
+    )
+    p.add_argument(
+        "--storage", default=DEFAULT_TUNE_STORAGE, help=f"Optuna storage URL (default {DEFAULT_TUNE_STORAGE})"
+    )
+    p.add_argument("--study-name", default="emotion", help="study to create or resume (default emotion)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_PARAMS_FILE,
+        metavar="FILE",
+        help=f"where to write the best parameters for `train --params` (default {DEFAULT_PARAMS_FILE})",
+    )
+    p.add_argument(
+        "--lr-range",
+        type=float,
+        nargs=2,
+        default=(1e-5, 5e-5),
+        metavar=("LOW", "HIGH"),
+        help="learning-rate range, searched on a log scale (default 1e-5 5e-5)",
+    )
+    p.add_argument(
+        "--batch-sizes", type=_positive_int, nargs="+", default=[8, 16, 32], help="default 8 16 32"
+    )
+    p.add_argument("--epoch-choices", type=_positive_int, nargs="+", default=[2, 3, 4], help="default 2 3 4")
+    p.add_argument(
+        "--class-weights",
+        choices=("search", "on", "off"),
+        default="search",
+        help="try both (search, default) or fix class weighting on or off",
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long"
+    )
+    p.set_defaults(run=run_tune)
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_OUTPUT_DIR,
+        metavar="DIR",
+        help=f"model directory (default {DEFAULT_OUTPUT_DIR})",
+    )
+    p.add_argument(
+        "--split",
+        default="validation",
+        help="split to measure: train, validation or test (default validation)",
+    )
+    p.add_argument(
+        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="where to write the results (default MODEL/evaluation/SPLIT)",
+    )
+    p.add_argument(
+        "--no-baseline", action="store_true", help="skip the TF-IDF + logistic regression comparison"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="inference batch size (default 64)")
+    p.add_argument("--max-length", type=_positive_int, default=128, help="token limit per post (default 128)")
+    p.add_argument(
+        "--errors",
+        type=int,
+        default=50,
+        metavar="N",
+        help="confident mistakes to list in errors.csv (default 50)",
+    )
+    p.add_argument("--seed", type=int, default=42, help="random seed of the baseline (default 42)")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.config import TrainOptions, resolve_hyperparameters
+    from training.train import train
+
+    hp = resolve_hyperparameters(
+        args.params,
+        {
+            "learning_rate": args.lr,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "weight_decay": args.weight_decay,
+            "warmup_ratio": args.warmup_ratio,
+            "label_smoothing": args.label_smoothing,
+            "class_weights": args.class_weights,
+            "patience": args.patience,
+            "class_weight_power": args.class_weight_power,
+        },
+    )
+    train(TrainOptions(**_run_options(args), output_dir=args.output, params_file=args.params), hp)
+    return 0
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from training.tune import SearchSpace, TuneOptions, tune
+
+    low, high = args.lr_range
+    if not 0 < low <= high < 1:
+        raise UsageError("--lr-range needs 0 < LOW <= HIGH < 1, e.g. --lr-range 1e-5 5e-5")
+    weights = {"search": (False, True), "on": (True,), "off": (False,)}[args.class_weights]
+    space = SearchSpace(low, high, tuple(args.batch_sizes), tuple(args.epoch_choices), weights)
+    tune(
+        TuneOptions(
+            **_run_options(args),
+            storage=args.storage,
+            study_name=args.study_name,
+            trials=args.trials,
+            timeout_s=args.timeout,
+            params_out=args.output,
+            space=space,
+        )
+    )
+    return 0
+
+
+def _add_soup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", type=Path, metavar="MODEL_DIR", help="two or more model directories")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="model directory to write")
+    p.add_argument(
+        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
+    )
+    p.set_defaults(run=run_soup)
+
+
+def run_soup(args: argparse.Namespace) -> int:
+    from training.soup import soup
+
+    data_dir = args.data if args.data is not None else _settings().data_dir
+    soup(args.models, args.output, data_dir, command_line=["emotion-stream", *sys.argv[1:]])
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    data_dir = args.data if args.data is not None else _settings().data_dir
+    evaluate(
+        args.model,
+        split=args.split,
+        data_dir=data_dir,
+        output_dir=args.output,
+        baseline=not args.no_baseline,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        max_errors=args.errors,
+        seed=args.seed,
+    )
+    return 0
+
+
+def _settings() -> TrainingSettings:
+    return load_settings(TrainingSettings)
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    settings = _settings()
+    return dict(
+        data_dir=args.data if args.data is not None else settings.data_dir,
+        base_model=args.base_model,
+        allow_fallback=not args.no_fallback,
+        hub_timeout=settings.hub_timeout,
+        seed=args.seed,
+        max_length=args.max_length,
+        max_steps=args.max_steps,
+        train_limit=args.train_limit,
+        dev_fraction=args.dev_fraction,
+        progress=not args.no_progress,
+        command_line=["emotion-stream", *sys.argv[1:]],
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be 1 or more")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1, e.g. 0.1")
+    return value

@@ -1,0 +1,101 @@
+"""What the rest of the worker knows of the model: no torch here.
+
+The worker's own process (the Faust app, the batch processor, the CLI) talks to the model
+only through these names: a :class:`ModelRunner` (the model in this process or in a process
+of its own), the :class:`ModelOptions` it was loaded with, the :class:`Prediction` it gives
+per text and the two ways it fails. Importing this module never imports torch, so a worker
+whose model runs in a separate process never loads torch itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from schemas import ModelInfo
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do."""
+
+
+class ModelUnavailable(RuntimeError):
+    """The model runner itself is gone (its process died), not a post it failed on: the
+    batch must not be retried post by post or dead-lettered, but re-read after a restart."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+def to_predictions(rows: Sequence[Sequence[float]], columns: Sequence[str]) -> list[Prediction]:
+    """One prediction per row of probabilities, ``columns`` naming the emotion of each."""
+    out = []
+    for row in rows:
+        scores = {columns[i]: float(p) for i, p in enumerate(row)}
+        best = max(range(len(row)), key=row.__getitem__)
+        out.append(Prediction(label=columns[best], score=float(row[best]), scores=scores))
+    return out
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load and run a model: what crosses to the model process, typed.
+
+    The worker builds it from its settings (``WorkerSettings.model_options``); the tests and
+    the benchmarks build it directly.
+    """
+
+    device: str = "auto"
+    """``auto`` (CUDA when there is one), ``cpu`` or ``cuda``."""
+    numeric: str = "auto"
+    """``auto`` (mixed precision on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``int8`` (CPU only)."""
+    max_length: int = 128
+    """Token limit per post; longer posts are truncated."""
+    batch_size: int = 32
+    """Most posts per padded forward pass (a window is cut into planned sub-batches of at most this)."""
+    torch_threads: int | None = None
+    """CPU threads for torch; None leaves torch's choice."""
+    cpu_passes: int | None = None
+    """Forward passes run at once on the CPU, sharing the threads; None: one per thread, at most 4."""
+    packing: bool = True
+    """Run small CPU windows with their posts laid end to end instead of padded."""
+    prepack: bool = True
+    """In fp32 on the CPU, lay the linear layers' weights out once at load."""
+    call_cost_tokens: float | None = None
+    """A forward pass's fixed cost in tokens of work, for the planner; None measures it at load."""
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """Texts in, predictions out, in two halves so that a batch can be prepared ahead.
+
+    :meth:`prepare` takes the CPU half (tokenizing, padding; in the model process, sending
+    the texts) and returns a handle that :meth:`predict_prepared` turns into predictions, in
+    the texts' order. A post the model cannot handle raises from either half; a runner that
+    is gone raises :class:`ModelUnavailable`.
+    """
+
+    info: ModelInfo
+    """Name and version, stamped on every result."""
+
+    @property
+    def columns(self) -> list[str]:
+        """The emotion of each column of the model's probabilities."""
+
+    @property
+    def leaves_cpu_to_spare(self) -> bool:
+        """Whether other CPU work (preparing the next batch) can run beside the model without slowing it."""
+
+    def prepare(self, texts: Sequence[str]) -> Any: ...
+
+    def predict_prepared(self, prepared: Any) -> list[Prediction]: ...
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]: ...
+
+    def close(self) -> None:
+        """Release the model (its threads or its process)."""

@@ -1,0 +1,301 @@
+"""The model runner: texts in, emotion probabilities out. No Kafka, no event loop.
+
+A call to :meth:`EmotionClassifier.predict` tokenizes the whole window once without padding,
+sorts it by token length and runs it as sub-batches of similar length, each padded only to
+its own longest post: the padding a stream of short posts would otherwise carry is most of
+the work (sorting a window before cutting it doubles throughput; bench/README.md). Where
+the sub-batches are cut is planned per window (:mod:`worker.model.planning`); a small
+window on the CPU is packed instead (:mod:`worker.model.packing`).
+
+On the CPU the passes of a window run in parallel, each on its own share of the torch
+threads, rather than one pass at a time on all of them: a pass on one thread never waits at
+a barrier for a sibling thread the OS has lent to the broker or the event loop, so the
+model keeps its pace on a machine it shares. On CUDA, inputs go through pinned memory and
+the forward pass runs under autocast (bf16, or fp16 where the GPU lacks bf16) unless fp32
+is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from worker.model.api import ModelLoadError, ModelOptions, Prediction, to_predictions
+from worker.model.loading import apply_numeric, load_pretrained, resolve_numeric, select_device
+from worker.model.packing import (
+    PACK_ROWS_PER_PASS,
+    PACKED_HEADS,
+    PACKED_ROW_TOKENS,
+    ModelInput,
+    PreparedTexts,
+    pack,
+    pad,
+)
+from worker.model.planning import MAX_CALL_COST_TOKENS, plan_sub_batches, share_out, split_threads
+from worker.model.prepack import prepack_linears
+
+log = structlog.get_logger(__name__)
+
+_CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+"""Attention kernels on CUDA, cuDNN's left out: it builds a plan for every new (rows, width)
+shape, and the worker's sub-batches come in hundreds of shapes (measured on an H100, bf16:
+about 25 ms more per forward pass until each shape has been seen once)."""
+
+
+def _take_thread_share(shares: queue.SimpleQueue) -> None:
+    # A thread's first use of torch sets its count from the default: do it first, not after ours.
+    torch.get_num_threads()
+    torch.set_num_threads(shares.get_nowait())
+
+
+class EmotionClassifier:
+    """A sequence-classification model with the six emotion labels, ready to predict.
+
+    ``model`` is a model directory or hub id; ``options`` say how to run it. A
+    :class:`~worker.model.api.ModelRunner`.
+    """
+
+    def __init__(self, model: str, options: ModelOptions | None = None) -> None:
+        options = options or ModelOptions()
+        self.options = options
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
+        self.device = select_device(options.device)
+        self.max_length = options.max_length
+        self.batch_size = options.batch_size
+        loaded = load_pretrained(model)
+        self.tokenizer, self.info, self._columns = loaded.tokenizer, loaded.info, loaded.columns
+        self.model = loaded.model.to(self.device)
+        self._pad_id = self.tokenizer.pad_token_id or 0
+        # Packing needs the head (see PACKED_HEADS) and an attention that takes a full mask.
+        # It stays off on CUDA, where it has not been measured: padded sub-batches there.
+        self._head = PACKED_HEADS.get(type(self.model).__name__)
+        self._attention = getattr(self.model.config, "_attn_implementation", None)
+        self.packing = bool(
+            options.packing
+            and self.device.type == "cpu"
+            and self._head is not None
+            and self._attention in ("sdpa", "eager")
+        )
+        self.numeric = resolve_numeric(options.numeric, self.device)
+        self.model, self._autocast_dtype = apply_numeric(self.model, self.numeric, self.device)
+        # fp32 on the CPU: the weights laid out once for the matrix products (see prepack).
+        cpu_fp32 = self.numeric == "fp32" and self.device.type == "cpu"
+        self.prepacked = prepack_linears(self.model) if options.prepack and cpu_fp32 else 0
+        self.pass_threads = self._pass_threads(options.cpu_passes)
+        self._passes = self._start_pass_threads()
+        # Planned for the threads a pass runs on.
+        self.call_cost_tokens = (
+            options.call_cost_tokens
+            if options.call_cost_tokens is not None
+            else self._in_pass(self._measure_call_cost)
+        )
+        log.info(
+            "model loaded",
+            model=self.info.name,
+            version=self.info.version,
+            device=str(self.device),
+            numeric=self.numeric,
+            call_cost_tokens=round(self.call_cost_tokens, 1),
+            pass_threads=self.pass_threads,
+            packing=self.packing,
+            prepacked_linears=self.prepacked,
+        )
+
+    def _pass_threads(self, cpu_passes: int | None) -> list[int]:
+        if self.device.type == "cuda":  # one pass at a time on CUDA: passes queue on the device anyway
+            return [torch.get_num_threads()]
+        try:
+            return split_threads(torch.get_num_threads(), cpu_passes)
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"{exc}: set EMOTION_CPU_PASSES within that range, or leave it unset"
+            ) from None
+
+    def _start_pass_threads(self) -> ThreadPoolExecutor | None:
+        if len(self.pass_threads) < 2:
+            return None
+        # Torch's thread count is per OS thread: each pass thread takes its share as it starts.
+        shares: queue.SimpleQueue = queue.SimpleQueue()
+        for share in self.pass_threads:
+            shares.put(share)
+        passes = ThreadPoolExecutor(
+            len(self.pass_threads),
+            thread_name_prefix="model-pass",
+            initializer=_take_thread_share,
+            initargs=(shares,),
+        )
+        # Start every pass thread now, then give threads started later (the worker's own)
+        # the whole count again: a thread's first set_num_threads also sets the default.
+        everyone = threading.Barrier(len(self.pass_threads))
+        list(passes.map(lambda _: everyone.wait(), self.pass_threads))
+        torch.set_num_threads(sum(self.pass_threads))
+        return passes
+
+    @property
+    def leaves_cpu_to_spare(self) -> bool:
+        """Whether CPU work can run beside the model without slowing it: on a GPU, or when
+        torch uses fewer threads than there are cores."""
+        return self.device.type == "cuda" or torch.get_num_threads() < (os.cpu_count() or 1)
+
+    @property
+    def columns(self) -> list[str]:
+        """The emotion of each column of :meth:`run`'s probabilities."""
+        return list(self._columns)
+
+    def close(self) -> None:
+        if self._passes is not None:
+            self._passes.shutdown(wait=True)
+
+    def _measure_call_cost(self) -> float:
+        """The fixed cost of one forward pass, in tokens of work, timed on this device.
+
+        Two shapes, a single short post and a padded sub-batch, give the per-pass and the
+        per-token time; their ratio is what :func:`plan_sub_batches` weighs padding against.
+        The first passes also warm the model up (allocations, kernel selection).
+        """
+
+        def timed(rows: int, width: int, repeats: int) -> float:
+            ids = torch.full((rows, width), self._pad_id + 1, dtype=torch.long)
+            mask = torch.ones_like(ids)
+            times = []
+            with torch.inference_mode():
+                for _ in range(repeats + 1):
+                    started = time.perf_counter()
+                    probs = self._forward(ModelInput(ids, mask))
+                    probs.cpu()  # waits for the device
+                    times.append(time.perf_counter() - started)
+            return statistics.median(times[1:])
+
+        small_tokens = 8
+        if self.device.type == "cuda":  # a GPU hardly notices 16 rows: time a real sub-batch
+            large_rows, large_width = max(1, min(self.batch_size, 256)), 64
+        else:
+            large_rows, large_width = max(1, min(self.batch_size, 16)), 48
+        small = timed(1, small_tokens, 3)
+        large = timed(large_rows, large_width, 3)
+        per_token = (large - small) / (large_rows * large_width - small_tokens)
+        if per_token <= 0:  # the fixed cost swamped the work (a GPU): as few passes as can be
+            return MAX_CALL_COST_TOKENS
+        return float(min(MAX_CALL_COST_TOKENS, max(1.0, small / per_token - small_tokens)))
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """The most likely emotion of each text, with all six probabilities, in the order given."""
+        return self.predict_prepared(self.prepare(texts))
+
+    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
+        """A (len(texts), 6) float32 CPU tensor of probabilities, columns as in the model."""
+        return self.run(self.prepare(texts))
+
+    def predict_prepared(self, prepared: PreparedTexts) -> list[Prediction]:
+        """:meth:`run`, as predictions."""
+        return to_predictions(self.run(prepared).tolist(), self._columns)
+
+    def prepare(self, texts: Sequence[str]) -> PreparedTexts:
+        """The CPU half of a prediction: tokenize, then pack, or sort, plan and pad.
+
+        Needs nothing from the model, so the worker runs it for the next batch while the
+        model is still busy with the current one (on a GPU that hides the tokenizer).
+        """
+        encoded = self._tokenize(texts)
+        lengths = [len(e) for e in encoded]
+        row_tokens = max([PACKED_ROW_TOKENS, *lengths])
+        if self.packing and sum(lengths) <= len(self.pass_threads) * PACK_ROWS_PER_PASS * row_tokens:
+            shares = share_out(lengths, len(self.pass_threads))
+            additive = self._attention == "eager"  # eager attention adds the mask to its scores
+            packed = [
+                pack([encoded[i] for i in share], row_tokens, self._pad_id, additive) for share in shares
+            ]
+            return PreparedTexts(
+                rows=[share[j] for share, (_, order) in zip(shares, packed, strict=True) for j in order],
+                inputs=[model_input for model_input, _ in packed],
+            )
+        order = sorted(range(len(encoded)), key=lambda i: lengths[i])
+        plan = plan_sub_batches([lengths[i] for i in order], self.batch_size, self.call_cost_tokens)
+        chunks = [order[start:end] for start, end in plan]
+        inputs = [pad([encoded[i] for i in idx], self._pad_id) for idx in chunks]
+        if self.device.type == "cuda":
+            # Pinned host memory lets each copy to the device run asynchronously.
+            inputs = [ModelInput(x.ids.pin_memory(), x.mask.pin_memory()) for x in inputs]
+        return PreparedTexts(rows=[i for idx in chunks for i in idx], inputs=inputs)
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+
+    def run(self, prepared: PreparedTexts) -> torch.Tensor:
+        """The model half: probabilities, a (posts, 6) float32 CPU tensor in the texts' order."""
+        if self._passes is not None and len(prepared.inputs) > 1:
+            outputs = self._run_parallel(prepared.inputs)
+        else:
+            with torch.inference_mode():
+                # On CUDA each forward pass is only queued: the copies and kernels of the next
+                # sub-batch are queued behind this one, and the results come back to the host
+                # in one synchronising copy at the end.
+                outputs = [self._forward(model_input) for model_input in prepared.inputs]
+        probs = torch.cat(outputs).cpu() if outputs else torch.empty((0, len(self._columns)))
+        result = torch.empty((len(prepared.rows), len(self._columns)), dtype=torch.float32)
+        if prepared.rows:
+            result[torch.tensor(prepared.rows, dtype=torch.long)] = probs
+        return result
+
+    def _run_parallel(self, inputs: list[ModelInput]) -> list[torch.Tensor]:
+        """Forward passes spread over the pass threads, costliest first, outputs in input order.
+
+        Each idle pass thread takes the next costliest sub-batch, so the passes finish close
+        together and a pass slowed by a neighbour on its core simply takes fewer.
+        """
+        assert self._passes is not None
+        order = sorted(range(len(inputs)), key=lambda i: -inputs[i].ids.numel())
+        futures = {i: self._passes.submit(self._forward_pass, inputs[i]) for i in order}
+        return [futures[i].result() for i in range(len(inputs))]
+
+    def _forward_pass(self, model_input: ModelInput) -> torch.Tensor:
+        with torch.inference_mode():  # per thread
+            return self._forward(model_input)
+
+    def _in_pass(self, work: Callable[[], Any]) -> Any:
+        """``work()`` on the threads one pass runs on."""
+        return work() if self._passes is None else self._passes.submit(work).result()
+
+    def _logits(self, x: ModelInput) -> torch.Tensor:
+        if x.firsts is None:
+            return self.model(input_ids=x.ids, attention_mask=x.mask).logits
+        hidden = self.model.base_model(input_ids=x.ids, attention_mask=x.mask, position_ids=x.positions)[0]
+        return self._head(self.model, hidden.reshape(-1, hidden.shape[-1])[x.firsts])
+
+    def _forward(self, x: ModelInput) -> torch.Tensor:
+        if self.device.type == "cuda":
+            # From pinned memory (see prepare) the copy runs asynchronously with the previous kernel.
+            x = ModelInput(
+                x.ids.to(self.device, non_blocking=True), x.mask.to(self.device, non_blocking=True)
+            )
+            with sdpa_kernel(_CUDA_ATTENTION):
+                return self._forward_on_device(x)
+        return self._forward_on_device(x)
+
+    def _forward_on_device(self, x: ModelInput) -> torch.Tensor:
+        if self._autocast_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self._autocast_dtype):
+                logits = self._logits(x)
+        else:
+            logits = self._logits(x)
+        return torch.softmax(logits.float(), dim=-1)
