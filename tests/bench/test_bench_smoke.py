@@ -51,9 +51,9 @@ def test_on_and_off_measures_both_on_every_window(tiny_model, option, monkeypatc
     seen = []
     real = measure.EmotionClassifier
 
-    def recording(*args, **kwargs):
-        seen.append(kwargs[option])
-        return real(*args, **kwargs)
+    def recording(model, options):
+        seen.append(getattr(options, option))
+        return real(model, options)
 
     monkeypatch.setattr(measure, "EmotionClassifier", recording)
     rows = measure.on_and_off(
