@@ -6,6 +6,8 @@ the topics. Knows nothing of Kafka, torch or Faust.
 
 from schemas.labels import ID2LABEL, LABEL2ID, LABELS, Emotion, parse_label
 from schemas.messages import (
+    MAX_FIELD_CHARS,
+    MAX_METADATA_BYTES,
     MAX_TEXT_CHARS,
     DeadLetter,
     DeadLetterSource,
@@ -21,6 +23,8 @@ __all__ = [
     "ID2LABEL",
     "LABEL2ID",
     "LABELS",
+    "MAX_FIELD_CHARS",
+    "MAX_METADATA_BYTES",
     "MAX_TEXT_CHARS",
     "DeadLetter",
     "DeadLetterSource",

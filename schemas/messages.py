@@ -8,6 +8,8 @@ so dashboards can rely on every field being there.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -18,6 +20,12 @@ from schemas.labels import LABELS, Emotion
 MAX_TEXT_CHARS = 5000
 """Longest accepted post text. Tweets are far shorter; the bound keeps one message from
 monopolising a batch (the model sees at most its max token length anyway)."""
+
+MAX_FIELD_CHARS = 256
+"""Longest accepted ``author`` and ``source``."""
+
+MAX_METADATA_BYTES = 64 * 1024
+"""Largest accepted ``metadata``, as compact JSON: tags and ids, not documents."""
 
 
 def utc_now() -> datetime:
@@ -33,11 +41,16 @@ class Post(BaseModel):
         min_length=1, max_length=256, description="Producer's id of the post; the key of its result."
     )
     text: str = Field(max_length=MAX_TEXT_CHARS, description="The post's text; must not be blank.")
-    author: str | None = None
+    author: str | None = Field(default=None, max_length=MAX_FIELD_CHARS)
     created_at: datetime | None = None
     lang: str | None = Field(default=None, max_length=35, description="BCP 47 language tag, if known.")
-    source: str | None = Field(default=None, description="Where the post came from (platform, feed).")
-    metadata: dict[str, Any] | None = None
+    source: str | None = Field(
+        default=None, max_length=MAX_FIELD_CHARS, description="Where the post came from (platform, feed)."
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description=f"Anything else, passed through; at most {MAX_METADATA_BYTES} bytes as JSON.",
+    )
 
     @field_validator("id", mode="before")
     @classmethod
@@ -60,6 +73,15 @@ class Post(BaseModel):
     def _text_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            size = len(json.dumps(value, separators=(",", ":"), default=str).encode("utf-8"))
+            if size > MAX_METADATA_BYTES:
+                raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}")
         return value
 
 
@@ -103,7 +125,7 @@ class EmotionResult(BaseModel):
         return value
 
 
-ErrorKind = Literal["not_utf8", "not_json", "invalid_post", "processing_failed"]
+ErrorKind = Literal["not_utf8", "not_json", "invalid_post", "too_large", "processing_failed"]
 
 
 class ErrorInfo(BaseModel):
@@ -116,16 +138,35 @@ class ErrorInfo(BaseModel):
 
 
 class Payload(BaseModel):
-    """The original message bytes: as text when they are UTF-8, else base64."""
+    """The original message bytes: as text when they are UTF-8, else base64.
+
+    Whole unless ``truncated``: a message too large to carry in a dead letter keeps only a
+    prefix of its bytes here, with the ``size`` and ``sha256`` of the whole, and can no longer
+    be replayed byte for byte.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     encoding: Literal["utf-8", "base64"]
     data: str
+    truncated: bool = Field(default=False, description="Only a prefix of the original bytes is in `data`.")
+    size: int | None = Field(default=None, description="Length of the original bytes (set when truncated).")
+    sha256: str | None = Field(
+        default=None, description="SHA-256 of the original bytes (set when truncated)."
+    )
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> Payload:
+    def from_bytes(cls, raw: bytes | None, limit: int | None = None) -> Payload:
+        """The bytes as a payload; beyond ``limit`` bytes, a prefix with the size and digest of the whole."""
         raw = raw or b""
+        if limit is not None and len(raw) > limit:
+            whole = cls.from_bytes(raw[:limit])
+            if whole.encoding == "utf-8" or _is_utf8(raw):
+                # A prefix cut inside a character: drop the partial character, keep it text.
+                whole = cls(encoding="utf-8", data=raw[:limit].decode("utf-8", errors="ignore"))
+            return whole.model_copy(
+                update={"truncated": True, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+            )
         try:
             return cls(encoding="utf-8", data=raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -135,6 +176,14 @@ class Payload(BaseModel):
         if self.encoding == "utf-8":
             return self.data.encode("utf-8")
         return base64.b64decode(self.data)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class DeadLetterSource(BaseModel):

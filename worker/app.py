@@ -1,11 +1,17 @@
-"""The Faust app: a thin agent around the micro-batcher and the batch processor.
+"""The Faust app: a thin agent around the micro-batcher, the batch processor and the publisher.
 
 Delivery is at-least-once and nothing is lost: the agent's stream never acks on its own;
 a batch's input events are acked only after every result and dead letter of that batch has
-been acknowledged by the broker, and Faust commits only acked offsets. A crash between the
-two re-reads the batch (duplicates, keyed by post id, are possible; gaps are not).
-On SIGTERM/SIGINT Faust stops the consumer first and waits for unacked events, so the
-batch in progress and the ones already gathered finish, are flushed and are committed.
+been acknowledged by the broker, and Faust commits only acked offsets (every
+``EMOTION_COMMIT_INTERVAL_MS``). A crash between the two re-reads the batch (duplicates,
+keyed by post id, are possible; gaps are not). On SIGTERM/SIGINT Faust stops the consumer
+first and waits for unacked events, so the batch in progress and the ones already gathered
+finish, are flushed and are committed.
+
+Memory is bounded under any backlog: the bytes of the messages between the consumer and the
+broker's acknowledgement are bounded (``EMOTION_MAX_INFLIGHT_BYTES``), and so is the number of
+batches being published, which holds the fetch back when the broker is slow. A watchdog
+(:mod:`worker.health`) stops a worker that makes no progress.
 """
 
 from __future__ import annotations
@@ -20,19 +26,34 @@ import faust
 import structlog
 from prometheus_client import generate_latest
 
-from worker.batching import MicroBatcher
+from worker import policy
+from worker.batching import ByteBudget, MicroBatcher
 from worker.broker.profiles import profile_for
+from worker.health import BrokerProbe, Watchdog, stop_worker
 from worker.heap import freeze_startup_objects
-from worker.observability import WorkerMetrics
+from worker.observability import WorkerMetrics, WorkerSensor
 from worker.pacing import FetchPacer
 from worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
+from worker.publishing import Publisher
 from worker.settings import WorkerSettings
 from worker.transport import EmotionApp
 
 log = structlog.get_logger(__name__)
 
 
-async def _channel_events(stream: Any) -> AsyncIterator[Any]:
+PUBLISHING_BATCHES = 2
+"""Batches whose outputs may await the broker's acknowledgement at once; the next one waits."""
+
+FIRST_BATCHES_MODEL_TIMEOUT_S = 300.0
+"""The model's bound before its speed is measured (the first batches warm it up)."""
+
+
+def _message_size(event: Any) -> int:
+    message = event.message
+    return len(message.value or b"") + len(message.key or b"")
+
+
+async def _channel_events(stream: Any, on_events: Callable[[], None]) -> AsyncIterator[Any]:
     """The events of the agent's input channel, read straight from its queue.
 
     Faust's Stream adds per-event machinery (processors, sensors, context, automatic acks)
@@ -47,6 +68,7 @@ async def _channel_events(stream: Any) -> AsyncIterator[Any]:
             event = await queue.get()
         except StopAsyncIteration:  # Faust closes the channel this way when the worker stops
             return
+        on_events()
         yield event
         # Whatever else is already queued needs no await per event.
         while not queue.empty():
@@ -83,6 +105,24 @@ class EmotionStream:
         """Called after such a failure, to stop the whole process (the CLI stops its Faust worker)."""
         self._seconds_per_post: float | None = None  # running estimate, for the fetch pacer
         self._failing: asyncio.Future | None = None
+        self.budget = ByteBudget(settings.max_inflight_bytes)
+        self.publisher = Publisher(
+            lambda *args: self.app.producer.send(*args),
+            settings.output_topic,
+            settings.dlq_topic,
+            settings.max_message_bytes,
+            settings.send_timeout_s,
+        )
+        self.watchdog = Watchdog(
+            loop_stall_s=10.0,
+            consumer_stall_s=60.0,
+            commit_timeout_s=settings.commit_timeout_s,
+            grace_s=settings.unhealthy_grace_s,
+            on_dead=self._on_dead,
+        )
+        self.broker_probe = BrokerProbe(settings.bootstrap_servers)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._publishing: list[asyncio.Future] = []
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -100,8 +140,18 @@ class EmotionStream:
             # Results of one batch are sent together: a few ms of linger packs them into a
             # handful of produce requests instead of one request per result.
             producer_linger=0.005,
+            producer_max_request_size=s.max_message_bytes + (64 << 10),
+            producer_request_timeout=s.send_timeout_s,
+            consumer_max_fetch_size=max(4 << 20, 2 * s.max_message_bytes),
+            broker_commit_interval=s.commit_interval_ms / 1000,
+            # Faust's own pages (routing, tables, stats, graphs) are not this worker's API.
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_stats_enabled=False,
+            web_graph_enabled=False,
             **profile_for(s.broker_backend).faust,
         )
+        app.sensors.add(WorkerSensor(self.metrics, self.watchdog))
         profile = profile_for(s.broker_backend)
         app.fetch_max_wait_ms = profile.consumer.get("fetch_max_wait_ms")
         if app.fetch_max_wait_ms and profile.busy_fetch_wait_ms:
@@ -114,6 +164,9 @@ class EmotionStream:
         app.on_partitions_revoked.connect(self._on_revoked)
         self._add_pages(app)
         app.timer(10.0)(self._progress)
+        app.timer(0.5)(self._beat)
+        app.timer(5.0)(self._measure_lag)
+        app.task(self._probe_broker)
         app.on_before_shutdown.connect(self._on_shutdown)
         return app
 
@@ -135,12 +188,18 @@ class EmotionStream:
             prepare_ahead=self.prepare_ahead,
             frozen_objects=frozen,
         )
-        # The wait counts from each post's Kafka timestamp (see MicroBatcher).
+        self._loop = asyncio.get_running_loop()
+        self.watchdog.watch_consumer(lag=self._total_lag, idle=self._pipeline_idle)
+        self.watchdog.start()
+        # The wait counts from each post's Kafka timestamp (see MicroBatcher); the bytes of
+        # every message count against the in-flight budget until its batch is acknowledged.
         batches = MicroBatcher(
-            _channel_events(stream),
+            _channel_events(stream, self.watchdog.events_arrived),
             s.batch_size,
             s.batch_wait_ms / 1000,
             born=lambda e: e.message.timestamp,
+            budget=self.budget,
+            size=_message_size,
         )
         # A batch goes through three stages: prepare (decode, tokenize) in one thread, the
         # model in another, then publish on the event loop. Batch N is published while N+1
@@ -155,9 +214,11 @@ class EmotionStream:
                 prepared = await self.prepare(events)
                 if in_model is not None:
                     await asyncio.shield(in_model)  # the model is free again
+                await self._room_to_publish()
                 in_model = asyncio.ensure_future(self.run_model(prepared, len(events)))
                 publishing = asyncio.ensure_future(self._publish_after(events, in_model, publishing, started))
                 publishing.add_done_callback(self._crash_on_failure)
+                self._publishing.append(publishing)
                 if not (self.prepare_ahead and batches.full_batch_waiting()):
                     # A partial batch is taken only once the model is free, so it gathers
                     # everything that arrives meanwhile (bigger batches cost less per post);
@@ -168,6 +229,32 @@ class EmotionStream:
                 await asyncio.shield(publishing)
         except Exception as exc:
             await self._fail(exc)
+        finally:
+            self.watchdog.stop()  # the agent is done: nothing left for it to watch
+
+    async def _room_to_publish(self) -> None:
+        """Wait while too many batches await the broker: a slow broker holds the fetch back."""
+        self._publishing = [f for f in self._publishing if not f.done()]
+        while len(self._publishing) >= PUBLISHING_BATCHES:
+            await asyncio.wait([asyncio.shield(self._publishing[0])])
+            self._publishing = [f for f in self._publishing if not f.done()]
+
+    def _pipeline_idle(self) -> bool:
+        """Nothing holds the consumer back: no batch in the model or awaiting the broker."""
+        return self.budget.items == 0
+
+    def _total_lag(self) -> int:
+        return int(sum(self.metrics.lag_by_partition().values()))
+
+    def _on_dead(self, reason: str) -> None:
+        """The watchdog's verdict (from its thread): stop, exit 1, the batch in flight uncommitted."""
+        if self._loop is None:
+            return
+        error = RuntimeError(f"no progress: {reason}")
+        stop_worker(self._loop, lambda: self._failed_task(error))
+
+    def _failed_task(self, error: BaseException) -> None:
+        self._failing = asyncio.ensure_future(self._fail(error))
 
     async def _fail(self, exc: BaseException) -> None:
         # The failed batch stays unacked, so its offsets are never committed: stop the
@@ -181,9 +268,7 @@ class EmotionStream:
 
     def _crash_on_failure(self, task: asyncio.Future) -> None:
         if not task.cancelled() and task.exception() is not None:
-            self._failing = asyncio.ensure_future(
-                self._fail(task.exception())
-            )  # held: a task may be collected
+            self._failed_task(task.exception())  # held: a task may be collected
 
     async def _publish_after(
         self,
@@ -215,9 +300,11 @@ class EmotionStream:
             # A little under the expected model time: a fetch that comes back early costs
             # one more request, one that comes back late delays the next batch.
             pacer.busy_for(0.8 * self._seconds_per_post * posts)
+        self.watchdog.model_started(self._model_bound())
         try:
             outcome = await loop.run_in_executor(self._executor, self.processor.finish, prepared)
         finally:
+            self.watchdog.model_finished()
             if pacer is not None:
                 pacer.idle()
         if outcome.model_seconds and posts:
@@ -226,22 +313,34 @@ class EmotionStream:
             self._seconds_per_post = per_post if previous is None else 0.8 * previous + 0.2 * per_post
         return outcome
 
+    def _model_bound(self) -> float:
+        """How long a full batch may stay in the model (EMOTION_MODEL_TIMEOUT_S, else measured)."""
+        if self.settings.model_timeout_s is not None:
+            return self.settings.model_timeout_s
+        if self._seconds_per_post is None:
+            return FIRST_BATCHES_MODEL_TIMEOUT_S
+        # The bisection of a failed batch and the model's retries run inside the bound too.
+        return max(
+            60.0, 20 * self._seconds_per_post * self.settings.batch_size + sum(policy.MODEL_RETRY_DELAYS)
+        )
+
     async def publish(self, events: Sequence[Any], outcome: BatchOutcome, started: float) -> None:
         """Send a batch's results and dead letters; once the broker has them all, ack its events."""
-        # Straight to the app's producer: Topic.send wraps every message in futures and
-        # sensor calls that cost more than the send itself. Each call returns the broker's ack.
-        send = self.app.producer.send
-        output, dlq = self.settings.output_topic, self.settings.dlq_topic
-        pending = [await send(output, m.key, m.value, None, None, None) for m in outcome.results]
-        pending += [await send(dlq, m.key, m.value, None, None, None) for m in outcome.dead_letters]
-        await asyncio.gather(*pending)
+        await self.publisher.publish(outcome)
+        now = time.time()
         for event in events:
             event.ack()
+            timestamp = event.message.timestamp
+            if timestamp and timestamp > 0:
+                self.metrics.latency.observe(max(0.0, now - timestamp))
+        self.watchdog.acked()
+        await self.budget.release(sum(_message_size(e) for e in events), len(events))
         self._record(outcome, time.perf_counter() - started)
 
     def _record(self, outcome: BatchOutcome, seconds: float) -> None:
         m = self.metrics
-        m.results_out.inc(len(outcome.results))
+        m.results_out.inc(len(outcome.results) - outcome.refused_results)
+        m.send_errors.set(self.publisher.send_errors)
         for label in outcome.labels:
             m.labels.labels(label=label).inc()
         for kind in outcome.dead_letter_kinds:
@@ -263,6 +362,7 @@ class EmotionStream:
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
     async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        self.watchdog.stop()  # a graceful stop waits for the batches in flight, not for the watchdog
         self.metrics.ready.set(0)
         log.info(
             "stopped consuming; in-flight batches finished and committed",
@@ -275,17 +375,53 @@ class EmotionStream:
 
     @property
     def ready(self) -> bool:
-        return self._assigned and not self.app.should_stop and not self.app.rebalancing
+        return (
+            self._assigned
+            and not self.app.should_stop
+            and not self.app.rebalancing
+            and self.broker_probe.reachable
+            and not self.watchdog.problems()
+        )
+
+    async def _beat(self) -> None:
+        self.watchdog.beat()
+        self.metrics.in_flight.set(self.budget.items)
+        self.metrics.in_flight_bytes.set(self.budget.used)
+
+    async def _probe_broker(self) -> None:
+        await self.broker_probe.run()
+
+    async def _measure_lag(self) -> None:
+        """Per partition: the high watermark the consumer last saw, less its position."""
+        consumer = self.app.consumer
+        try:
+            assignment = consumer.assignment()
+            lags = {}
+            for tp in assignment:
+                position = await consumer.position(tp)
+                highwater = consumer.highwater(tp)
+                if position is not None and highwater is not None:
+                    lags[tp.partition] = max(0, highwater - position)
+        except Exception as exc:  # not assigned yet, or the broker is away: the next round will tell
+            log.debug("lag not measured", error=repr(exc))
+            return
+        self.metrics.set_lag(lags)
 
     def _add_pages(self, app: faust.App) -> None:
         # Faust turns a plain function into a view class (it becomes the class's `get`),
         # so the handlers are closures rather than bound methods.
         async def health(view: Any, request: Any) -> Any:
+            problems = self.watchdog.problems()
+            if problems:
+                return view.json({"status": "unhealthy", "problems": problems}, status=503)
             return view.json({"status": "ok"})
 
         async def ready(view: Any, request: Any) -> Any:
-            body = {"ready": self.ready, "model": self.processor.model.model_dump()}
-            return view.json(body, status=200 if self.ready else 503)
+            ready = self.ready
+            body: dict[str, Any] = {"ready": ready, "model": self.processor.model.model_dump()}
+            if not self.broker_probe.reachable:
+                body["broker"] = f"unreachable: {self.broker_probe.last_error}"
+            return view.json(body, status=200 if ready else 503)
 
         async def metrics(view: Any, request: Any) -> Any:
             return view.text(

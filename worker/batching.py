@@ -26,6 +26,31 @@ T = TypeVar("T")
 _END = object()
 
 
+class ByteBudget:
+    """Bytes in flight, bounded: :meth:`acquire` waits while taking more would pass the limit
+    (one item alone may always pass, or an item larger than the limit would wait for ever)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.used = 0
+        self.items = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, size: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+            self.items += 1
+
+    async def release(self, size: int, items: int = 1) -> None:
+        async with self._changed:
+            self.used -= size
+            self.items -= items
+            self._changed.notify_all()
+
+
 class MicroBatcher(Generic[T]):
     """Async iterator of lists of at most ``max_size`` items from ``source``."""
 
@@ -35,7 +60,12 @@ class MicroBatcher(Generic[T]):
         max_size: int,
         max_wait: float,
         born: Callable[[T], float | None] | None = None,
+        budget: ByteBudget | None = None,
+        size: Callable[[T], int] | None = None,
     ) -> None:
+        """``budget``, with ``size``: the bytes of every item are taken from it before the item
+        is read into the queue (the caller gives them back when it is done with the item), so
+        a backlog of large messages is held back at the source."""
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         if max_wait < 0:
@@ -44,6 +74,7 @@ class MicroBatcher(Generic[T]):
         self.max_size = max_size
         self.max_wait = max_wait
         self._born = born
+        self._budget, self._size = budget, size
         # Room for one batch in progress and one gathering: enough to keep the model fed,
         # little enough that few unprocessed messages are held in memory.
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=2 * max_size)
@@ -55,6 +86,8 @@ class MicroBatcher(Generic[T]):
         try:
             loop = asyncio.get_running_loop()
             async for item in self._source:
+                if self._budget is not None and self._size is not None:
+                    await self._budget.acquire(self._size(item))
                 await self._queue.put((loop.time() - self._age(item), item))
         except asyncio.CancelledError:
             raise

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import time
 from typing import Any
 
+import faust
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -145,6 +147,54 @@ class WorkerMetrics:
         self.ready = Gauge(
             "emotion_ready", "1 when the worker has a model and partitions assigned.", registry=r
         )
+        self.latency = Histogram(
+            "emotion_end_to_end_seconds",
+            "From each input record's Kafka timestamp to its result's acknowledgement by the broker.",
+            registry=r,
+            buckets=_SECONDS_BUCKETS,
+        )
+        self.in_flight = Gauge(
+            "emotion_posts_in_flight", "Input messages read and not yet acknowledged.", registry=r
+        )
+        self.in_flight_bytes = Gauge(
+            "emotion_bytes_in_flight", "Bytes of input messages read and not yet acknowledged.", registry=r
+        )
+        self.lag = Gauge(
+            "emotion_consumer_lag",
+            "Messages in each assigned input partition not yet fetched (high watermark less position; "
+            "approximate on the embedded broker).",
+            ["partition"],
+            registry=r,
+        )
+        self.rebalances = Counter("emotion_rebalances_total", "Consumer group rebalances seen.", registry=r)
+        self.commit_seconds = Histogram(
+            "emotion_commit_seconds", "Time an offset commit took.", registry=r, buckets=_SECONDS_BUCKETS
+        )
+        self.commit_failures = Counter(
+            "emotion_commit_failures_total", "Offset commits that failed (the consumer stopped).", registry=r
+        )
+        self.send_errors = Gauge(
+            "emotion_send_errors_total",
+            "Outputs the broker refused or did not acknowledge in time (too-large ones included).",
+            registry=r,
+        )
+        self.model_process_restarts = Counter(
+            "emotion_model_process_restarts_total",
+            "Times the model process was started again; the worker itself exits when its model process dies, "
+            "so this stays 0 within one worker's life (count worker restarts with your supervisor).",
+            registry=r,
+        )
+        self._lags: dict[int, int] = {}
+
+    def set_lag(self, lags: dict[int, int]) -> None:
+        for partition in set(self._lags) - set(lags):
+            self.lag.remove(str(partition))
+        for partition, lag in lags.items():
+            self.lag.labels(partition=str(partition)).set(lag)
+        self._lags = dict(lags)
+
+    def lag_by_partition(self) -> dict[int, int]:
+        return dict(self._lags)
 
     def totals(self) -> dict[str, int]:
         """Posts read and results acknowledged so far, for lifecycle logs."""
@@ -152,3 +202,25 @@ class WorkerMetrics:
             "posts_in": int(self.registry.get_sample_value("emotion_posts_in_total") or 0),
             "results_out": int(self.registry.get_sample_value("emotion_results_out_total") or 0),
         }
+
+
+class WorkerSensor(faust.Sensor):
+    """Faust's own events the metrics and the watchdog need: commits and rebalances."""
+
+    def __init__(self, metrics: WorkerMetrics, watchdog: Any) -> None:
+        super().__init__()
+        self.metrics, self.watchdog = metrics, watchdog
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        return time.monotonic()
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        if getattr(consumer, "crash_reason", None) is not None:
+            self.metrics.commit_failures.inc()  # Faust stops a consumer whose commit fails
+            return
+        self.metrics.commit_seconds.observe(time.monotonic() - state)
+        self.watchdog.committed()
+
+    def on_rebalance_start(self, app: Any) -> dict:
+        self.metrics.rebalances.inc()
+        return super().on_rebalance_start(app)

@@ -1,13 +1,18 @@
 """One batch of raw input records in, encoded results and dead letters out. No Kafka.
 
-Two stages, both run off the event loop: :meth:`BatchProcessor.prepare` decodes and
+Two stages, both run off the event loop: :meth:`BatchProcessor.prepare` bounds, decodes and
 validates the records and prepares the model's input (tokenizing, padding), and
 :meth:`BatchProcessor.finish` runs the model and encodes the results. Where the model
 leaves CPU to spare, the worker prepares the next batch while the model runs the current one.
+
+A batch the model fails on is handled as :mod:`worker.policy` says: a known-good probe tells
+the model's fault (retried, then :class:`~worker.model.api.ModelFailing`) from the posts'
+(the batch is bisected until the posts that fail alone, twice, are found and dead-lettered).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -18,8 +23,9 @@ from typing import Any
 import structlog
 
 from schemas import DeadLetter, DeadLetterSource, ErrorInfo, ModelInfo, Payload, Post
+from worker import policy
 from worker.codec import Rejected, decode_post
-from worker.model.api import ModelUnavailable, Prediction
+from worker.model.api import ModelFailing, ModelUnavailable, Prediction
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +45,8 @@ class InboundRecord:
 class OutboundMessage:
     key: bytes | None
     value: bytes
+    source: InboundRecord | None = None
+    """The input message it answers (so a refused send can be answered by a minimal dead letter)."""
 
 
 @dataclass
@@ -48,6 +56,8 @@ class BatchOutcome:
     dead_letter_kinds: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     model_seconds: float = 0.0
+    refused_results: int = 0
+    """Results the broker refused as too large, answered by a dead letter instead."""
 
 
 Predict = Callable[[Any], list[Prediction]]
@@ -65,30 +75,76 @@ class PreparedBatch:
     prepare_error: BaseException | None = None
 
 
-def dead_letter(record: InboundRecord, error: ErrorInfo) -> OutboundMessage:
-    letter = DeadLetter(
-        error=error,
-        payload=Payload.from_bytes(record.value),
-        source=DeadLetterSource(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=None if record.key is None else Payload.from_bytes(record.key),
-        ),
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+
+
+def dead_letter(
+    record: InboundRecord,
+    error: ErrorInfo,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    *,
+    minimal: bool = False,
+) -> OutboundMessage:
+    """The dead letter of ``record``, at most ``max_bytes`` long: whole when it fits, else with a
+    prefix of the payload (its size and SHA-256 kept); ``minimal`` keeps no payload bytes at all."""
+    budget = max_bytes - policy.DEAD_LETTER_MARGIN_BYTES
+    key = record.key if record.key is None or len(record.key) <= policy.KEY_BYTES else None
+
+    def build(limit: int | None) -> bytes:
+        letter = DeadLetter(
+            error=error,
+            payload=Payload.from_bytes(record.value, limit),
+            source=DeadLetterSource(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=None if record.key is None else Payload.from_bytes(record.key, policy.KEY_BYTES),
+            ),
+        )
+        return letter.model_dump_json().encode("utf-8")
+
+    value = build(0 if minimal else None)
+    if len(value) > budget:
+        value = build(policy.PREFIX_BYTES)
+    return OutboundMessage(key=key, value=value, source=record)
+
+
+def refused_as_too_large(message: OutboundMessage, what: str, max_bytes: int) -> OutboundMessage:
+    """The minimal dead letter sent in place of a result or dead letter the broker refused as too large."""
+    assert message.source is not None
+    size = len(message.value) + len(message.key or b"")
+    error = ErrorInfo(
+        kind="too_large",
+        message=f"the broker refused the {what} for this message as too large ({size} bytes, "
+        f"SHA-256 {hashlib.sha256(message.value).hexdigest()[:16]}...); raise the topic's max.message.bytes "
+        "or lower EMOTION_MAX_MESSAGE_BYTES",
     )
-    return OutboundMessage(key=record.key, value=letter.model_dump_json().encode("utf-8"))
+    return dead_letter(message.source, error, max_bytes, minimal=True)
 
 
 class BatchProcessor:
-    """Decodes, classifies and encodes a batch; a model failure isolates the failing post."""
+    """Bounds, decodes, classifies and encodes a batch; a model failure is isolated as
+    :mod:`worker.policy` says."""
 
-    def __init__(self, predict: Predict, model: ModelInfo, prepare: Prepare = list) -> None:
+    def __init__(
+        self,
+        predict: Predict,
+        model: ModelInfo,
+        prepare: Prepare = list,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        model_retry_delays: Sequence[float] = policy.MODEL_RETRY_DELAYS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         """``prepare`` turns a batch's texts into the model's input and ``predict`` that input
         into predictions (with the default, ``predict`` gets the texts)."""
         self._predict = predict
         self._prepare = prepare
         self.model = model
         self._model_dict = model.model_dump()
+        self.max_message_bytes = max_message_bytes
+        self._retry_delays = tuple(model_retry_delays)
+        self._sleep = sleep
 
     def process(self, records: Sequence[InboundRecord]) -> BatchOutcome:
         """Both stages in one call."""
@@ -97,6 +153,12 @@ class BatchProcessor:
     def prepare(self, records: Sequence[InboundRecord]) -> PreparedBatch:
         batch = PreparedBatch(outcome=BatchOutcome(), valid=[])
         for record in records:
+            size = len(record.value or b"") + len(record.key or b"")
+            if size > self.max_message_bytes:
+                limit = self.max_message_bytes
+                message = f"message of {size} bytes is over the limit of {limit} (EMOTION_MAX_MESSAGE_BYTES)"
+                self._reject(batch.outcome, record, ErrorInfo(kind="too_large", message=message))
+                continue
             decoded = decode_post(record.value)
             if isinstance(decoded, Rejected):
                 self._reject(batch.outcome, record, decoded.error)
@@ -122,7 +184,21 @@ class BatchProcessor:
                 outcome.labels.append(prediction.label)
         return outcome
 
+    def _run(self, texts: Sequence[str]) -> list[Prediction]:
+        return list(self._predict(self._prepare(texts)))
+
+    def _model_works(self) -> bool:
+        """Whether the model labels the known-good probe post (a dead model process still raises)."""
+        try:
+            self._run([policy.PROBE_TEXT])
+        except ModelUnavailable:
+            raise
+        except Exception:
+            return False
+        return True
+
     def _predict_isolating_failures(self, batch: PreparedBatch) -> list[Prediction | None]:
+        texts = [post.text for _, post in batch.valid]
         error = batch.prepare_error
         if error is None:
             try:
@@ -131,28 +207,81 @@ class BatchProcessor:
                 raise  # not this batch's fault: stop, and re-read it after a restart
             except Exception as exc:
                 error = exc
-        # The batch failed: find the posts that fail on their own.
-        log.warning(
-            "batch prediction failed; retrying post by post", error=repr(error), posts=len(batch.valid)
-        )
-        single: list[Prediction | None] = []
-        for record, post in batch.valid:
+        for attempt, delay in enumerate(self._retry_delays, start=1):
+            if self._model_works():
+                break
+            log.warning(
+                "the model fails on a known-good post too; retrying the batch",
+                error=repr(error),
+                attempt=attempt,
+                of=len(self._retry_delays),
+                delay_s=delay,
+            )
+            self._sleep(delay)
             try:
-                single.append(self._predict(self._prepare([post.text]))[0])
+                return self._run(texts)
             except ModelUnavailable:
                 raise
             except Exception as exc:
-                self._reject(
-                    batch.outcome,
-                    record,
-                    ErrorInfo(kind="processing_failed", message=f"model failed on this post: {exc!r}"),
-                )
-                single.append(None)
-        return single
+                error = exc
+        else:
+            if not self._model_works():
+                raise ModelFailing(
+                    f"the model fails on every post, a known-good probe included, after "
+                    f"{len(self._retry_delays)} retries: {error!r}"
+                ) from error
+        # The model works: the batch holds posts it fails on. Find them by halves.
+        log.warning("batch prediction failed; bisecting it", error=repr(error), posts=len(texts))
+        predictions: list[Prediction | None] = [None] * len(texts)
+        failures: dict[int, BaseException] = {}
+        self._bisect(texts, list(range(len(texts))), predictions, failures, failed=error)
+        for i, exc in sorted(failures.items()):
+            message = f"the model failed on this post alone, twice: {exc!r}"
+            self._reject(
+                batch.outcome, batch.valid[i][0], ErrorInfo(kind="processing_failed", message=message)
+            )
+        return predictions
 
-    @staticmethod
-    def _reject(outcome: BatchOutcome, record: InboundRecord, error: ErrorInfo) -> None:
-        outcome.dead_letters.append(dead_letter(record, error))
+    def _bisect(
+        self,
+        texts: Sequence[str],
+        indices: list[int],
+        predictions: list[Prediction | None],
+        failures: dict[int, BaseException],
+        failed: BaseException | None = None,
+    ) -> None:
+        """Predict ``indices`` together (unless they just ``failed`` together); if that fails,
+        each half apart, down to single posts, which get one more try alone. About 2 log2(n)
+        passes for one bad post among n."""
+        if failed is None:
+            try:
+                got = self._run([texts[i] for i in indices])
+            except ModelUnavailable:
+                raise
+            except Exception as exc:
+                failed = exc
+            else:
+                for i, prediction in zip(indices, got, strict=True):
+                    predictions[i] = prediction
+                return
+        if len(indices) > 1:
+            middle = len(indices) // 2
+            self._bisect(texts, indices[:middle], predictions, failures)
+            self._bisect(texts, indices[middle:], predictions, failures)
+            return
+        try:
+            predictions[indices[0]] = self._run([texts[indices[0]]])[0]
+        except ModelUnavailable:
+            raise
+        except Exception as again:
+            if not self._model_works():  # the model broke meanwhile: not this post's fault
+                raise ModelFailing(
+                    f"the model stopped working while isolating a failed batch: {again!r}"
+                ) from failed
+            failures[indices[0]] = again
+
+    def _reject(self, outcome: BatchOutcome, record: InboundRecord, error: ErrorInfo) -> None:
+        outcome.dead_letters.append(dead_letter(record, error, self.max_message_bytes))
         outcome.dead_letter_kinds.append(error.kind)
 
     def _result(self, record: InboundRecord, post: Post, prediction: Prediction) -> OutboundMessage:
@@ -167,4 +296,6 @@ class BatchProcessor:
             "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
             "processed_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         }
-        return OutboundMessage(key=post.id.encode("utf-8"), value=json.dumps(result).encode("utf-8"))
+        return OutboundMessage(
+            key=post.id.encode("utf-8"), value=json.dumps(result).encode("utf-8"), source=record
+        )

@@ -104,6 +104,58 @@ class WorkerSettings(BaseSettings):
         "(and the worker's Kafka work never waits for the model's); false runs it in the worker's process.",
     )
 
+    max_message_bytes: int = Field(
+        default=1 << 20,
+        ge=64 << 10,
+        le=64 << 20,
+        description="Largest message read or written. A larger input is dead-lettered as `too_large` with a "
+        "prefix of its bytes, its size and its SHA-256; a dead letter that would be larger carries such a "
+        "prefix "
+        "instead of the whole payload. Keep it at or below the topics' `max.message.bytes`.",
+    )
+    max_inflight_bytes: int = Field(
+        default=64 << 20,
+        ge=1 << 20,
+        description="Most bytes of input messages held between the consumer and the model; beyond it the "
+        "worker stops fetching until batches are done (with EMOTION_BATCH_SIZE, what bounds memory under a "
+        "backlog).",
+    )
+    commit_interval_ms: int = Field(
+        default=100,
+        ge=10,
+        le=60_000,
+        description="How often acknowledged offsets are committed. Short: a crash re-does little more than "
+        "the batches in flight.",
+    )
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Longest wait for the broker to acknowledge a batch's results; past it the worker stops "
+        "with exit 1, the batch uncommitted.",
+    )
+    commit_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Longest acknowledged batches may wait for a commit before the worker counts as "
+        "unhealthy.",
+    )
+    model_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Longest a batch may stay in the model before the worker counts as unhealthy; default: "
+        "20 times the expected time of a full batch as measured while running, at least 60 s (300 s for the "
+        "first batches).",
+    )
+    unhealthy_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long the worker may stay unhealthy (no progress: model, event loop, consumer, "
+        "commits) before it exits with code 1 for its supervisor to restart it.",
+    )
+
     web_enabled: bool = Field(default=True, description="Serve `/health`, `/ready` and `/metrics`.")
     web_host: str = Field(
         default="127.0.0.1",

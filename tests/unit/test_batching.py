@@ -157,3 +157,35 @@ async def test_without_a_creation_time_the_whole_wait_counts_from_arrival():
     assert await _release_delay(0.25, born=False) >= 0.38
     assert await _release_delay(None) >= 0.38  # born() gave no time
     assert await _release_delay(-30.0) >= 0.38  # a clock ahead of ours never adds to the wait
+
+
+async def test_the_byte_budget_holds_the_source_back_until_bytes_are_given_back():
+    from worker.batching import ByteBudget
+
+    budget = ByteBudget(100)
+
+    async def source():
+        for i in range(10):
+            yield i
+
+    batcher = MicroBatcher(source(), max_size=10, max_wait=0.01, budget=budget, size=lambda item: 40)
+    batches = batcher.__aiter__()
+    first = await batches.__anext__()
+    assert first == [0, 1] and budget.used == 80  # a third item would pass 100 bytes
+    await budget.release(80, 2)
+    second = await batches.__anext__()
+    assert second == [2, 3] and budget.items == 2
+    await batcher.aclose()
+
+
+async def test_one_item_larger_than_the_budget_still_passes_alone():
+    from worker.batching import ByteBudget
+
+    budget = ByteBudget(100)
+    await budget.acquire(500)
+    assert budget.used == 500
+    waiter = asyncio.ensure_future(budget.acquire(1))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await budget.release(500)
+    await asyncio.wait_for(waiter, 1)

@@ -94,3 +94,24 @@ def test_the_loaded_model_is_kept_out_of_the_cycle_collectors_way(model_process)
     # torch, transformers and the model leave far more than this many objects for good;
     # frozen, a full collection no longer walks them in the middle of a batch.
     assert model_process.frozen_objects > 50_000
+
+
+def test_a_retry_after_a_failed_batch_never_takes_the_answer_of_a_batch_sent_ahead(tiny_model):
+    # The worker sends the next batch ahead while the current one is in the model; when the
+    # current one fails and is retried in parts, the retries' answers must not swallow the
+    # next batch's, or that batch would wait for ever.
+    from concurrent.futures import ThreadPoolExecutor
+
+    process = ModelProcess(str(tiny_model), ModelOptions(**OPTIONS), log_level="WARNING")
+    waiter = ThreadPoolExecutor(1)
+    try:
+        failing = process.prepare([None])  # the tokenizer refuses it
+        ahead = process.prepare(TEXTS)
+        with pytest.raises(RuntimeError, match="the model failed on this batch"):
+            process.run(failing)
+        assert process.run(process.prepare(TEXTS[:1])).shape == (1, 6)  # a retry, after `ahead` was sent
+        assert waiter.submit(process.run, ahead).result(timeout=30).shape == (len(TEXTS), 6)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)  # also frees a waiter stuck on a lost answer
+        process.close(timeout=5)
+        waiter.shutdown(wait=False)

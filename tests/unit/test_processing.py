@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from schemas import LABELS, DeadLetter, EmotionResult, ModelInfo
 from worker.model.api import Prediction
 from worker.processing import BatchProcessor, InboundRecord
@@ -97,3 +99,116 @@ def test_a_post_the_preparation_fails_on_is_dead_lettered_and_the_rest_classifie
     letters = [DeadLetter.model_validate_json(m.value) for m in outcome.dead_letters]
     assert [(x.source.offset, x.error.kind) for x in letters] == [(1, "processing_failed")]
     assert "NUL" in letters[0].error.message
+
+
+def test_a_model_that_fails_on_every_post_stops_the_batch_instead_of_dead_lettering_it():
+    # Out of memory, a broken model file: not the posts' fault. Dead-lettering them would
+    # commit their offsets and lose valid posts from the output topic.
+    from worker.model.api import ModelFailing
+
+    def broken(texts):
+        raise RuntimeError("CUDA out of memory")
+
+    records = [record(i, json.dumps({"id": str(i), "text": f"post {i}"}).encode()) for i in range(4)]
+    processor = BatchProcessor(broken, MODEL, model_retry_delays=(0.0, 0.0))
+    with pytest.raises(ModelFailing, match="CUDA out of memory"):
+        processor.process(records)
+
+
+def _posts(texts):
+    return [record(i, json.dumps({"id": str(i), "text": t}).encode()) for i, t in enumerate(texts)]
+
+
+def test_a_failing_batch_is_bisected_not_retried_post_by_post():
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return fake_predict(texts)
+
+    texts = [f"post number {i}" for i in range(64)]
+    texts[37] = "poison here"
+    outcome = BatchProcessor(counting, MODEL).process(_posts(texts))
+    assert len(outcome.results) == 63 and outcome.dead_letter_kinds == ["processing_failed"]
+    # The batch, the probe, two halves per level down to one post (6 levels), the post once
+    # more alone and the probe again before it is dead-lettered: about 2 log2(n), not n.
+    assert sorted(calls, reverse=True) == [64, 32, 32, 16, 16, 8, 8, 4, 4, 2, 2, 1, 1, 1, 1, 1]
+
+
+def test_a_post_that_fails_only_once_alone_gets_its_result():
+    failed = []
+
+    def flaky(texts):
+        if "flaky" in " ".join(texts) and len(failed) < 2:
+            failed.append(texts)
+            raise RuntimeError("transient")
+        return [_prediction(t) for t in texts]
+
+    outcome = BatchProcessor(flaky, MODEL).process(_posts(["ok", "flaky one", "fine"]))
+    assert len(outcome.results) == 3 and outcome.dead_letters == []
+
+
+def test_a_model_that_recovers_within_its_retries_answers_the_whole_batch():
+    state = {"failures": 0}
+    slept = []
+
+    def recovering(texts):
+        if state["failures"] < 3:  # the batch, the probe, then the probe once more
+            state["failures"] += 1
+            raise RuntimeError("out of memory")
+        return [_prediction(t) for t in texts]
+
+    processor = BatchProcessor(recovering, MODEL, model_retry_delays=(0.5, 1.0, 2.0), sleep=slept.append)
+    outcome = processor.process(_posts(["a", "b", "c"]))
+    assert len(outcome.results) == 3 and outcome.dead_letters == []
+    assert slept == [0.5]
+
+
+def test_a_model_that_breaks_while_a_batch_is_bisected_stops_it():
+    from worker.model.api import ModelFailing
+
+    calls = []
+
+    def breaking(texts):
+        calls.append(texts)
+        if len(calls) > 3 or "poison" in " ".join(texts):
+            raise RuntimeError("device lost")
+        return [_prediction(t) for t in texts]
+
+    with pytest.raises(ModelFailing, match="stopped working"):
+        BatchProcessor(breaking, MODEL, model_retry_delays=()).process(_posts(["poison", "fine"]))
+
+
+def test_an_input_over_the_bound_is_dead_lettered_with_a_prefix_its_size_and_digest():
+    import hashlib
+
+    big = json.dumps({"id": "big", "text": "word " * 50_000}).encode()
+    outcome = BatchProcessor(fake_predict, MODEL, max_message_bytes=100_000).process(
+        [record(0, big, b"big"), record(1, b'{"id": "ok", "text": "fine"}')]
+    )
+    assert len(outcome.results) == 1 and outcome.dead_letter_kinds == ["too_large"]
+    letter = DeadLetter.model_validate_json(outcome.dead_letters[0].value)
+    assert letter.payload.truncated and letter.payload.size == len(big)
+    assert letter.payload.sha256 == hashlib.sha256(big).hexdigest() and big.startswith(
+        letter.payload.to_bytes()
+    )
+    assert len(outcome.dead_letters[0].value) < 100_000 and outcome.dead_letters[0].key == b"big"
+
+
+def test_a_dead_letter_that_would_pass_the_bound_carries_a_prefix_of_its_payload():
+    binary = b"\xff" * 90_000  # under the bound, but as base64 in a dead letter over it
+    outcome = BatchProcessor(fake_predict, MODEL, max_message_bytes=100_000).process([record(0, binary)])
+    letter = DeadLetter.model_validate_json(outcome.dead_letters[0].value)
+    assert letter.error.kind == "not_utf8" and letter.payload.truncated and letter.payload.size == 90_000
+    assert len(outcome.dead_letters[0].value) < 100_000
+
+
+def test_optional_fields_are_bounded_too():
+    metadata = {"blob": "x" * 70_000}
+    post = json.dumps({"id": "m", "text": "fine", "metadata": metadata, "author": "a" * 300}).encode()
+    outcome = BatchProcessor(fake_predict, MODEL).process([record(0, post)])
+    letter = DeadLetter.model_validate_json(outcome.dead_letters[0].value)
+    assert letter.error.kind == "invalid_post"
+    assert (
+        "metadata: must be at most 65536 bytes" in letter.error.message and "author" in letter.error.message
+    )

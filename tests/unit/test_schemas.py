@@ -90,7 +90,13 @@ def test_result_requires_every_label_in_scores():
 
 
 def test_payload_keeps_utf8_as_text_and_binary_as_base64():
-    assert Payload.from_bytes("héllo".encode()).model_dump() == {"encoding": "utf-8", "data": "héllo"}
+    assert Payload.from_bytes("héllo".encode()).model_dump() == {
+        "encoding": "utf-8",
+        "data": "héllo",
+        "truncated": False,
+        "size": None,
+        "sha256": None,
+    }
     binary = Payload.from_bytes(b"\xff\x00\x01")
     assert binary.encoding == "base64" and binary.to_bytes() == b"\xff\x00\x01"
 

@@ -34,7 +34,12 @@ def run_worker(args: argparse.Namespace) -> int:
         raise UsageError(model_missing_message(settings.model))
     classifier = start_model(settings)
     try:
-        processor = BatchProcessor(classifier.predict_prepared, classifier.info, prepare=classifier.prepare)
+        processor = BatchProcessor(
+            classifier.predict_prepared,
+            classifier.info,
+            prepare=classifier.prepare,
+            max_message_bytes=settings.max_message_bytes,
+        )
         stream = EmotionStream(settings, processor, prepare_ahead=classifier.leaves_cpu_to_spare)
         worker = faust.Worker(
             stream.app,

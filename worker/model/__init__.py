@@ -23,6 +23,7 @@ from worker.model.api import (
 )
 
 __all__ = [
+    "ModelFailing",
     "ModelLoadError",
     "ModelOptions",
     "ModelRunner",

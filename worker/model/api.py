@@ -25,6 +25,12 @@ class ModelUnavailable(RuntimeError):
     batch must not be retried post by post or dead-lettered, but re-read after a restart."""
 
 
+class ModelFailing(RuntimeError):
+    """The model runs but fails on posts it should handle (a known-good probe fails too: out
+    of memory, a broken model file), and went on failing through its retries: the batch is
+    not the posts' fault, so it is neither dead-lettered nor committed, and the worker stops."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str

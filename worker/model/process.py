@@ -10,9 +10,12 @@ worker's Python, and the worker's Kafka work never waits for the model's.
 
 The worker sends a batch's texts down a pipe as it prepares the batch (:meth:`prepare`
 returns a ticket) and collects the probabilities when the model stage runs
-(:meth:`predict_prepared`). In the model process a reader thread tokenizes each request as
-it arrives and a model thread runs them in order, so a batch sent ahead is tokenized while
-the one before it is still in the model (what hides the tokenizer on a GPU).
+(:meth:`predict_prepared`). Every ticket has its own future, resolved by a reader thread as
+the answers come back: an answer can only ever reach the batch it belongs to, and a batch
+collected late (after a failed batch before it was retried in parts) still finds its own.
+In the model process a reader thread tokenizes each request as it arrives and a model
+thread runs them in order, so a batch sent ahead is tokenized while the one before it is
+still in the model (what hides the tokenizer on a GPU).
 
 A request that fails in the model process comes back as an error for that batch (the worker
 then finds the posts that fail on their own). If the process itself dies, every waiting
@@ -29,6 +32,7 @@ import queue
 import signal
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -140,9 +144,14 @@ class ModelProcess:
         requests_out.close()  # the child holds these ends; ours would keep the pipes open
         responses_in.close()
         self._send_lock = threading.Lock()
-        self._receive_lock = threading.Lock()
         self._next_ticket = 0
         self._closed = False
+        self._pending: dict[int, Future] = {}
+        """The future of each ticket sent and not yet collected."""
+        self._pending_lock = threading.Lock()
+        self._gone_error: ModelUnavailable | None = None
+        """Set once the answers stop (the process died or closed its pipe)."""
+        self._reader: threading.Thread | None = None
         kind, body = self._first_message(start_timeout)
         if kind != "ready":
             self.close()
@@ -152,6 +161,8 @@ class ModelProcess:
         self.device: str = body["device"]
         self.frozen_objects: int = body["frozen_objects"]
         """Objects the model process exempted from garbage collection once loaded (see worker.heap)."""
+        self._reader = threading.Thread(target=self._read_answers, name="model-answers", daemon=True)
+        self._reader.start()
         log.info(
             "model process started",
             pid=self._process.pid,
@@ -183,29 +194,52 @@ class ModelProcess:
 
     def prepare(self, texts: Sequence[str]) -> int:
         """Send ``texts`` to the model process; returns the ticket to collect them with."""
+        future: Future = Future()
         with self._send_lock:
             self._next_ticket += 1
             ticket = self._next_ticket
+            with self._pending_lock:
+                if self._gone_error is not None:
+                    raise self._gone_error
+                self._pending[ticket] = future
             try:
                 self._requests.send((ticket, list(texts)))
             except (BrokenPipeError, OSError) as exc:
+                self._pending.pop(ticket, None)
                 raise self._gone() from exc
         return ticket
 
-    def run(self, ticket: int):
-        """The probabilities of a ticket's texts, a (posts, 6) float32 array in the texts' order."""
-        with self._receive_lock:
-            # Answers come back in ticket order: any before ours belong to batches that were
-            # sent but never collected (abandoned when a batch before them failed).
-            got = 0
-            while got != ticket:
-                try:
-                    got, status, body = self._responses.recv()
-                except (EOFError, OSError) as exc:
-                    raise self._gone() from exc
+    def run(self, ticket: int, timeout: float | None = None):
+        """The probabilities of a ticket's texts, a (posts, 6) float32 array in the texts' order.
+
+        Waits for that ticket's own answer, whatever was sent before or after it; raises
+        :class:`ModelUnavailable` if the process is gone, ``TimeoutError`` after ``timeout``.
+        """
+        future = self._pending.get(ticket)
+        if future is None:
+            raise KeyError(f"ticket {ticket} was never sent or was collected already")
+        status, body = future.result(timeout)
+        self._pending.pop(ticket, None)
         if status != "ok":
             raise RuntimeError(f"the model failed on this batch: {body}")
         return body
+
+    def _read_answers(self) -> None:
+        """Hand each answer to its ticket's future; when the answers stop, fail every waiting one."""
+        while True:
+            try:
+                ticket, status, body = self._responses.recv()
+            except (EOFError, OSError):
+                break
+            future = self._pending.get(ticket)
+            if future is not None:
+                future.set_result((status, body))
+        error = self._gone()
+        with self._pending_lock:
+            self._gone_error = error
+            waiting = [f for f in self._pending.values() if not f.done()]
+        for future in waiting:
+            future.set_exception(error)
 
     def predict_prepared(self, ticket: int) -> list[Prediction]:
         return to_predictions(self.run(ticket).tolist(), self.columns)
@@ -240,6 +274,8 @@ class ModelProcess:
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
+        if self._reader is not None:
+            self._reader.join(timeout=5)  # the pipe's far end is closed: it sees the end at once
         self._responses.close()
 
     def __enter__(self) -> ModelProcess:

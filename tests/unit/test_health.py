@@ -1,0 +1,90 @@
+"""The watchdog: what counts as no progress, the grace period, and the verdict."""
+
+from worker.health import Watchdog
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _watchdog(clock, dead, **overrides):
+    options = dict(loop_stall_s=10, consumer_stall_s=60, commit_timeout_s=30, grace_s=20)
+    options.update(overrides)
+    return Watchdog(on_dead=dead.append, clock=clock, **options)
+
+
+def _beating(watchdog, clock, seconds):
+    for _ in range(int(seconds)):
+        clock.now += 1
+        watchdog.beat()
+
+
+def test_a_batch_longer_in_the_model_than_its_bound_is_a_problem_and_after_the_grace_the_end():
+    clock, dead = Clock(), []
+    watchdog = _watchdog(clock, dead)
+    watchdog.model_started(bound_s=5)
+    _beating(watchdog, clock, 4)
+    assert watchdog.check() == []
+    _beating(watchdog, clock, 2)
+    assert "in the model for 6s" in watchdog.check()[0] and dead == []
+    _beating(watchdog, clock, 19)
+    watchdog.check()
+    assert dead == []  # still within the grace period
+    _beating(watchdog, clock, 1)
+    watchdog.check()
+    assert len(dead) == 1 and "in the model" in dead[0]
+    watchdog.check()
+    assert len(dead) == 1  # said once
+
+
+def test_a_problem_that_clears_within_the_grace_period_is_forgiven():
+    clock, dead = Clock(), []
+    watchdog = _watchdog(clock, dead)
+    watchdog.model_started(bound_s=5)
+    _beating(watchdog, clock, 15)
+    assert watchdog.check()
+    watchdog.model_finished()
+    assert watchdog.check() == []
+    watchdog.model_started(bound_s=5)
+    _beating(watchdog, clock, 15)
+    watchdog.check()
+    assert dead == []  # the grace period starts again
+
+
+def test_a_stalled_event_loop_is_a_problem():
+    clock, dead = Clock(), []
+    watchdog = _watchdog(clock, dead)
+    clock.now += 11
+    assert "the event loop has not run for 11s" in watchdog.check()[0]
+
+
+def test_a_consumer_receiving_nothing_is_a_problem_only_with_lag_and_nothing_holding_it_back():
+    clock, dead = Clock(), []
+    state = {"lag": 0, "idle": True}
+    watchdog = _watchdog(clock, dead)
+    watchdog.watch_consumer(lag=lambda: state["lag"], idle=lambda: state["idle"])
+    _beating(watchdog, clock, 61)
+    assert watchdog.check() == []  # idle and nothing to read: fine
+    state["lag"] = 40
+    assert "40 messages waiting" in watchdog.check()[0]
+    state["idle"] = False  # batches in flight hold the fetch back: not the consumer's fault
+    assert watchdog.check() == []
+    state["idle"] = True
+    watchdog.events_arrived()
+    assert watchdog.check() == []
+
+
+def test_acknowledged_batches_waiting_too_long_for_a_commit_are_a_problem():
+    clock, dead = Clock(), []
+    watchdog = _watchdog(clock, dead)
+    watchdog.acked()
+    _beating(watchdog, clock, 20)
+    watchdog.acked()  # later acks do not restart the wait
+    _beating(watchdog, clock, 11)
+    assert "waited 31s for a commit" in watchdog.check()[0]
+    watchdog.committed()
+    assert watchdog.check() == []

@@ -1,0 +1,115 @@
+"""Publishing a batch: its results and dead letters sent, and every one acknowledged by the broker.
+
+Straight to the app's producer (Faust's ``Topic.send`` wraps every message in futures and
+sensor calls that cost more than the send itself). Whatever the broker refuses as too large
+(client-side, before it is sent, or by the broker) is replaced by a minimal dead letter, as
+:mod:`worker.policy` says: one message never blocks its partition. Anything else that fails,
+and a send not acknowledged within the send timeout, fails the batch, which then stays
+uncommitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+
+from worker.processing import BatchOutcome, OutboundMessage, refused_as_too_large
+
+log = structlog.get_logger(__name__)
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+
+Send = Callable[..., Awaitable[Awaitable[Any]]]
+"""Faust's ``Producer.send``: enqueue, and return the future of the broker's acknowledgement."""
+
+
+class SendFailed(RuntimeError):
+    """The broker did not take a batch's outputs; the batch must not be committed."""
+
+
+def _too_large(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, _TOO_LARGE):
+            return True
+        exc = exc.__cause__  # Faust wraps the client's error in its own
+    return False
+
+
+class Publisher:
+    """Sends a batch's outputs to the output and dead-letter topics and waits for the broker."""
+
+    def __init__(
+        self, send: Send, output_topic: str, dlq_topic: str, max_message_bytes: int, timeout_s: float
+    ) -> None:
+        self._send = send
+        self.output_topic, self.dlq_topic = output_topic, dlq_topic
+        self.max_message_bytes = max_message_bytes
+        self.timeout_s = timeout_s
+        self.send_errors = 0
+        """Sends the broker refused or never acknowledged (too-large ones included)."""
+
+    async def publish(self, outcome: BatchOutcome) -> None:
+        """Send everything in ``outcome``; return once the broker has acknowledged all of it.
+
+        A refused-as-too-large output is answered by a minimal dead letter (and counted in
+        ``outcome.dead_letter_kinds``); any other failure raises :class:`SendFailed`.
+        """
+        sent = [(m, "result", await self._enqueue(self.output_topic, m)) for m in outcome.results]
+        sent += [(m, "dead letter", await self._enqueue(self.dlq_topic, m)) for m in outcome.dead_letters]
+        try:
+            done = await asyncio.wait_for(
+                asyncio.gather(*(self._acked(m, what, ack) for m, what, ack in sent)), self.timeout_s
+            )
+        except asyncio.TimeoutError:
+            self.send_errors += 1
+            raise SendFailed(
+                f"the broker did not acknowledge the batch's {len(sent)} outputs within "
+                f"{self.timeout_s:.0f}s "
+                "(EMOTION_SEND_TIMEOUT_S); the batch was not committed"
+            ) from None
+        for (_, what, _), kind in zip(sent, done, strict=True):
+            if kind is not None:
+                outcome.dead_letter_kinds.append(kind)
+                outcome.refused_results += what == "result"
+
+    async def _enqueue(self, topic: str, message: OutboundMessage) -> Awaitable[Any] | BaseException:
+        try:
+            return await self._send(topic, message.key, message.value, None, None, None)
+        except Exception as exc:  # refused before it was sent (too large for the client)
+            return exc
+
+    async def _acked(
+        self, message: OutboundMessage, what: str, ack: Awaitable[Any] | BaseException
+    ) -> str | None:
+        """Wait for one output's acknowledgement; a too-large one is replaced. Returns the kind
+        of the dead letter sent in its place, if any."""
+        try:
+            if isinstance(ack, BaseException):
+                raise ack
+            await ack
+            return None
+        except Exception as exc:
+            self.send_errors += 1
+            if not (_too_large(exc) and message.source is not None):
+                raise SendFailed(
+                    f"the broker refused a {what}: {exc!r}; the batch was not committed"
+                ) from exc
+            error = exc
+        log.warning(
+            f"the broker refused a {what} as too large; a minimal dead letter goes in its place",
+            topic=message.source.topic,
+            partition=message.source.partition,
+            offset=message.source.offset,
+            size=len(message.value),
+            error=repr(error),
+        )
+        replacement = refused_as_too_large(message, what, self.max_message_bytes)
+        try:
+            await (await self._send(self.dlq_topic, replacement.key, replacement.value, None, None, None))
+        except Exception as exc:
+            raise SendFailed(f"the broker refused even the minimal dead letter: {exc!r}") from exc
+        return "too_large"
