@@ -123,6 +123,7 @@ class EmotionStream:
         self.broker_probe = BrokerProbe(settings.bootstrap_servers)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publishing: list[asyncio.Future] = []
+        self._send_errors_counted = 0
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -340,7 +341,8 @@ class EmotionStream:
     def _record(self, outcome: BatchOutcome, seconds: float) -> None:
         m = self.metrics
         m.results_out.inc(len(outcome.results) - outcome.refused_results)
-        m.send_errors.set(self.publisher.send_errors)
+        m.send_errors.inc(self.publisher.send_errors - self._send_errors_counted)
+        self._send_errors_counted = self.publisher.send_errors
         for label in outcome.labels:
             m.labels.labels(label=label).inc()
         for kind in outcome.dead_letter_kinds:

@@ -56,7 +56,7 @@ def logging_config(level: str = "INFO", fmt: str = "json") -> dict:
         # Faust's app and consumer classes, whose services log under that name).
         "loggers": {
             name: {"level": level if level == "DEBUG" else "WARNING"}
-            for name in ("aiokafka", "faust", "mode", "kafka", "worker.transport")
+            for name in ("aiokafka", "faust", "mode", "kafka", "worker.transport", "worker.observability")
         },
     }
 
@@ -173,7 +173,7 @@ class WorkerMetrics:
         self.commit_failures = Counter(
             "emotion_commit_failures_total", "Offset commits that failed (the consumer stopped).", registry=r
         )
-        self.send_errors = Gauge(
+        self.send_errors = Counter(
             "emotion_send_errors_total",
             "Outputs the broker refused or did not acknowledge in time (too-large ones included).",
             registry=r,

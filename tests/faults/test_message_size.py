@@ -13,7 +13,7 @@ from tests.integration.helpers import collect, make_posts, result_ids
 from worker.broker.profiles import profile_for
 from worker.cli.worker_process import WorkerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
 def _produce_one_partition(broker, topic: str, messages) -> None:

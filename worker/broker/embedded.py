@@ -64,11 +64,19 @@ class EmbeddedBroker:
     """Runs the embedded broker on 127.0.0.1 as a child process. Use as a context manager."""
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", log_level: str = "warn", quiet: bool = True
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_level: str = "warn",
+        quiet: bool = True,
+        advertised_port: int | None = None,
     ) -> None:
+        """``advertised_port``: the port clients are told to reconnect to after bootstrapping
+        (default: ``port``); a proxy there sees all their traffic (the fault tests cut it)."""
         self.host = host
         self.quiet = quiet
         self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
         self.log_level = log_level
         self._process: subprocess.Popen | None = None
 
@@ -109,7 +117,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 address,
                 "--advertised-listener-url",
-                address,
+                f"tcp://{self.host}:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

@@ -1,0 +1,77 @@
+"""A TCP proxy between clients and a broker that a test can cut and restore.
+
+Runs its own event loop in a thread, so synchronous tests can drive it. While cut, every
+open connection is closed and new ones are refused (nothing listens), as when a network
+partition or a broker outage takes the broker away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+
+class TcpProxy:
+    def __init__(self, listen_port: int, target_port: int, host: str = "127.0.0.1") -> None:
+        self.host, self.listen_port, self.target_port = host, listen_port, target_port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        self.restore()
+        return self
+
+    def _call(self, coroutine) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    def cut(self) -> None:
+        """Close every connection and refuse new ones until :meth:`restore`."""
+        self._call(self._cut())
+
+    def restore(self) -> None:
+        self._call(self._listen())
+
+    def stop(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(
+                self._serve, self.host, self.listen_port, reuse_address=True
+            )
+
+    async def _cut(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        if server is not None:
+            await server.wait_closed()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            broker_reader, broker_writer = await asyncio.open_connection(self.host, self.target_port)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers.update((client_writer, broker_writer))
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.transport.abort()
+
+        await asyncio.gather(pipe(client_reader, broker_writer), pipe(broker_reader, client_writer))
+        self._writers.difference_update((client_writer, broker_writer))
