@@ -38,8 +38,15 @@ class TcpProxy:
 
     def stop(self) -> None:
         self.cut()
+        self._call(self._cancel_connections())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+
+    async def _cancel_connections(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _listen(self) -> None:
         if self._server is None:
