@@ -142,11 +142,17 @@ class Stream:
             acked = 0
             started = time.monotonic()
             try:
+                if not rate:  # a backlog: as fast as the broker takes it, acknowledged at the end
+                    pending = [await producer.send(self.input, value, key=key) for key, value in messages]
+                    return sum(
+                        1
+                        for r in await asyncio.gather(*pending, return_exceptions=True)
+                        if not isinstance(r, Exception)
+                    )
                 for i, (key, value) in enumerate(messages):
                     if stop is not None and stop.is_set():
                         break
-                    if rate:
-                        await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+                    await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
                     try:
                         await (await producer.send(self.input, value, key=key))
                         acked += 1
@@ -206,6 +212,14 @@ def kills(args: argparse.Namespace) -> dict:
     return report
 
 
+def _own_rss_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def memory(args: argparse.Namespace) -> dict:
     """Peak resident memory of the worker (and its model process) under a backlog."""
     with Stream(args.model) as stream:
@@ -215,9 +229,22 @@ def memory(args: argparse.Namespace) -> dict:
         produced_s = time.monotonic() - started
         worker = stream.worker("w")
         worker.wait_ready(timeout=180)
-        samples, done_at = [], time.monotonic() + args.seconds
-        while time.monotonic() < done_at:
-            samples.append(rss_mib(worker.process.pid))
+        samples, timeline = [], []
+        began = time.monotonic()
+        while time.monotonic() < began + args.seconds:
+            total = rss_mib(worker.process.pid)
+            samples.append(total)
+            if len(samples) % 20 == 1:
+                done = _metrics(worker).get("emotion_results_out_total", 0)
+                own = _own_rss_mib(worker.process.pid)
+                timeline.append(
+                    {
+                        "s": round(time.monotonic() - began),
+                        "worker MiB": round(own, 1),
+                        "model process MiB": round(total - own, 1),
+                        "posts done": int(done),
+                    }
+                )
             time.sleep(0.5)
         metrics = _metrics(worker)
     return {
@@ -226,8 +253,8 @@ def memory(args: argparse.Namespace) -> dict:
         "backlog MiB": round(sum(len(v) for _, v in backlog) / 2**20, 1),
         "produce seconds": round(produced_s, 1),
         "peak RSS MiB (worker + model process)": round(max(samples), 1),
-        "RSS MiB at start, at end": [round(samples[0], 1), round(samples[-1], 1)],
         "posts done while sampled": metrics.get("emotion_results_out_total"),
+        "timeline (every 10 s)": timeline,
         "settings": "defaults (EMOTION_BATCH_SIZE 128, EMOTION_MAX_INFLIGHT_BYTES 64 MiB)",
     }
 
