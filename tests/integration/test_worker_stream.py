@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -55,8 +56,13 @@ def test_valid_posts_get_results_and_malformed_ones_dead_letters(broker, topics,
             lambda s: len(s[topics.output]) >= len(posts) and len(s[topics.dlq]) >= len(MALFORMED),
             timeout=90,
         )
+        time.sleep(6)  # a lag measurement and a few commits after the last batch
         metrics = _metrics(worker)
         assert _health(worker) == {"status": "ok"}
+        for faust_page in ("/router", "/table", "/stats", "/graph"):  # not this worker's API
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                _get(worker, faust_page)
+            assert refused.value.code == 404
     finally:
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()
 
@@ -64,6 +70,12 @@ def test_valid_posts_get_results_and_malformed_ones_dead_letters(broker, topics,
     assert metrics["emotion_results_out_total"] == len(posts)
     assert sum(v for k, v in metrics.items() if k.startswith("emotion_dead_letters_total{")) == len(MALFORMED)
     assert metrics['emotion_dead_letters_total{kind="not_utf8"}'] == 1
+    assert metrics["emotion_end_to_end_seconds_count"] == len(mixed)  # one observation per acknowledged post
+    assert metrics["emotion_commit_seconds_count"] > 0 and metrics["emotion_commit_failures_total"] == 0
+    assert metrics["emotion_posts_in_flight"] == 0 and metrics["emotion_bytes_in_flight"] == 0
+    assert metrics["emotion_send_errors_total"] == 0 and metrics["emotion_rebalances_total"] >= 1
+    lags = [v for k, v in metrics.items() if k.startswith("emotion_consumer_lag{")]
+    assert lags and all(lag == 0 for lag in lags)  # everything read: nothing left behind any partition
     log_text = (tmp_path / "worker.log").read_text()
     assert "worker started" in log_text and "partitions assigned" in log_text
     assert "i feel" not in log_text  # post text never reaches the logs at info level
