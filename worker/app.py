@@ -120,7 +120,7 @@ class EmotionStream:
             grace_s=settings.unhealthy_grace_s,
             on_dead=self._on_dead,
         )
-        self.broker_probe = BrokerProbe(settings.bootstrap_servers)
+        self.broker_probe = BrokerProbe(settings.bootstrap_servers, security=settings.security().aiokafka())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publishing: list[asyncio.Future] = []
         self._send_errors_counted = 0
@@ -150,6 +150,7 @@ class EmotionStream:
             web_tables_enabled=False,
             web_stats_enabled=False,
             web_graph_enabled=False,
+            broker_credentials=s.security().faust(),
             **profile_for(s.broker_backend).faust,
         )
         app.sensors.add(WorkerSensor(self.metrics, self.watchdog))
@@ -237,7 +238,7 @@ class EmotionStream:
         """Wait while too many batches await the broker: a slow broker holds the fetch back."""
         self._publishing = [f for f in self._publishing if not f.done()]
         while len(self._publishing) >= PUBLISHING_BATCHES:
-            await asyncio.wait([asyncio.shield(self._publishing[0])])
+            await asyncio.wait([self._publishing[0]])  # wait only: its failure is handled by its callback
             self._publishing = [f for f in self._publishing if not f.done()]
 
     def _pipeline_idle(self) -> bool:

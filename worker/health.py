@@ -161,9 +161,14 @@ class BrokerProbe:
     """Whether the broker answers: a metadata request every ``interval_s`` on a client of its own."""
 
     def __init__(
-        self, bootstrap_servers: Sequence[str], interval_s: float = 2.0, timeout_s: float = 3.0
+        self,
+        bootstrap_servers: Sequence[str],
+        interval_s: float = 2.0,
+        timeout_s: float = 3.0,
+        security: dict | None = None,
     ) -> None:
         self.bootstrap_servers = list(bootstrap_servers)
+        self._security = security or {}
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self.reachable = True
         self.last_error: str | None = None
@@ -172,7 +177,9 @@ class BrokerProbe:
         from aiokafka.client import AIOKafkaClient
 
         client = AIOKafkaClient(
-            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=int(self.timeout_s * 1000)
+            bootstrap_servers=self.bootstrap_servers,
+            request_timeout_ms=int(self.timeout_s * 1000),
+            **self._security,
         )
         try:
             while True:

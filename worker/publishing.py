@@ -31,12 +31,19 @@ class SendFailed(RuntimeError):
     """The broker did not take a batch's outputs; the batch must not be committed."""
 
 
-def _too_large(exc: BaseException) -> bool:
+def _causes(exc: BaseException | None):
     while exc is not None:
-        if isinstance(exc, _TOO_LARGE):
-            return True
+        yield exc
         exc = exc.__cause__  # Faust wraps the client's error in its own
-    return False
+
+
+def _too_large(exc: BaseException) -> bool:
+    return any(isinstance(e, _TOO_LARGE) for e in _causes(exc))
+
+
+def _retriable(exc: BaseException) -> bool:
+    """A refusal the broker expects to lift (a leader moving after a restart or a partition)."""
+    return any(getattr(e, "retriable", False) for e in _causes(exc))
 
 
 class Publisher:
@@ -58,11 +65,18 @@ class Publisher:
         A refused-as-too-large output is answered by a minimal dead letter (and counted in
         ``outcome.dead_letter_kinds``); any other failure raises :class:`SendFailed`.
         """
-        sent = [(m, "result", await self._enqueue(self.output_topic, m)) for m in outcome.results]
-        sent += [(m, "dead letter", await self._enqueue(self.dlq_topic, m)) for m in outcome.dead_letters]
+        sent = [
+            (m, "result", await self._enqueue(self.output_topic, m), self.output_topic)
+            for m in outcome.results
+        ]
+        sent += [
+            (m, "dead letter", await self._enqueue(self.dlq_topic, m), self.dlq_topic)
+            for m in outcome.dead_letters
+        ]
         try:
             done = await asyncio.wait_for(
-                asyncio.gather(*(self._acked(m, what, ack) for m, what, ack in sent)), self.timeout_s
+                asyncio.gather(*(self._acked(m, what, ack, topic) for m, what, ack, topic in sent)),
+                self.timeout_s,
             )
         except asyncio.TimeoutError:
             self.send_errors += 1
@@ -71,7 +85,7 @@ class Publisher:
                 f"{self.timeout_s:.0f}s "
                 "(EMOTION_SEND_TIMEOUT_S); the batch was not committed"
             ) from None
-        for (_, what, _), kind in zip(sent, done, strict=True):
+        for (_, what, _, _), kind in zip(sent, done, strict=True):
             if kind is not None:
                 outcome.dead_letter_kinds.append(kind)
                 outcome.refused_results += what == "result"
@@ -83,22 +97,32 @@ class Publisher:
             return exc
 
     async def _acked(
-        self, message: OutboundMessage, what: str, ack: Awaitable[Any] | BaseException
+        self, message: OutboundMessage, what: str, ack: Awaitable[Any] | BaseException, topic: str
     ) -> str | None:
-        """Wait for one output's acknowledgement; a too-large one is replaced. Returns the kind
-        of the dead letter sent in its place, if any."""
-        try:
-            if isinstance(ack, BaseException):
-                raise ack
-            await ack
-            return None
-        except Exception as exc:
-            self.send_errors += 1
-            if not (_too_large(exc) and message.source is not None):
-                raise SendFailed(
-                    f"the broker refused a {what}: {exc!r}; the batch was not committed"
-                ) from exc
-            error = exc
+        """Wait for one output's acknowledgement; a retriable refusal is sent again (within the
+        send timeout, which bounds the whole batch), a too-large one is replaced. Returns the
+        kind of the dead letter sent in its place, if any."""
+        delay = 0.1
+        while True:
+            try:
+                if isinstance(ack, BaseException):
+                    raise ack
+                await ack
+                return None
+            except Exception as exc:
+                self.send_errors += 1
+                if _retriable(exc) and not _too_large(exc):
+                    log.warning(f"the broker refused a {what} for now; sending it again", error=repr(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    ack = await self._enqueue(topic, message)
+                    continue
+                if not (_too_large(exc) and message.source is not None):
+                    raise SendFailed(
+                        f"the broker refused a {what}: {exc!r}; the batch was not committed"
+                    ) from exc
+                error = exc
+                break
         log.warning(
             f"the broker refused a {what} as too large; a minimal dead letter goes in its place",
             topic=message.source.topic,

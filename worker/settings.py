@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.model_directory import DEFAULT_MODEL_DIR
+from worker.broker.security import KafkaSecurity
 from worker.model.api import ModelOptions
 
 
@@ -24,6 +25,35 @@ class WorkerSettings(BaseSettings):
         default="kafka",
         description="`kafka` for Apache Kafka or compatible brokers; `embedded` for the bundled "
         "broker, whose quirks are worked around (set by `emotion-stream broker` and the demo).",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How clients talk to the broker: in the clear, over TLS, with a SASL login, or both.",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL login mechanism; required with SASL_PLAINTEXT and SASL_SSL."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (a secret: never logged); or use EMOTION_SASL_PASSWORD_FILE."
+    )
+    sasl_password_file: FilePath | None = Field(
+        default=None,
+        description="A file holding the SASL password (a mounted secret); trailing newlines are dropped.",
+    )
+    ssl_ca_file: FilePath | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that sign the broker's certificate; default: the system's.",
+    )
+    ssl_cert_file: FilePath | None = Field(
+        default=None,
+        description="PEM client certificate, for brokers that require mutual TLS (with the key file).",
+    )
+    ssl_key_file: FilePath | None = Field(
+        default=None, description="PEM private key of the client certificate."
+    )
+    ssl_check_hostname: bool = Field(
+        default=True, description="Check that the broker's certificate names the host connected to."
     )
     group_id: str = Field(
         default="emotion-stream",
@@ -187,6 +217,53 @@ class WorkerSettings(BaseSettings):
                     f"{part!r} is not a broker address: use kafka://host:port (several separated by ';')"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> WorkerSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        problems = []
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username):
+            problems.append(
+                f"EMOTION_SECURITY_PROTOCOL={self.security_protocol} needs EMOTION_SASL_MECHANISM and "
+                "EMOTION_SASL_USERNAME"
+            )
+        if sasl and (self.sasl_password is None) == (self.sasl_password_file is None):
+            problems.append("SASL needs exactly one of EMOTION_SASL_PASSWORD and EMOTION_SASL_PASSWORD_FILE")
+        if not sasl and any(
+            v is not None
+            for v in (self.sasl_mechanism, self.sasl_username, self.sasl_password, self.sasl_password_file)
+        ):
+            problems.append(
+                f"EMOTION_SASL_* settings are given but EMOTION_SECURITY_PROTOCOL={self.security_protocol}: "
+                "use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if not tls and any(v is not None for v in (self.ssl_ca_file, self.ssl_cert_file, self.ssl_key_file)):
+            problems.append(
+                f"EMOTION_SSL_* files are given but EMOTION_SECURITY_PROTOCOL={self.security_protocol}: use "
+                "SSL or SASL_SSL"
+            )
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            problems.append("mutual TLS needs both EMOTION_SSL_CERT_FILE and EMOTION_SSL_KEY_FILE")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def security(self) -> KafkaSecurity:
+        """How the product's Kafka clients authenticate and encrypt (the password read now)."""
+        password = self.sasl_password
+        if self.sasl_password_file is not None:
+            password = SecretStr(self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+        return KafkaSecurity(
+            protocol=self.security_protocol,
+            mechanism=self.sasl_mechanism,
+            username=self.sasl_username,
+            password=password,
+            ca_file=self.ssl_ca_file,
+            cert_file=self.ssl_cert_file,
+            key_file=self.ssl_key_file,
+            check_hostname=self.ssl_check_hostname,
+        )
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> WorkerSettings:

@@ -1,4 +1,5 @@
-"""A TCP proxy between clients and a broker that a test can cut and restore.
+"""A TCP proxy between clients and a broker that a test can cut and restore, or that
+terminates TLS in front of it.
 
 Runs its own event loop in a thread, so synchronous tests can drive it. While cut, every
 open connection is closed and new ones are refused (nothing listens), as when a network
@@ -9,12 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 
 
 class TcpProxy:
-    def __init__(self, listen_port: int, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        listen_port: int,
+        target_port: int,
+        host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``ssl_context``: terminate TLS here (a TLS listener in front of a plaintext broker)."""
         self.host, self.listen_port, self.target_port = host, listen_port, target_port
+        self.ssl_context = ssl_context
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._server: asyncio.base_events.Server | None = None
@@ -51,7 +61,7 @@ class TcpProxy:
     async def _listen(self) -> None:
         if self._server is None:
             self._server = await asyncio.start_server(
-                self._serve, self.host, self.listen_port, reuse_address=True
+                self._serve, self.host, self.listen_port, reuse_address=True, ssl=self.ssl_context
             )
 
     async def _cut(self) -> None:

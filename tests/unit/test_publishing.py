@@ -64,3 +64,20 @@ def test_outputs_never_acknowledged_fail_the_batch_after_the_send_timeout():
     outcome = BatchOutcome(results=[OutboundMessage(b"k", b"{}", source=SOURCE)])
     with pytest.raises(SendFailed, match=r"did not acknowledge .* within 0s"):
         asyncio.run(_publisher(broker, timeout_s=0.2).publish(outcome))
+
+
+def test_a_refusal_the_broker_expects_to_lift_is_sent_again_until_it_is_taken():
+    from aiokafka.errors import NotLeaderForPartitionError
+
+    refusals = []
+
+    def leader_moving(topic, value):
+        if len(refusals) < 2:
+            refusals.append(topic)
+            return NotLeaderForPartitionError()
+        return None
+
+    broker = Broker(refuse=leader_moving)
+    outcome = BatchOutcome(results=[OutboundMessage(b"k", b"{}", source=SOURCE)])
+    asyncio.run(_publisher(broker).publish(outcome))
+    assert refusals == ["out", "out"] and broker.acked == [("out", b"{}")] and outcome.dead_letter_kinds == []

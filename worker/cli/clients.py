@@ -41,9 +41,12 @@ async def produce(
     topic: str,
     messages: Iterable[tuple[bytes | None, bytes]],
     backend: str = "kafka",
+    security: dict | None = None,
 ) -> int:
     """Send every message and wait until the broker acknowledged all of them."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **profile_for(backend).producer)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, **profile_for(backend).producer, **(security or {})
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, key=key, value=value) for key, value in messages]
@@ -59,6 +62,7 @@ async def follow(
     *,
     idle_timeout: float | None = None,
     backend: str = "kafka",
+    security: dict | None = None,
     from_beginning: bool = True,
     fetch_max_wait_ms: int | None = None,
 ) -> AsyncIterator[ConsumerRecord]:
@@ -77,7 +81,12 @@ async def follow(
         settings["auto_offset_reset"] = "latest"
     # Short metadata age: topics that do not exist yet are picked up within a second.
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, group_id=None, metadata_max_age_ms=1000, **settings
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        metadata_max_age_ms=1000,
+        **settings,
+        **(security or {}),
     )
     await consumer.start()
     try:

@@ -32,6 +32,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     if looks_like_directory(settings.model) and not Path(settings.model).exists():
         raise UsageError(model_missing_message(settings.model))
+    check_broker(settings)
     classifier = start_model(settings)
     try:
         processor = BatchProcessor(
@@ -62,6 +63,17 @@ def run_worker(args: argparse.Namespace) -> int:
     finally:
         classifier.close()
     return 0
+
+
+def check_broker(settings: WorkerSettings) -> None:
+    """Connect and log in once before anything else: a wrong CA, address or password is a
+    usage error at start, not a client retrying for ever."""
+    from worker.broker.security import BrokerConnectionError, preflight
+
+    try:
+        asyncio.run(preflight(settings.bootstrap_servers, settings.security()))
+    except BrokerConnectionError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def start_model(settings: WorkerSettings):
@@ -123,7 +135,11 @@ def run_produce(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file} is not a file: give a file of JSON or text lines, or - for stdin")
     topic = args.topic or settings.input_topic
     messages = [line_to_message(line) for line in _lines(args.file)]
-    sent = asyncio.run(produce(settings.bootstrap_servers, topic, messages, settings.broker_backend))
+    check_broker(settings)
+    security = settings.security().aiokafka()
+    sent = asyncio.run(
+        produce(settings.bootstrap_servers, topic, messages, settings.broker_backend, security)
+    )
     print(f"sent {sent} messages to {topic}", file=sys.stderr)
     return 0
 
@@ -147,6 +163,7 @@ def run_consume(args: argparse.Namespace) -> int:
     from worker.cli.clients import follow
 
     settings = load_settings(WorkerSettings)
+    check_broker(settings)
     topic = args.topic or (settings.dlq_topic if args.dead_letters else settings.output_topic)
     as_table = sys.stdout.isatty() and not args.json
     row = format_dead_letter_row if args.dead_letters else format_result_row
@@ -159,6 +176,7 @@ def run_consume(args: argparse.Namespace) -> int:
             [topic],
             idle_timeout=args.idle_timeout,
             backend=settings.broker_backend,
+            security=settings.security().aiokafka(),
         ):
             text = (record.value or b"").decode("utf-8", errors="replace")
             if as_table:

@@ -33,7 +33,7 @@ def load_settings(settings_class: type[Settings]) -> Settings:
         return settings_class()
     except ValidationError as exc:
         lines = [
-            f"  {env_name(settings_class, tuple(e['loc']))}: {e['msg']}"
+            f"  {env_name(settings_class, tuple(e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors(include_url=False)
         ]
         raise UsageError(

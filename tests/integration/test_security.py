@@ -1,0 +1,184 @@
+"""Secured Kafka: TLS end to end through a TLS listener, clear failures, and secrets kept."""
+
+import os
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.faults.proxy import TcpProxy
+from worker.broker.embedded import EmbeddedBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "pa55-Wörd-that-must-never-show"
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory):
+    """The embedded broker behind a TLS listener whose certificate a test CA signed."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    trustme.CA().cert_pem.write_to_path(str(directory / "other-ca.pem"))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    port = free_port()
+    with EmbeddedBroker(advertised_port=port) as embedded:
+        proxy = TcpProxy(port, embedded.port, ssl_context=server_context).start()
+        try:
+            yield f"kafka://127.0.0.1:{port}", directory
+        finally:
+            proxy.stop()
+
+
+def _cli(args, env, timeout=120, stdin=None):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+    )
+
+
+def _tls_env(url: str, ca: Path, topics, **extra) -> dict:
+    return {
+        "EMOTION_BROKER": url,
+        "EMOTION_BROKER_BACKEND": "embedded",
+        "EMOTION_SECURITY_PROTOCOL": "SSL",
+        "EMOTION_SSL_CA_FILE": str(ca),
+        "EMOTION_INPUT_TOPIC": topics.input,
+        "EMOTION_OUTPUT_TOPIC": topics.output,
+        "EMOTION_DLQ_TOPIC": topics.dlq,
+        "EMOTION_GROUP_ID": topics.group,
+        **extra,
+    }
+
+
+def test_the_worker_and_the_cli_talk_tls_end_to_end(tls_broker, topics, tiny_model, tmp_path):
+    from worker.cli.worker_process import WorkerProcess
+
+    url, certs = tls_broker
+    env = _tls_env(url, certs / "ca.pem", topics)
+    lines = "\n".join(f"i feel {w} today" for w in ("glad", "scared", "lonely", "furious", "amazed")) + "\n"
+    produced = _cli(["produce", "-"], env, stdin=lines)
+    assert produced.returncode == 0 and "sent 5 messages" in produced.stderr, produced.stderr
+    worker = WorkerProcess(
+        {
+            **os.environ,
+            **env,
+            "EMOTION_MODEL": str(tiny_model),
+            "EMOTION_TORCH_THREADS": "1",
+            "EMOTION_LOG_FORMAT": "console",
+        },
+        log_path=tmp_path / "worker.log",
+    ).start()
+    try:
+        worker.wait_ready(timeout=90)
+        consumed = _cli(["consume", "--json", "--idle-timeout", "8"], env)
+    finally:
+        code = worker.stop()
+    assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    assert consumed.returncode == 0, consumed.stderr
+    assert len(consumed.stdout.strip().splitlines()) == 5, consumed.stdout
+
+
+def test_a_client_with_the_wrong_ca_fails_at_start_with_what_to_fix(tls_broker, topics, tiny_model):
+    url, certs = tls_broker
+    env = _tls_env(url, certs / "other-ca.pem", topics, EMOTION_MODEL=str(tiny_model))
+    for command in (["worker"], ["consume", "--idle-timeout", "5"]):
+        result = _cli(command, env, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "is not trusted" in result.stderr and "EMOTION_SSL_CA_FILE" in result.stderr
+        assert result.stdout == ""  # consumed nothing
+
+
+def test_plaintext_against_the_tls_listener_says_which_setting_to_look_at(tls_broker, topics, tiny_model):
+    url, _ = tls_broker
+    env = {
+        **_tls_env(url, Path("/dev/null"), topics, EMOTION_MODEL=str(tiny_model)),
+        "EMOTION_SECURITY_PROTOCOL": "PLAINTEXT",
+    }
+    del env["EMOTION_SSL_CA_FILE"]
+    result = _cli(["worker"], env, timeout=60)
+    assert result.returncode == 2 and "EMOTION_SECURITY_PROTOCOL" in result.stderr, result.stderr
+
+
+def test_the_password_never_appears_in_any_output_even_at_debug(tls_broker, topics, tiny_model, tmp_path):
+    url, certs = tls_broker
+    secret_file = tmp_path / "password"
+    secret_file.write_text(PASSWORD + "\n")
+    for password_setting in (
+        {"EMOTION_SASL_PASSWORD": PASSWORD},
+        {"EMOTION_SASL_PASSWORD_FILE": str(secret_file)},
+    ):
+        env = _tls_env(
+            url,
+            certs / "ca.pem",
+            topics,
+            EMOTION_MODEL=str(tiny_model),
+            EMOTION_SECURITY_PROTOCOL="SASL_SSL",
+            EMOTION_SASL_MECHANISM="SCRAM-SHA-512",
+            EMOTION_SASL_USERNAME="emotion",
+            EMOTION_LOG_LEVEL="DEBUG",
+            **password_setting,
+        )
+        result = _cli(["worker"], env, timeout=90)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0  # the embedded broker takes no SASL login
+        assert "EMOTION_SASL" in output  # it says what to check
+        assert PASSWORD not in output and PASSWORD.encode().hex() not in output
+
+
+def test_inconsistent_security_settings_stop_the_program_naming_the_variables(tmp_path):
+    cases = [
+        ({"EMOTION_SECURITY_PROTOCOL": "SASL_SSL"}, "EMOTION_SASL_MECHANISM"),
+        (
+            {"EMOTION_SASL_USERNAME": "u", "EMOTION_SASL_PASSWORD": PASSWORD},
+            "EMOTION_SECURITY_PROTOCOL=PLAINTEXT",
+        ),
+        (
+            {"EMOTION_SECURITY_PROTOCOL": "SSL", "EMOTION_SSL_CERT_FILE": __file__},
+            "EMOTION_SSL_CERT_FILE and EMOTION_SSL_KEY_FILE",
+        ),
+        (
+            {
+                "EMOTION_SECURITY_PROTOCOL": "SASL_SSL",
+                "EMOTION_SASL_MECHANISM": "PLAIN",
+                "EMOTION_SASL_USERNAME": "u",
+            },
+            "exactly one of EMOTION_SASL_PASSWORD and EMOTION_SASL_PASSWORD_FILE",
+        ),
+        (
+            {"EMOTION_SECURITY_PROTOCOL": "SSL", "EMOTION_SSL_CA_FILE": str(tmp_path / "absent.pem")},
+            "EMOTION_SSL_CA_FILE",
+        ),
+    ]
+    for env, expected in cases:
+        result = _cli(["worker"], env, timeout=60)
+        assert result.returncode == 2 and expected in result.stderr, (env, result.stderr)
+        assert PASSWORD not in result.stderr
+
+
+def test_the_settings_and_the_security_object_never_show_the_password(monkeypatch):
+    from worker.settings import WorkerSettings
+
+    for name, value in {
+        "EMOTION_SECURITY_PROTOCOL": "SASL_SSL",
+        "EMOTION_SASL_MECHANISM": "SCRAM-SHA-256",
+        "EMOTION_SASL_USERNAME": "u",
+        "EMOTION_SASL_PASSWORD": PASSWORD,
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = WorkerSettings()
+    security = settings.security()
+    assert PASSWORD not in repr(settings) and PASSWORD not in str(settings)
+    assert PASSWORD not in repr(security) and PASSWORD not in settings.model_dump_json()
+    assert security.aiokafka()["sasl_plain_password"] == PASSWORD  # only the client gets it
