@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas.messages import DeadLetter, EmotionResult, Post
+from schemas.messages import SCHEMA_VERSION, DeadLetter, EmotionResult, Post
 
 SCHEMAS = {"post": Post, "emotion-result": EmotionResult, "dead-letter": DeadLetter}
 
@@ -18,6 +18,11 @@ def export_json_schemas(directory: Path) -> list[Path]:
         path = directory / f"{name}.schema.json"
         schema = model.model_json_schema(mode="serialization" if name != "post" else "validation")
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        if name != "post":
+            schema["description"] = (
+                f"{schema.get('description', '')} Schema version {SCHEMA_VERSION}. Forward-compatible: "
+                "a later minor version may add properties, so accept properties you do not know."
+            ).strip()
         path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
         written.append(path)
     return written

@@ -1,8 +1,13 @@
 """Pydantic models of the three messages: the input post, the result and the dead letter.
 
 All travel as UTF-8 JSON. Posts are lenient (unknown fields are ignored) so producers can
-add fields without breaking the worker; results and dead letters are strict and complete,
-so dashboards can rely on every field being there.
+add fields without breaking the worker; results and dead letters are complete, so dashboards
+can rely on every field being there, and carry a ``schema_version``.
+
+The compatibility rule: within a major version, a later worker only adds fields; it never
+removes, renames or retypes one. Consumers must therefore accept properties they do not know
+(the models here ignore them, and the exported JSON Schemas allow them), and check the major
+version, which changes only with a breaking change.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from schemas.labels import LABELS, Emotion
 MAX_TEXT_CHARS = 5000
 """Longest accepted post text. Tweets are far shorter; the bound keeps one message from
 monopolising a batch (the model sees at most its max token length anyway)."""
+
+SCHEMA_VERSION = "1.0"
+"""The version of the result and dead-letter schemas: ``major.minor``; the minor grows when a
+field is added, the major only for a change that can break a consumer."""
 
 MAX_FIELD_CHARS = 256
 """Longest accepted ``author`` and ``source``."""
@@ -88,7 +97,7 @@ class Post(BaseModel):
 class ResultSource(BaseModel):
     """Where the post was read from."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     topic: str
     partition: int
@@ -98,7 +107,7 @@ class ResultSource(BaseModel):
 class ModelInfo(BaseModel):
     """Which model produced a result."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
     name: str
     version: str
@@ -107,8 +116,9 @@ class ModelInfo(BaseModel):
 class EmotionResult(BaseModel):
     """One result per post on the output topic, keyed by the post id."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
+    schema_version: str = Field(default=SCHEMA_VERSION, description="`major.minor` of this schema.")
     id: str
     label: Emotion
     score: float = Field(ge=0.0, le=1.0, description="Probability of `label`.")
@@ -131,7 +141,7 @@ ErrorKind = Literal["not_utf8", "not_json", "invalid_post", "too_large", "proces
 class ErrorInfo(BaseModel):
     """Why a message was dead-lettered."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     kind: ErrorKind
     message: str
@@ -145,7 +155,7 @@ class Payload(BaseModel):
     be replayed byte for byte.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     encoding: Literal["utf-8", "base64"]
     data: str
@@ -189,7 +199,7 @@ def _is_utf8(raw: bytes) -> bool:
 class DeadLetterSource(BaseModel):
     """Where the rejected message was read from, with its key as given."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     topic: str
     partition: int
@@ -200,8 +210,9 @@ class DeadLetterSource(BaseModel):
 class DeadLetter(BaseModel):
     """A message the worker could not turn into a result, and why."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
+    schema_version: str = Field(default=SCHEMA_VERSION, description="`major.minor` of this schema.")
     error: ErrorInfo
     payload: Payload
     source: DeadLetterSource

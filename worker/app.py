@@ -48,6 +48,14 @@ FIRST_BATCHES_MODEL_TIMEOUT_S = 300.0
 """The model's bound before its speed is measured (the first batches warm it up)."""
 
 
+def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    """A record's headers as (name, value) pairs, whichever form Faust hands them in."""
+    if not headers:
+        return ()
+    pairs = headers.items() if hasattr(headers, "items") else headers
+    return tuple((str(name), bytes(value or b"")) for name, value in pairs)
+
+
 def _message_size(event: Any) -> int:
     message = event.message
     return len(message.value or b"") + len(message.key or b"")
@@ -287,7 +295,8 @@ class EmotionStream:
     async def prepare(self, events: Sequence[Any]) -> PreparedBatch:
         """Decode the events and prepare the model's input, off the event loop."""
         records = [
-            InboundRecord(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)
+            InboundRecord(m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers))
+            for m in (e.message for e in events)
         ]
         self.metrics.posts_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))

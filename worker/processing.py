@@ -12,6 +12,7 @@ the model's fault (retried, then :class:`~worker.model.api.ModelFailing`) from t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from schemas import DeadLetter, DeadLetterSource, ErrorInfo, ModelInfo, Payload, Post
+from schemas import SCHEMA_VERSION, DeadLetter, DeadLetterSource, ErrorInfo, ModelInfo, Payload, Post
 from worker import policy
 from worker.codec import Rejected, decode_post
 from worker.model.api import ModelFailing, ModelUnavailable, Prediction
@@ -39,6 +40,7 @@ class InboundRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class OutboundMessage:
     value: bytes
     source: InboundRecord | None = None
     """The input message it answers (so a refused send can be answered by a minimal dead letter)."""
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -77,6 +80,18 @@ class PreparedBatch:
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 
+TRACING_HEADERS = ("traceparent", "tracestate")
+"""W3C trace context: always copied from a post to what answers it."""
+
+_OWN_HEADERS = (("content-type", b"application/json"), ("schema-version", SCHEMA_VERSION.encode()))
+
+
+def output_headers(record: InboundRecord, propagate: frozenset[str] = frozenset(TRACING_HEADERS)) -> tuple:
+    """The headers of what answers ``record``: the content type, the schema version, and the
+    record's own headers named in ``propagate`` (case-insensitive, as HTTP headers are)."""
+    copied = tuple((name, value) for name, value in record.headers if name.lower() in propagate)
+    return _OWN_HEADERS + copied
+
 
 def dead_letter(
     record: InboundRecord,
@@ -84,6 +99,7 @@ def dead_letter(
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     *,
     minimal: bool = False,
+    propagate: frozenset[str] = frozenset(TRACING_HEADERS),
 ) -> OutboundMessage:
     """The dead letter of ``record``, at most ``max_bytes`` long: whole when it fits, else with a
     prefix of the payload (its size and SHA-256 kept); ``minimal`` keeps no payload bytes at all."""
@@ -106,7 +122,7 @@ def dead_letter(
     value = build(0 if minimal else None)
     if len(value) > budget:
         value = build(policy.PREFIX_BYTES)
-    return OutboundMessage(key=key, value=value, source=record)
+    return OutboundMessage(key=key, value=value, source=record, headers=output_headers(record, propagate))
 
 
 def refused_as_too_large(message: OutboundMessage, what: str, max_bytes: int) -> OutboundMessage:
@@ -119,7 +135,9 @@ def refused_as_too_large(message: OutboundMessage, what: str, max_bytes: int) ->
         f"SHA-256 {hashlib.sha256(message.value).hexdigest()[:16]}...); raise the topic's max.message.bytes "
         "or lower EMOTION_MAX_MESSAGE_BYTES",
     )
-    return dead_letter(message.source, error, max_bytes, minimal=True)
+    return dataclasses.replace(
+        dead_letter(message.source, error, max_bytes, minimal=True), headers=message.headers
+    )
 
 
 class BatchProcessor:
@@ -133,6 +151,7 @@ class BatchProcessor:
         prepare: Prepare = list,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        propagate_headers: Sequence[str] = (),
         model_retry_delays: Sequence[float] = policy.MODEL_RETRY_DELAYS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -143,6 +162,7 @@ class BatchProcessor:
         self.model = model
         self._model_dict = model.model_dump()
         self.max_message_bytes = max_message_bytes
+        self._propagate = frozenset(h.lower() for h in (*TRACING_HEADERS, *propagate_headers))
         self._retry_delays = tuple(model_retry_delays)
         self._sleep = sleep
 
@@ -281,13 +301,16 @@ class BatchProcessor:
             failures[indices[0]] = again
 
     def _reject(self, outcome: BatchOutcome, record: InboundRecord, error: ErrorInfo) -> None:
-        outcome.dead_letters.append(dead_letter(record, error, self.max_message_bytes))
+        outcome.dead_letters.append(
+            dead_letter(record, error, self.max_message_bytes, propagate=self._propagate)
+        )
         outcome.dead_letter_kinds.append(error.kind)
 
     def _result(self, record: InboundRecord, post: Post, prediction: Prediction) -> OutboundMessage:
         # Built as a plain dict: this runs once per post, and every field is already of the
         # right type (the unit and integration tests validate the output against EmotionResult).
         result = {
+            "schema_version": SCHEMA_VERSION,
             "id": post.id,
             "label": prediction.label,
             "score": prediction.score,
@@ -297,5 +320,8 @@ class BatchProcessor:
             "processed_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         }
         return OutboundMessage(
-            key=post.id.encode("utf-8"), value=json.dumps(result).encode("utf-8"), source=record
+            key=post.id.encode("utf-8"),
+            value=json.dumps(result).encode("utf-8"),
+            source=record,
+            headers=output_headers(record, self._propagate),
         )

@@ -92,7 +92,9 @@ class Publisher:
 
     async def _enqueue(self, topic: str, message: OutboundMessage) -> Awaitable[Any] | BaseException:
         try:
-            return await self._send(topic, message.key, message.value, None, None, None)
+            return await self._send(
+                topic, message.key, message.value, None, None, list(message.headers) or None
+            )
         except Exception as exc:  # refused before it was sent (too large for the client)
             return exc
 
@@ -133,7 +135,16 @@ class Publisher:
         )
         replacement = refused_as_too_large(message, what, self.max_message_bytes)
         try:
-            await (await self._send(self.dlq_topic, replacement.key, replacement.value, None, None, None))
+            await (
+                await self._send(
+                    self.dlq_topic,
+                    replacement.key,
+                    replacement.value,
+                    None,
+                    None,
+                    list(replacement.headers) or None,
+                )
+            )
         except Exception as exc:
             raise SendFailed(f"the broker refused even the minimal dead letter: {exc!r}") from exc
         return "too_large"

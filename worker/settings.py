@@ -143,6 +143,11 @@ class WorkerSettings(BaseSettings):
         "prefix "
         "instead of the whole payload. Keep it at or below the topics' `max.message.bytes`.",
     )
+    propagate_headers: list[str] = Field(
+        default_factory=list,
+        description="Record headers copied from each post to its result or dead letter, besides the W3C "
+        '`traceparent` and `tracestate` (always copied); a JSON list, e.g. `["x-request-id"]`.',
+    )
     max_inflight_bytes: int = Field(
         default=64 << 20,
         ge=1 << 20,

@@ -23,6 +23,7 @@ class Event:
             key=f"p{offset}".encode(),
             value=value,
             timestamp=time.time(),
+            headers=[("traceparent", b"00-trace-01")],
         )
         self._acks = acks
 

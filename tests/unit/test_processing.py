@@ -212,3 +212,40 @@ def test_optional_fields_are_bounded_too():
     assert (
         "metadata: must be at most 65536 bytes" in letter.error.message and "author" in letter.error.message
     )
+
+
+def test_outputs_carry_the_schema_version_and_their_posts_tracing_headers():
+    from schemas import SCHEMA_VERSION
+
+    trace = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    headers = (trace, ("x-request-id", b"r-1"), ("x-private", b"no"))
+    records = [
+        InboundRecord("posts", 0, 0, b"a", b'{"id": "a", "text": "fine"}', headers),
+        InboundRecord("posts", 0, 1, b"b", b"not json", (trace,)),
+    ]
+    outcome = BatchProcessor(fake_predict, MODEL, propagate_headers=["X-Request-Id"]).process(records)
+    result, letter = outcome.results[0], outcome.dead_letters[0]
+    assert json.loads(result.value)["schema_version"] == SCHEMA_VERSION
+    assert json.loads(letter.value)["schema_version"] == SCHEMA_VERSION
+    assert dict(result.headers) == {
+        "content-type": b"application/json",
+        "schema-version": SCHEMA_VERSION.encode(),
+        "traceparent": trace[1],
+        "x-request-id": b"r-1",
+    }
+    assert dict(letter.headers)["traceparent"] == trace[1] and "x-private" not in dict(letter.headers)
+
+
+def test_consumers_of_today_read_tomorrows_messages():
+    future = {
+        "schema_version": "1.1",
+        "id": "a",
+        "label": "joy",
+        "score": 0.9,
+        "scores": {n: 1 / 6 for n in LABELS},
+        "model": {"name": "m", "version": "1", "added_later": True},
+        "source": {"topic": "posts", "partition": 0, "offset": 1},
+        "processed_at": "2026-11-29T00:00:00Z",
+        "a_field_added_later": [1, 2],
+    }
+    assert EmotionResult.model_validate(future).id == "a"

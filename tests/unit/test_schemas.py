@@ -79,7 +79,16 @@ def test_result_serialises_with_utc_timestamp():
     data = json.loads(_result().model_dump_json())
     assert data["label"] == "joy"
     assert data["processed_at"].endswith("Z") or data["processed_at"].endswith("+00:00")
-    assert set(data) == {"id", "label", "score", "scores", "model", "source", "processed_at"}
+    assert set(data) == {
+        "schema_version",
+        "id",
+        "label",
+        "score",
+        "scores",
+        "model",
+        "source",
+        "processed_at",
+    }
 
 
 def test_result_requires_every_label_in_scores():

@@ -40,6 +40,7 @@ def run_worker(args: argparse.Namespace) -> int:
             classifier.info,
             prepare=classifier.prepare,
             max_message_bytes=settings.max_message_bytes,
+            propagate_headers=settings.propagate_headers,
         )
         stream = EmotionStream(settings, processor, prepare_ahead=classifier.leaves_cpu_to_spare)
         worker = faust.Worker(

@@ -24,7 +24,7 @@ SECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
 
 
 def _default(field: FieldInfo) -> str:
-    value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default
     if value is PydanticUndefined or value is None:
         return "unset"
     if isinstance(value, bool):

@@ -31,6 +31,7 @@ import multiprocessing
 import queue
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
@@ -249,6 +250,10 @@ class ModelProcess:
 
     def _gone(self) -> ModelUnavailable:
         self._process.join(timeout=1)
+        for _ in range(10):  # another thread may be reaping it at this very moment
+            if self._process.exitcode is not None:
+                break
+            time.sleep(0.1)
         code = self._process.exitcode
         how = (
             "is still running but closed its pipe"

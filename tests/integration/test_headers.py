@@ -1,0 +1,68 @@
+"""Results and dead letters carry the schema version and the tracing headers of their posts."""
+
+import asyncio
+import json
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from schemas import SCHEMA_VERSION
+from tests.integration.helpers import collect
+from worker.broker.profiles import profile_for
+from worker.cli.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def _produce_with_headers(broker, topic, messages) -> None:
+    async def run() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap, **profile_for(broker.backend).producer
+        )
+        await producer.start()
+        try:
+            for key, value, headers in messages:
+                await producer.send_and_wait(topic, value, key=key, headers=headers)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def test_outputs_carry_the_version_and_the_tracing_headers_read_back_from_the_broker(
+    broker, topics, worker_env, tmp_path
+):
+    posts = [
+        (
+            f"h-{i}".encode(),
+            json.dumps({"id": f"h-{i}", "text": f"i feel glad {i}"}).encode(),
+            [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()), ("x-tenant", b"acme"), ("x-other", b"no")],
+        )
+        for i in range(10)
+    ]
+    broken = (b"bad", b"{not json", [("traceparent", b"00-bad-01")])
+    _produce_with_headers(broker, topics.input, [*posts, broken])
+    env = {**worker_env, "EMOTION_PROPAGATE_HEADERS": '["X-Tenant"]'}
+    worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(timeout=90)
+        seen = collect(
+            broker,
+            [topics.output, topics.dlq],
+            lambda s: len(s[topics.output]) >= len(posts) and len(s[topics.dlq]) >= 1,
+            timeout=90,
+        )
+    finally:
+        assert worker.stop() == 0
+    sent = {key.decode(): dict(headers) for key, _, headers in posts}
+    for record in seen[topics.output]:
+        headers = dict(record.headers)
+        value = json.loads(record.value)
+        assert value["schema_version"] == SCHEMA_VERSION
+        assert headers["content-type"] == b"application/json"
+        assert headers["schema-version"] == SCHEMA_VERSION.encode()
+        assert headers["traceparent"] == sent[value["id"]]["traceparent"]
+        assert headers["x-tenant"] == b"acme" and "x-other" not in headers
+    letter = seen[topics.dlq][0]
+    assert dict(letter.headers)["traceparent"] == b"00-bad-01"
+    assert json.loads(letter.value)["schema_version"] == SCHEMA_VERSION
