@@ -170,10 +170,13 @@ class Stream:
 
         async def run() -> list[dict]:
             seen: list[dict] = []
+            missing = set(until_ids) if until_ids is not None else None
             async for record in follow(self.bootstrap, [topic], idle_timeout=idle_s, backend="embedded"):
                 seen.append(json.loads(record.value))
-                if until_ids is not None and until_ids <= {r.get("id") for r in seen}:
-                    break
+                if missing is not None:
+                    missing.discard(seen[-1].get("id"))
+                    if not missing:
+                        break
             return seen
 
         return asyncio.run(run())

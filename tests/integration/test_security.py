@@ -182,3 +182,45 @@ def test_the_settings_and_the_security_object_never_show_the_password(monkeypatc
     assert PASSWORD not in repr(settings) and PASSWORD not in str(settings)
     assert PASSWORD not in repr(security) and PASSWORD not in settings.model_dump_json()
     assert security.aiokafka()["sasl_plain_password"] == PASSWORD  # only the client gets it
+
+
+@pytest.fixture(scope="module")
+def mutual_tls_broker(tmp_path_factory):
+    """The embedded broker behind a TLS listener that requires a client certificate from its CA."""
+    directory = tmp_path_factory.mktemp("mtls")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    client = ca.issue_cert("emotion-worker@example.net")
+    client.cert_chain_pems[0].write_to_path(str(directory / "client.pem"))
+    client.private_key_pem.write_to_path(str(directory / "client.key"))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    port = free_port()
+    with EmbeddedBroker(advertised_port=port) as embedded:
+        proxy = TcpProxy(port, embedded.port, ssl_context=server_context).start()
+        try:
+            yield f"kafka://127.0.0.1:{port}", directory
+        finally:
+            proxy.stop()
+
+
+def test_mutual_tls_with_the_client_certificate_and_a_clear_failure_without(mutual_tls_broker, topics):
+    url, certs = mutual_tls_broker
+    env = _tls_env(
+        url,
+        certs / "ca.pem",
+        topics,
+        EMOTION_SSL_CERT_FILE=str(certs / "client.pem"),
+        EMOTION_SSL_KEY_FILE=str(certs / "client.key"),
+    )
+    produced = _cli(["produce", "-"], env, stdin="i feel glad\ni feel scared\n")
+    assert produced.returncode == 0 and "sent 2 messages" in produced.stderr, produced.stderr
+    consumed = _cli(["consume", "--topic", topics.input, "--json", "--idle-timeout", "5"], env)
+    assert consumed.returncode == 0 and len(consumed.stdout.splitlines()) == 2, consumed.stderr
+
+    anonymous = _tls_env(url, certs / "ca.pem", topics)
+    refused = _cli(["consume", "--idle-timeout", "5"], anonymous, timeout=60)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "EMOTION_SSL_CERT_FILE" in refused.stderr, refused.stderr

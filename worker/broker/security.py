@@ -141,11 +141,15 @@ async def preflight(bootstrap_servers: list[str], security: KafkaSecurity, timeo
             return
         except Exception as exc:
             what = "log in to" if security.uses_sasl else "talk Kafka with"
-            hint = (
-                "Check EMOTION_SASL_MECHANISM, EMOTION_SASL_USERNAME and the password"
-                if security.uses_sasl
-                else "Check EMOTION_SECURITY_PROTOCOL: the listener may expect TLS or SASL"
-            )
+            if security.uses_sasl:
+                hint = "Check EMOTION_SASL_MECHANISM, EMOTION_SASL_USERNAME and the password"
+            elif security.uses_tls and security.cert_file is None:
+                hint = (
+                    "The listener may want a client certificate (EMOTION_SSL_CERT_FILE and "
+                    "EMOTION_SSL_KEY_FILE) or a SASL login (EMOTION_SECURITY_PROTOCOL=SASL_SSL)"
+                )
+            else:
+                hint = "Check EMOTION_SECURITY_PROTOCOL: the listener may expect TLS or SASL"
             raise BrokerConnectionError(
                 f"could not {what} {address} ({type(exc).__name__}). {hint}"
             ) from None
