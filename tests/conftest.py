@@ -81,6 +81,10 @@ def topics() -> Topics:
 @pytest.fixture
 def worker_env(broker: TestBroker, tiny_model: Path, topics: Topics) -> dict[str, str]:
     """EMOTION_* settings for a worker on the test broker and the test's own topics."""
+    return worker_settings(broker, tiny_model, topics)
+
+
+def worker_settings(broker: TestBroker, tiny_model: Path, topics: Topics) -> dict[str, str]:
     return {
         "EMOTION_BROKER": broker.url,
         "EMOTION_BROKER_BACKEND": broker.backend,

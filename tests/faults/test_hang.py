@@ -11,7 +11,12 @@ import urllib.request
 
 import pytest
 
-from tests.integration.helpers import collect, make_posts, produce_sync, result_ids
+from tests.integration.helpers import (
+    collect,
+    make_posts,
+    produce_sync,
+    restart_answers_everything,
+)
 from worker.cli.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -64,13 +69,4 @@ def test_a_hung_model_makes_the_worker_unhealthy_then_exit_and_a_restart_answers
     assert seen_unhealthy and "in the model" in seen_unhealthy["problems"][0], log[-2000:]
     assert code == 1 and "no progress for the grace period" in log
 
-    restarted = WorkerProcess(env, log_path=tmp_path / "second.log").start()
-    wanted = {k.decode() for k, _ in posts}
-    try:
-        restarted.wait_ready(timeout=90)
-        seen = collect(
-            broker, [topics.output], lambda s: wanted <= set(result_ids(s[topics.output])), timeout=120
-        )
-    finally:
-        assert restarted.stop() == 0
-    assert wanted - set(result_ids(seen[topics.output])) == set()
+    restart_answers_everything(broker, topics, env, tmp_path / "second.log", posts)

@@ -6,7 +6,14 @@ import urllib.request
 
 import pytest
 
-from tests.integration.helpers import collect, make_posts, produce_sync, result_ids
+from tests.conftest import worker_settings
+from tests.integration.helpers import (
+    collect,
+    make_posts,
+    produce_sync,
+    restart_answers_everything,
+    result_ids,
+)
 from worker.cli.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -23,18 +30,7 @@ def _ready_status(worker) -> int | None:
 
 
 def _env(broker, topics, tiny_model, **extra) -> dict:
-    return {
-        "EMOTION_BROKER": broker.url,
-        "EMOTION_BROKER_BACKEND": broker.backend,
-        "EMOTION_MODEL": str(tiny_model),
-        "EMOTION_INPUT_TOPIC": topics.input,
-        "EMOTION_OUTPUT_TOPIC": topics.output,
-        "EMOTION_DLQ_TOPIC": topics.dlq,
-        "EMOTION_GROUP_ID": topics.group,
-        "EMOTION_LOG_FORMAT": "console",
-        "EMOTION_TORCH_THREADS": "1",
-        **extra,
-    }
+    return {**worker_settings(broker, tiny_model, topics), **extra}
 
 
 def test_a_30_second_outage_is_ridden_out_with_nothing_lost(cuttable_broker, topics, tiny_model, tmp_path):
@@ -96,13 +92,4 @@ def test_an_outage_longer_than_the_send_timeout_ends_the_worker_and_a_restart_an
     assert "stopping so the batch is re-read on restart" in first_log
     assert "EMOTION_SEND_TIMEOUT_S" in first_log or "EMOTION_COMMIT_TIMEOUT_S" in first_log, first_log[-3000:]
 
-    restarted = WorkerProcess(env, log_path=tmp_path / "second.log").start()
-    wanted = {k.decode() for k, _ in posts}
-    try:
-        restarted.wait_ready(timeout=90)
-        seen = collect(
-            broker, [topics.output], lambda s: wanted <= set(result_ids(s[topics.output])), timeout=120
-        )
-    finally:
-        assert restarted.stop() == 0, (tmp_path / "second.log").read_text()[-3000:]
-    assert wanted - set(result_ids(seen[topics.output])) == set()
+    restart_answers_everything(broker, topics, env, tmp_path / "second.log", posts)

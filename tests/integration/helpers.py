@@ -61,3 +61,19 @@ def collect(
 
 def result_ids(records) -> list[str]:
     return [json.loads(r.value)["id"] for r in records]
+
+
+def restart_answers_everything(broker, topics, env: dict, log_path, posts) -> None:
+    """A new worker with ``env`` labels every one of ``posts`` (after the one before it failed)."""
+    from worker.cli.worker_process import WorkerProcess
+
+    restarted = WorkerProcess(env, log_path=log_path).start()
+    wanted = {k.decode() for k, _ in posts}
+    try:
+        restarted.wait_ready(timeout=90)
+        seen = collect(
+            broker, [topics.output], lambda s: wanted <= set(result_ids(s[topics.output])), timeout=120
+        )
+    finally:
+        assert restarted.stop() == 0, log_path.read_text()[-3000:]
+    assert wanted - set(result_ids(seen[topics.output])) == set()

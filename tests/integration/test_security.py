@@ -1,5 +1,6 @@
 """Secured Kafka: TLS end to end through a TLS listener, clear failures, and secrets kept."""
 
+import contextlib
 import os
 import ssl
 import subprocess
@@ -26,11 +27,18 @@ def tls_broker(tmp_path_factory):
     trustme.CA().cert_pem.write_to_path(str(directory / "other-ca.pem"))
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    with _tls_listener(server_context) as url:
+        yield url, directory
+
+
+@contextlib.contextmanager
+def _tls_listener(server_context: ssl.SSLContext):
+    """The embedded broker, reached through a TLS listener with ``server_context``; yields its URL."""
     port = free_port()
     with EmbeddedBroker(advertised_port=port) as embedded:
         proxy = TcpProxy(port, embedded.port, ssl_context=server_context).start()
         try:
-            yield f"kafka://127.0.0.1:{port}", directory
+            yield f"kafka://127.0.0.1:{port}"
         finally:
             proxy.stop()
 
@@ -197,13 +205,8 @@ def mutual_tls_broker(tmp_path_factory):
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     ca.configure_trust(server_context)
     server_context.verify_mode = ssl.CERT_REQUIRED
-    port = free_port()
-    with EmbeddedBroker(advertised_port=port) as embedded:
-        proxy = TcpProxy(port, embedded.port, ssl_context=server_context).start()
-        try:
-            yield f"kafka://127.0.0.1:{port}", directory
-        finally:
-            proxy.stop()
+    with _tls_listener(server_context) as url:
+        yield url, directory
 
 
 def test_mutual_tls_with_the_client_certificate_and_a_clear_failure_without(mutual_tls_broker, topics):
