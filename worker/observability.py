@@ -178,12 +178,6 @@ class WorkerMetrics:
             "Outputs the broker refused or did not acknowledge in time (too-large ones included).",
             registry=r,
         )
-        self.model_process_restarts = Counter(
-            "emotion_model_process_restarts_total",
-            "Times the model process was started again; the worker itself exits when its model process dies, "
-            "so this stays 0 within one worker's life (count worker restarts with your supervisor).",
-            registry=r,
-        )
         self._lags: dict[int, int] = {}
 
     def set_lag(self, lags: dict[int, int]) -> None:
