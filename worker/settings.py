@@ -74,6 +74,11 @@ class WorkerSettings(BaseSettings):
         default=str(DEFAULT_MODEL_DIR),
         description="Model directory (Hugging Face format, safetensors) or hub id.",
     )
+    model_revision: str | None = Field(
+        default=None,
+        description="Pin a hub model to a commit (or tag): the same weights on every start. Not for a "
+        "local directory, whose version is its identity file.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the model runs; auto picks CUDA when there is one."
     )
@@ -292,6 +297,7 @@ class WorkerSettings(BaseSettings):
             cpu_passes=self.cpu_passes,
             packing=self.packing,
             prepack=self.prepack_weights,
+            revision=self.model_revision,
         )
 
     @property

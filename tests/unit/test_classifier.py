@@ -284,3 +284,23 @@ def test_parallel_passes_give_the_same_results_on_their_own_threads(tiny_model, 
 def test_more_passes_than_threads_is_refused_with_what_to_do(tiny_model, two_threads):
     with pytest.raises(ModelLoadError, match=r"cpu_passes=3 needs between 1 and 2.*EMOTION_CPU_PASSES"):
         EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", cpu_passes=3, call_cost_tokens=4))
+
+
+def test_a_hub_model_is_loaded_at_the_pinned_revision_and_a_directory_refuses_one(tiny_model, monkeypatch):
+    import transformers
+
+    from worker.model.loading import load_pretrained
+
+    with pytest.raises(ModelLoadError, match="EMOTION_MODEL_REVISION=abc123 pins a hub model"):
+        EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", revision="abc123"))
+    seen = []
+    for auto in (transformers.AutoTokenizer, transformers.AutoModelForSequenceClassification):
+        real = auto.from_pretrained
+
+        def recording(source, *args, _real=real, **kwargs):
+            seen.append(kwargs.get("revision"))
+            return _real(str(tiny_model), *args, **{k: v for k, v in kwargs.items() if k != "revision"})
+
+        monkeypatch.setattr(auto, "from_pretrained", recording)
+    loaded = load_pretrained("someorg/emotion-model", revision="0123abc")
+    assert seen == ["0123abc", "0123abc"] and loaded.info.name == "someorg/emotion-model"

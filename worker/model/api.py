@@ -74,6 +74,8 @@ class ModelOptions:
     """In fp32 on the CPU, lay the linear layers' weights out once at load."""
     call_cost_tokens: float | None = None
     """A forward pass's fixed cost in tokens of work, for the planner; None measures it at load."""
+    revision: str | None = None
+    """A hub model's commit, tag or branch to load (None: the latest); not for local directories."""
 
 
 @runtime_checkable

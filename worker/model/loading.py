@@ -27,8 +27,9 @@ class LoadedModel:
     info: ModelInfo
 
 
-def load_pretrained(source: str) -> LoadedModel:
-    """The tokenizer and classifier in ``source`` (a directory or hub id), on the CPU, in eval mode."""
+def load_pretrained(source: str, revision: str | None = None) -> LoadedModel:
+    """The tokenizer and classifier in ``source`` (a directory or hub id, at ``revision`` if
+    given: a commit, tag or branch of a hub model), on the CPU, in eval mode."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -36,10 +37,15 @@ def load_pretrained(source: str) -> LoadedModel:
     directory = Path(source) if Path(source).exists() else None
     if directory is not None and not (directory / "config.json").is_file():
         raise ModelLoadError(f"{source} has no config.json: it is not a Hugging Face model directory")
+    if directory is not None and revision is not None:
+        raise ModelLoadError(
+            f"EMOTION_MODEL_REVISION={revision} pins a hub model, but {source} is a local directory: unset it"
+        )
+    pinned = {"revision": revision} if revision is not None else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **pinned)
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, use_safetensors=True, trust_remote_code=False
+            source, use_safetensors=True, trust_remote_code=False, **pinned
         )
     except OSError as exc:
         raise ModelLoadError(
@@ -50,7 +56,9 @@ def load_pretrained(source: str) -> LoadedModel:
     if directory is not None:
         info = model_info(directory)
     else:
-        info = ModelInfo(name=source, version=str(getattr(model.config, "_commit_hash", None) or "hub"))
+        info = ModelInfo(
+            name=source, version=str(getattr(model.config, "_commit_hash", None) or revision or "hub")
+        )
     return LoadedModel(tokenizer, model.eval(), columns, info)
 
 

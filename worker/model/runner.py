@@ -73,7 +73,7 @@ class EmotionClassifier:
         self.device = select_device(options.device)
         self.max_length = options.max_length
         self.batch_size = options.batch_size
-        loaded = load_pretrained(model)
+        loaded = load_pretrained(model, options.revision)
         self.tokenizer, self.info, self._columns = loaded.tokenizer, loaded.info, loaded.columns
         self.model = loaded.model.to(self.device)
         self._pad_id = self.tokenizer.pad_token_id or 0
