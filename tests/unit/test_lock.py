@@ -1,0 +1,45 @@
+"""requirements.lock: every dependency pinned within the project's ranges, and installed as pinned."""
+
+import importlib.metadata
+from pathlib import Path
+
+import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _locked() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_every_dependency_of_the_project_is_locked_within_its_range():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    locked = _locked()
+    for text in wanted:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if name == "torch":
+            continue  # pinned apart: its build depends on the index (see the lock's header)
+        assert name in locked, f"{requirement.name} is not in requirements.lock: run .ci/lock"
+        assert requirement.specifier.contains(locked[name], prereleases=True), (
+            f"requirements.lock pins {requirement.name}=={locked[name]}, outside {requirement.specifier}: run .ci/lock"
+        )
+
+
+def test_what_is_installed_is_what_is_locked():
+    for name, version in _locked().items():
+        assert importlib.metadata.version(name) == version, (
+            f"{name}: installed differs from requirements.lock"
+        )
