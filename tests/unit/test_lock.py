@@ -34,7 +34,8 @@ def test_every_dependency_of_the_project_is_locked_within_its_range():
             continue  # pinned apart: its build depends on the index (see the lock's header)
         assert name in locked, f"{requirement.name} is not in requirements.lock: run .ci/lock"
         assert requirement.specifier.contains(locked[name], prereleases=True), (
-            f"requirements.lock pins {requirement.name}=={locked[name]}, outside {requirement.specifier}: run .ci/lock"
+            f"requirements.lock pins {requirement.name}=={locked[name]}, "
+            f"outside {requirement.specifier}: run .ci/lock"
         )
 
 
