@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.model_directory import DEFAULT_MODEL_DIR
 from worker.broker.embedded import EmbeddedBroker, free_port
@@ -73,26 +72,22 @@ class Stream:
         self.input, self.output, self.dlq = (f"{t}-{self.suffix}" for t in ("posts", "out", "dlq"))
         self.model, self.partitions, self.log_dir = model, partitions, log_dir or OUT
         self.proxy = None
-        if proxy:
-            from tests.faults.proxy import TcpProxy
-
-            port = free_port()
-            self.broker = EmbeddedBroker(advertised_port=port)
-            self._proxy_port = port
-            self._make_proxy = lambda: TcpProxy(port, self.broker.port)
-        else:
-            self.broker = EmbeddedBroker()
+        self._proxy_port = free_port() if proxy else None
+        self.broker = EmbeddedBroker(advertised_port=self._proxy_port)
         self.workers: list[WorkerProcess] = []
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self._proxy_port}" if self.proxy is not None else self.broker.bootstrap
+        return f"127.0.0.1:{self._proxy_port or self.broker.port}"
 
     def __enter__(self) -> Stream:
+        from tests.faults.proxy import TcpProxy
+        from tests.integration.helpers import create_topic
+
         self.broker.start()
-        if hasattr(self, "_make_proxy"):
-            self.proxy = self._make_proxy().start()
-        asyncio.run(self._create_topic())
+        if self._proxy_port is not None:
+            self.proxy = TcpProxy(self._proxy_port, self.broker.port).start()
+        create_topic(self.bootstrap, self.input, self.partitions)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -101,16 +96,6 @@ class Stream:
         if self.proxy is not None:
             self.proxy.stop()
         self.broker.stop()
-
-    async def _create_topic(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics(
-                [NewTopic(self.input, num_partitions=self.partitions, replication_factor=1)]
-            )
-        finally:
-            await admin.close()
 
     def worker(self, name: str, **env: str) -> WorkerProcess:
         settings = {

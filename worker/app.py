@@ -128,7 +128,8 @@ class EmotionStream:
             grace_s=settings.unhealthy_grace_s,
             on_dead=self._on_dead,
         )
-        self.broker_probe = BrokerProbe(settings.bootstrap_servers, security=settings.security().aiokafka())
+        self.security = settings.security()  # read once: the password file, the TLS files
+        self.broker_probe = BrokerProbe(settings.bootstrap_servers, security=self.security.aiokafka())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publishing: list[asyncio.Future] = []
         self._send_errors_counted = 0
@@ -158,7 +159,7 @@ class EmotionStream:
             web_tables_enabled=False,
             web_stats_enabled=False,
             web_graph_enabled=False,
-            broker_credentials=s.security().faust(),
+            broker_credentials=self.security.faust(),
             **profile_for(s.broker_backend).faust,
         )
         app.sensors.add(WorkerSensor(self.metrics, self.watchdog))

@@ -1,42 +1,15 @@
 """Messages too large to pass through as they are: each moves on, and the posts behind it too."""
 
-import asyncio
 import hashlib
 import os
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas import DeadLetter
-from tests.integration.helpers import collect, make_posts, result_ids
-from worker.broker.profiles import profile_for
+from tests.integration.helpers import collect, create_topic, make_posts, produce_in_order, result_ids
 from worker.cli.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-def _produce_one_partition(broker, topic: str, messages) -> None:
-    async def run() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=broker.bootstrap,
-            max_request_size=4 << 20,
-            **profile_for(broker.backend).producer,
-        )
-        await producer.start()
-        try:
-            for key, value in messages:  # one by one: in order, whatever their size
-                await producer.send_and_wait(topic, value, key=key)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
 
 
 def test_oversized_messages_are_dead_lettered_and_the_posts_behind_them_still_get_results(
@@ -45,9 +18,8 @@ def test_oversized_messages_are_dead_lettered_and_the_posts_behind_them_still_ge
     binary = b"\xff" + os.urandom(800_000)  # not UTF-8: as base64 its dead letter would pass 1 MB
     huge = b'{"id": "huge", "text": "' + b"word " * 300_000 + b'"}'  # 1.5 MB: over the input bound
     posts = make_posts(30)
-    _produce_one_partition(
-        broker, topics.input, [(b"bin", binary), *posts[:15], (b"huge", huge), *posts[15:]]
-    )
+    create_topic(broker.bootstrap, topics.input, 1)
+    produce_in_order(broker, topics.input, [(b"bin", binary), *posts[:15], (b"huge", huge), *posts[15:]])
 
     worker = WorkerProcess(worker_env, log_path=tmp_path / "worker.log").start()
     try:

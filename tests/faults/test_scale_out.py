@@ -1,35 +1,21 @@
 """Three workers in one group on six partitions, mid-stream: one joins, one is stopped, one is killed."""
 
-import asyncio
 import threading
 import time
 from collections import Counter
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.integration.helpers import collect, make_posts, produce_sync, result_ids
+from tests.integration.helpers import collect, create_topic, make_posts, produce_sync, result_ids
 from worker.cli.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
-def _create_topic(broker, topic: str, partitions: int) -> None:
-    async def run() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(run())
-
-
 def test_workers_joining_stopping_and_dying_mid_stream_leave_no_post_unanswered(
     broker, topics, worker_env, tmp_path
 ):
-    _create_topic(broker, topics.input, 6)
+    create_topic(broker.bootstrap, topics.input, 6)
     posts = make_posts(3000)
     stop_producing = threading.Event()
 

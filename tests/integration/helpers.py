@@ -33,6 +33,44 @@ MALFORMED: list[tuple[bytes | None, bytes, str]] = [
 ]
 
 
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create ``topic`` with ``partitions`` (the embedded broker would auto-create it with 4)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def run() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def produce_in_order(broker, topic: str, messages) -> None:
+    """Send (key, value) or (key, value, headers) one at a time, each acknowledged before the
+    next: in order, whatever their size (up to 4 MiB)."""
+    from aiokafka import AIOKafkaProducer
+
+    from worker.broker.profiles import profile_for
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap,
+            max_request_size=4 << 20,
+            **profile_for(broker.backend).producer,
+        )
+        await producer.start()
+        try:
+            for key, value, *headers in messages:
+                await producer.send_and_wait(topic, value, key=key, headers=headers[0] if headers else None)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
 def produce_sync(broker, topic: str, messages) -> int:
     return asyncio.run(produce(broker.bootstrap, topic, messages, broker.backend))
 

@@ -1,32 +1,14 @@
 """Results and dead letters carry the schema version and the tracing headers of their posts."""
 
-import asyncio
 import json
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from schemas import SCHEMA_VERSION
-from tests.integration.helpers import collect
-from worker.broker.profiles import profile_for
+from tests.integration.helpers import collect, produce_in_order
 from worker.cli.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
-
-
-def _produce_with_headers(broker, topic, messages) -> None:
-    async def run() -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=broker.bootstrap, **profile_for(broker.backend).producer
-        )
-        await producer.start()
-        try:
-            for key, value, headers in messages:
-                await producer.send_and_wait(topic, value, key=key, headers=headers)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
 
 
 def test_outputs_carry_the_version_and_the_tracing_headers_read_back_from_the_broker(
@@ -41,7 +23,7 @@ def test_outputs_carry_the_version_and_the_tracing_headers_read_back_from_the_br
         for i in range(10)
     ]
     broken = (b"bad", b"{not json", [("traceparent", b"00-bad-01")])
-    _produce_with_headers(broker, topics.input, [*posts, broken])
+    produce_in_order(broker, topics.input, [*posts, broken])
     env = {**worker_env, "EMOTION_PROPAGATE_HEADERS": '["X-Tenant"]'}
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
     try:
