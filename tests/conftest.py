@@ -1,7 +1,9 @@
 """Shared fixtures: a real broker, a tiny model, topic names and a worker in a child process.
 
 The broker is, in order: the bootstrap address in EMOTION_TEST_BOOTSTRAP; a Kafka container
-from testcontainers when a Docker engine is reachable; the embedded broker.
+from testcontainers when a Docker engine is reachable; the embedded broker. A given cluster may
+be secured: the tests' own clients and the workers they start then log in with the product's
+settings from the environment (EMOTION_SECURITY_PROTOCOL, EMOTION_SASL_*, EMOTION_SSL_*).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ class TestBroker:
     bootstrap: str
     backend: str
     kind: str
+    client_options: dict = field(default_factory=dict)  # aiokafka's TLS/SASL options
 
     @property
     def url(self) -> str:
@@ -43,7 +46,10 @@ def _docker_reachable() -> bool:
 def broker() -> Iterator[TestBroker]:
     given = os.environ.get("EMOTION_TEST_BOOTSTRAP")
     if given:
-        yield TestBroker(given, os.environ.get("EMOTION_TEST_BROKER_BACKEND", "kafka"), "given")
+        from worker.settings import WorkerSettings
+
+        security = WorkerSettings().security().aiokafka()
+        yield TestBroker(given, os.environ.get("EMOTION_TEST_BROKER_BACKEND", "kafka"), "given", security)
         return
     if _docker_reachable():
         from testcontainers.community.kafka import KafkaContainer

@@ -74,6 +74,17 @@ class TcpProxy:
         if server is not None:
             await server.wait_closed()
 
+    async def admit(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        broker_reader: asyncio.StreamReader,
+        broker_writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Called once per connection before bytes flow freely; False closes it. A subclass
+        may talk to the client first (a login)."""
+        return True
+
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
@@ -82,6 +93,15 @@ class TcpProxy:
             client_writer.transport.abort()
             return
         self._writers.update((client_writer, broker_writer))
+        try:
+            admitted = await self.admit(client_reader, client_writer, broker_reader, broker_writer)
+        except (OSError, asyncio.IncompleteReadError):
+            admitted = False
+        if not admitted:
+            client_writer.transport.abort()
+            broker_writer.transport.abort()
+            self._writers.difference_update((client_writer, broker_writer))
+            return
 
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):

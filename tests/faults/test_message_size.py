@@ -18,7 +18,7 @@ def test_oversized_messages_are_dead_lettered_and_the_posts_behind_them_still_ge
     binary = b"\xff" + os.urandom(800_000)  # not UTF-8: as base64 its dead letter would pass 1 MB
     huge = b'{"id": "huge", "text": "' + b"word " * 300_000 + b'"}'  # 1.5 MB: over the input bound
     posts = make_posts(30)
-    create_topic(broker.bootstrap, topics.input, 1)
+    create_topic(broker.bootstrap, topics.input, 1, broker.client_options)
     produce_in_order(broker, topics.input, [(b"bin", binary), *posts[:15], (b"huge", huge), *posts[15:]])
 
     worker = WorkerProcess(worker_env, log_path=tmp_path / "worker.log").start()

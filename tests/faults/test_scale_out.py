@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 def test_workers_joining_stopping_and_dying_mid_stream_leave_no_post_unanswered(
     broker, topics, worker_env, tmp_path
 ):
-    create_topic(broker.bootstrap, topics.input, 6)
+    create_topic(broker.bootstrap, topics.input, 6, broker.client_options)
     posts = make_posts(3000)
     stop_producing = threading.Event()
 

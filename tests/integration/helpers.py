@@ -33,12 +33,13 @@ MALFORMED: list[tuple[bytes | None, bytes, str]] = [
 ]
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    """Create ``topic`` with ``partitions`` (the embedded broker would auto-create it with 4)."""
+def create_topic(bootstrap: str, topic: str, partitions: int, security: dict | None = None) -> None:
+    """Create ``topic`` with ``partitions`` (the embedded broker would auto-create it with 4).
+    ``security``: aiokafka's TLS/SASL options (a test broker's ``client_options``)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     async def run() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
         await admin.start()
         try:
             await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
@@ -60,6 +61,7 @@ def produce_in_order(broker, topic: str, messages) -> None:
             bootstrap_servers=broker.bootstrap,
             max_request_size=4 << 20,
             **profile_for(broker.backend).producer,
+            **broker.client_options,
         )
         await producer.start()
         try:
@@ -72,7 +74,7 @@ def produce_in_order(broker, topic: str, messages) -> None:
 
 
 def produce_sync(broker, topic: str, messages) -> int:
-    return asyncio.run(produce(broker.bootstrap, topic, messages, broker.backend))
+    return asyncio.run(produce(broker.bootstrap, topic, messages, broker.backend, broker.client_options))
 
 
 def collect(
@@ -85,7 +87,9 @@ def collect(
         deadline = time.monotonic() + timeout
 
         async def reader() -> None:
-            async for record in follow(broker.bootstrap, topics, backend=broker.backend):
+            async for record in follow(
+                broker.bootstrap, topics, backend=broker.backend, security=broker.client_options
+            ):
                 seen[record.topic].append(record)
                 if done(seen):
                     return

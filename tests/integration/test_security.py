@@ -11,6 +11,7 @@ import pytest
 import trustme
 
 from tests.faults.proxy import TcpProxy
+from tests.faults.sasl import SaslListener
 from worker.broker.embedded import EmbeddedBroker, free_port
 
 pytestmark = pytest.mark.integration
@@ -27,20 +28,42 @@ def tls_broker(tmp_path_factory):
     trustme.CA().cert_pem.write_to_path(str(directory / "other-ca.pem"))
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
-    with _tls_listener(server_context) as url:
+    with _listener(TcpProxy, ssl_context=server_context) as (url, _):
         yield url, directory
 
 
 @contextlib.contextmanager
-def _tls_listener(server_context: ssl.SSLContext):
-    """The embedded broker, reached through a TLS listener with ``server_context``; yields its URL."""
+def _listener(kind, **options):
+    """The embedded broker, reached only through a listener of ``kind`` (TLS, SASL) built with
+    ``options``; yields its URL and the listener."""
     port = free_port()
     with EmbeddedBroker(advertised_port=port) as embedded:
-        proxy = TcpProxy(port, embedded.port, ssl_context=server_context).start()
+        listener = kind(port, embedded.port, **options).start()
         try:
-            yield f"kafka://127.0.0.1:{port}"
+            yield f"kafka://127.0.0.1:{port}", listener
         finally:
-            proxy.stop()
+            listener.stop()
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(tmp_path_factory):
+    """The embedded broker behind a SASL_SSL listener (test CA) that knows one user, and behind a
+    SASL_PLAINTEXT one; yields both URLs, the listeners and the CA's path."""
+    directory = tmp_path_factory.mktemp("sasl")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    users = {"emotion": PASSWORD}
+    with (
+        _listener(SaslListener, users=users, ssl_context=server_context) as (tls_url, tls_listener),
+        _listener(SaslListener, users=users) as (plain_url, plain_listener),
+    ):
+        yield {
+            "SASL_SSL": (tls_url, tls_listener),
+            "SASL_PLAINTEXT": (plain_url, plain_listener),
+            "ca": directory / "ca.pem",
+        }
 
 
 def _cli(args, env, timeout=120, stdin=None):
@@ -70,30 +93,32 @@ def _tls_env(url: str, ca: Path, topics, **extra) -> dict:
     }
 
 
-def test_the_worker_and_the_cli_talk_tls_end_to_end(tls_broker, topics, tiny_model, tmp_path):
+def _consume_while_a_worker_runs(env: dict, tiny_model, tmp_path, **extra):
+    """Start a worker with ``env``, read its output topic with `consume` once it is ready, stop
+    it: (its exit code, the consume run, its log)."""
     from worker.cli.worker_process import WorkerProcess
 
-    url, certs = tls_broker
-    env = _tls_env(url, certs / "ca.pem", topics)
-    lines = "\n".join(f"i feel {w} today" for w in ("glad", "scared", "lonely", "furious", "amazed")) + "\n"
-    produced = _cli(["produce", "-"], env, stdin=lines)
-    assert produced.returncode == 0 and "sent 5 messages" in produced.stderr, produced.stderr
-    worker = WorkerProcess(
-        {
-            **os.environ,
-            **env,
-            "EMOTION_MODEL": str(tiny_model),
-            "EMOTION_TORCH_THREADS": "1",
-            "EMOTION_LOG_FORMAT": "console",
-        },
-        log_path=tmp_path / "worker.log",
-    ).start()
+    log = tmp_path / "worker.log"
+    worker_env = {**os.environ, **env, "EMOTION_MODEL": str(tiny_model), "EMOTION_TORCH_THREADS": "1"}
+    worker = WorkerProcess({**worker_env, **extra}, log_path=log).start()
     try:
         worker.wait_ready(timeout=90)
         consumed = _cli(["consume", "--json", "--idle-timeout", "8"], env)
     finally:
         code = worker.stop()
-    assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    return code, consumed, log.read_text()
+
+
+def test_the_worker_and_the_cli_talk_tls_end_to_end(tls_broker, topics, tiny_model, tmp_path):
+    url, certs = tls_broker
+    env = _tls_env(url, certs / "ca.pem", topics)
+    lines = "\n".join(f"i feel {w} today" for w in ("glad", "scared", "lonely", "furious", "amazed")) + "\n"
+    produced = _cli(["produce", "-"], env, stdin=lines)
+    assert produced.returncode == 0 and "sent 5 messages" in produced.stderr, produced.stderr
+    code, consumed, log = _consume_while_a_worker_runs(
+        env, tiny_model, tmp_path, EMOTION_LOG_FORMAT="console"
+    )
+    assert code == 0, log[-2000:]
     assert consumed.returncode == 0, consumed.stderr
     assert len(consumed.stdout.strip().splitlines()) == 5, consumed.stdout
 
@@ -119,30 +144,77 @@ def test_plaintext_against_the_tls_listener_says_which_setting_to_look_at(tls_br
     assert result.returncode == 2 and "EMOTION_SECURITY_PROTOCOL" in result.stderr, result.stderr
 
 
-def test_the_password_never_appears_in_any_output_even_at_debug(tls_broker, topics, tiny_model, tmp_path):
-    url, certs = tls_broker
+def _sasl_env(sasl_broker, protocol: str, mechanism: str, topics, **extra) -> dict:
+    url, _ = sasl_broker[protocol]
+    env = _tls_env(
+        url,
+        sasl_broker["ca"],
+        topics,
+        EMOTION_SECURITY_PROTOCOL=protocol,
+        EMOTION_SASL_MECHANISM=mechanism,
+        EMOTION_SASL_USERNAME="emotion",
+        **extra,
+    )
+    if protocol == "SASL_PLAINTEXT":
+        del env["EMOTION_SSL_CA_FILE"]
+    return env
+
+
+def test_the_worker_logs_in_with_scram_over_tls_and_never_shows_the_password_even_at_debug(
+    sasl_broker, topics, tiny_model, tmp_path
+):
     secret_file = tmp_path / "password"
-    secret_file.write_text(PASSWORD + "\n")
-    for password_setting in (
-        {"EMOTION_SASL_PASSWORD": PASSWORD},
-        {"EMOTION_SASL_PASSWORD_FILE": str(secret_file)},
-    ):
-        env = _tls_env(
-            url,
-            certs / "ca.pem",
-            topics,
-            EMOTION_MODEL=str(tiny_model),
-            EMOTION_SECURITY_PROTOCOL="SASL_SSL",
-            EMOTION_SASL_MECHANISM="SCRAM-SHA-512",
-            EMOTION_SASL_USERNAME="emotion",
-            EMOTION_LOG_LEVEL="DEBUG",
-            **password_setting,
-        )
-        result = _cli(["worker"], env, timeout=90)
+    secret_file.write_text(PASSWORD + "\n")  # a mounted secret ends with a newline
+    env = _sasl_env(
+        sasl_broker, "SASL_SSL", "SCRAM-SHA-512", topics, EMOTION_SASL_PASSWORD_FILE=str(secret_file)
+    )
+    _, listener = sasl_broker["SASL_SSL"]
+    logins_before = listener.logins.get("emotion", 0)
+    produced = _cli(["produce", "-"], env, stdin="i feel glad\ni feel scared\ni feel furious\n")
+    assert produced.returncode == 0 and "sent 3 messages" in produced.stderr, produced.stderr
+    code, consumed, output = _consume_while_a_worker_runs(
+        env, tiny_model, tmp_path, EMOTION_LOG_LEVEL="DEBUG", EMOTION_LOG_FORMAT="json"
+    )
+    assert code == 0, output[-2000:]
+    assert consumed.returncode == 0 and len(consumed.stdout.splitlines()) == 3, consumed.stderr
+    assert listener.logins["emotion"] > logins_before and not listener.refusals
+    assert '"level": "debug"' in output  # DEBUG lines were captured
+    for text in (output, produced.stderr, consumed.stdout, consumed.stderr):
+        assert PASSWORD not in text and PASSWORD.encode().hex() not in text
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_the_cli_logs_in_over_sasl_plaintext(sasl_broker, topics, mechanism):
+    env = _sasl_env(sasl_broker, "SASL_PLAINTEXT", mechanism, topics, EMOTION_SASL_PASSWORD=PASSWORD)
+    produced = _cli(["produce", "-"], env, stdin="i feel glad\n")
+    assert produced.returncode == 0 and "sent 1 messages" in produced.stderr, produced.stderr
+    consumed = _cli(["consume", "--topic", topics.input, "--json", "--idle-timeout", "5"], env)
+    assert consumed.returncode == 0 and len(consumed.stdout.splitlines()) == 1, consumed.stderr
+
+
+def test_a_wrong_password_fails_at_start_saying_what_to_check_and_never_shows_it(
+    sasl_broker, topics, tiny_model
+):
+    wrong = PASSWORD + "-but-wrong"
+    _, listener = sasl_broker["SASL_SSL"]
+    refusals_before = listener.refusals.get("emotion", 0)
+    env = _sasl_env(
+        sasl_broker,
+        "SASL_SSL",
+        "SCRAM-SHA-256",
+        topics,
+        EMOTION_SASL_PASSWORD=wrong,
+        EMOTION_MODEL=str(tiny_model),
+        EMOTION_LOG_LEVEL="DEBUG",
+    )
+    for command in (["worker"], ["consume", "--idle-timeout", "5"], ["produce", "-"]):
+        result = _cli(command, env, timeout=90, stdin="i feel glad\n")
         output = result.stdout + result.stderr
-        assert result.returncode != 0  # the embedded broker takes no SASL login
-        assert "EMOTION_SASL" in output  # it says what to check
-        assert PASSWORD not in output and PASSWORD.encode().hex() not in output
+        assert result.returncode == 2, output[-2000:]
+        assert "log in" in result.stderr and "EMOTION_SASL_USERNAME" in result.stderr, result.stderr
+        assert result.stdout == ""  # consumed nothing
+        assert wrong not in output and PASSWORD not in output
+    assert listener.refusals["emotion"] > refusals_before
 
 
 def test_inconsistent_security_settings_stop_the_program_naming_the_variables(tmp_path):
@@ -205,7 +277,7 @@ def mutual_tls_broker(tmp_path_factory):
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     ca.configure_trust(server_context)
     server_context.verify_mode = ssl.CERT_REQUIRED
-    with _tls_listener(server_context) as url:
+    with _listener(TcpProxy, ssl_context=server_context) as (url, _):
         yield url, directory
 
 

@@ -236,7 +236,9 @@ def _produce_at(broker, topic, messages, timestamp_ms):
 
     async def run():
         producer = AIOKafkaProducer(
-            bootstrap_servers=broker.bootstrap, **profile_for(broker.backend).producer
+            bootstrap_servers=broker.bootstrap,
+            **profile_for(broker.backend).producer,
+            **broker.client_options,
         )
         await producer.start()
         try:
