@@ -28,9 +28,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from schemas.model_directory import DEFAULT_MODEL_DIR
+from worker.broker.clients import follow
 from worker.broker.embedded import EmbeddedBroker, free_port
 from worker.broker.profiles import profile_for
-from worker.cli.clients import follow
 from worker.cli.worker_process import WorkerProcess
 
 OUT = Path("artifacts/bench")

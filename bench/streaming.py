@@ -25,9 +25,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from worker.broker.clients import follow, produce
 from worker.broker.embedded import EmbeddedBroker
 from worker.broker.profiles import profile_for
-from worker.cli.clients import follow, produce
 from worker.cli.worker_process import WorkerProcess
 
 # The embedded broker holds every fetch for its full wait: a throughput reader polls it at

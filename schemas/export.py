@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from schemas.aggregates import AGGREGATE_SCHEMA_VERSION, EmotionAggregate
 from schemas.messages import SCHEMA_VERSION, DeadLetter, EmotionResult, Post
 
-SCHEMAS = {"post": Post, "emotion-result": EmotionResult, "dead-letter": DeadLetter}
+SCHEMAS = {
+    "post": Post,
+    "emotion-result": EmotionResult,
+    "dead-letter": DeadLetter,
+    "emotion-aggregate": EmotionAggregate,
+}
+VERSIONS = {"emotion-aggregate": AGGREGATE_SCHEMA_VERSION}
 
 
 def export_json_schemas(directory: Path) -> list[Path]:
@@ -20,7 +27,8 @@ def export_json_schemas(directory: Path) -> list[Path]:
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         if name != "post":
             schema["description"] = (
-                f"{schema.get('description', '')} Schema version {SCHEMA_VERSION}. Forward-compatible: "
+                f"{schema.get('description', '')} Schema version {VERSIONS.get(name, SCHEMA_VERSION)}. "
+                "Forward-compatible: "
                 "a later minor version may add properties, so accept properties you do not know."
             ).strip()
         path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")

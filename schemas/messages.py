@@ -26,7 +26,7 @@ MAX_TEXT_CHARS = 5000
 """Longest accepted post text. Tweets are far shorter; the bound keeps one message from
 monopolising a batch (the model sees at most its max token length anyway)."""
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 """The version of the result and dead-letter schemas: ``major.minor``; the minor grows when a
 field is added, the major only for a change that can break a consumer."""
 
@@ -126,6 +126,16 @@ class EmotionResult(BaseModel):
     model: ModelInfo
     source: ResultSource
     processed_at: datetime = Field(default_factory=utc_now, description="UTC, ISO 8601.")
+    posted_at: datetime | None = Field(
+        default=None,
+        description="When the post was made: its `created_at`, else its Kafka record's timestamp "
+        "(UTC, ISO 8601; since 1.1). The aggregates window by it.",
+    )
+    dimensions: dict[str, str] = Field(
+        default_factory=dict,
+        description="The post's `source` and `lang`, where it has them (since 1.1): the "
+        "breakdowns of the aggregates.",
+    )
 
     @field_validator("scores")
     @classmethod

@@ -56,6 +56,12 @@ def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
     return tuple((str(name), bytes(value or b"")) for name, value in pairs)
 
 
+def _timestamp_ms(message: Any) -> int | None:
+    """The Kafka timestamp of a Faust message (which keeps it in seconds), in milliseconds."""
+    timestamp = message.timestamp
+    return int(timestamp * 1000) if timestamp and timestamp > 0 else None
+
+
 def _message_size(event: Any) -> int:
     message = event.message
     return len(message.value or b"") + len(message.key or b"")
@@ -296,7 +302,9 @@ class EmotionStream:
     async def prepare(self, events: Sequence[Any]) -> PreparedBatch:
         """Decode the events and prepare the model's input, off the event loop."""
         records = [
-            InboundRecord(m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers))
+            InboundRecord(
+                m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers), _timestamp_ms(m)
+            )
             for m in (e.message for e in events)
         ]
         self.metrics.posts_in.inc(len(records))

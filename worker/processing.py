@@ -41,6 +41,8 @@ class InboundRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int | None = None
+    """The record's Kafka timestamp, if it has one."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,25 @@ def refused_as_too_large(message: OutboundMessage, what: str, max_bytes: int) ->
     return dataclasses.replace(
         dead_letter(message.source, error, max_bytes, minimal=True), headers=message.headers
     )
+
+
+DIMENSIONS = ("source", "lang")
+"""The post fields a result carries as ``dimensions``: the aggregates' breakdowns."""
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _posted_at(post: Post, record: InboundRecord) -> str | None:
+    if post.created_at is not None:
+        created = post.created_at
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=timezone.utc)
+        return _iso(created.astimezone(timezone.utc))
+    if record.timestamp_ms is not None and record.timestamp_ms > 0:
+        return _iso(datetime.fromtimestamp(record.timestamp_ms / 1000, timezone.utc))
+    return None
 
 
 class BatchProcessor:
@@ -317,7 +338,9 @@ class BatchProcessor:
             "scores": prediction.scores,
             "model": self._model_dict,
             "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-            "processed_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "processed_at": _iso(datetime.now(timezone.utc)),
+            "posted_at": _posted_at(post, record),
+            "dimensions": {name: value for name in DIMENSIONS if (value := getattr(post, name))},
         }
         return OutboundMessage(
             key=post.id.encode("utf-8"),

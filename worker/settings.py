@@ -12,6 +12,17 @@ from worker.broker.security import KafkaSecurity
 from worker.model.api import ModelOptions
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class WorkerSettings(BaseSettings):
     """Everything the worker can be told. Each field is read from ``EMOTION_<NAME>``."""
 
@@ -203,6 +214,56 @@ class WorkerSettings(BaseSettings):
     )
     web_port: int = Field(default=6066, ge=1, le=65535, description="Port of those endpoints.")
 
+    classify: bool = Field(
+        default=False,
+        description="Serve `POST /classify` on the worker's web port: texts labelled in the stream's "
+        "next batch, by the same model.",
+    )
+    classify_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token `/classify` requires (a secret: never logged); required when "
+        "EMOTION_WEB_HOST is not a loopback address.",
+    )
+    classify_max_texts: int = Field(default=64, ge=1, le=1024, description="Most texts in one request.")
+    classify_max_concurrent: int = Field(
+        default=16, ge=1, description="Requests in progress at once; more are answered 429."
+    )
+
+    aggregates_topic: str = Field(
+        default="post-emotions-1m",
+        min_length=1,
+        description="`emotion-stream aggregate` publishes windowed counts here; key = window start and "
+        "dimension (the latest record per key is the current state).",
+    )
+    aggregate_window_s: float = Field(
+        default=60.0, gt=0, le=86400, description="Length of the tumbling windows, in seconds."
+    )
+    aggregate_update_s: float = Field(
+        default=2.0, gt=0, description="An open window's record is re-published at most this often."
+    )
+    aggregate_grace_s: float = Field(
+        default=10.0, ge=0, description="A window closes once results this much later than its end arrive."
+    )
+    aggregate_retain_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Closed windows kept (and re-published when a late result arrives) for this long.",
+    )
+    aggregate_dimensions: list[Literal["source", "lang"]] = Field(
+        default=["source", "lang"],
+        description="Post fields broken down beside the totals (JSON list; `[]` for totals only).",
+    )
+    aggregate_group_id: str = Field(
+        default="emotion-stream-aggregate", min_length=1, description="Consumer group of the aggregator."
+    )
+    dashboard_host: str = Field(default="127.0.0.1", description="Address of the live dashboard page.")
+    dashboard_port: int = Field(default=8080, ge=1, le=65535, description="Port of the live dashboard page.")
+    dashboard_show_text: bool = Field(
+        default=False,
+        description="Show post text in the dashboard's recent results (read from the input topic); off: "
+        "ids, labels and scores only.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Least severe log level written (post text never appears above DEBUG)."
     )
@@ -276,9 +337,22 @@ class WorkerSettings(BaseSettings):
         )
 
     @model_validator(mode="after")
+    def _classify_guarded(self) -> WorkerSettings:
+        if self.classify and self.classify_token is None and not _loopback(self.web_host):
+            raise ValueError(
+                f"EMOTION_CLASSIFY=true with EMOTION_WEB_HOST={self.web_host} would let anyone who can "
+                "reach the port use the model: set EMOTION_CLASSIFY_TOKEN (clients send it as a bearer "
+                "token), or bind EMOTION_WEB_HOST to 127.0.0.1"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _distinct_topics(self) -> WorkerSettings:
-        if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
-            raise ValueError("input_topic, output_topic and dlq_topic must be three different topics")
+        if len({self.input_topic, self.output_topic, self.dlq_topic, self.aggregates_topic}) != 4:
+            raise ValueError(
+                "EMOTION_INPUT_TOPIC, EMOTION_OUTPUT_TOPIC, EMOTION_DLQ_TOPIC and EMOTION_AGGREGATES_TOPIC "
+                "must be four different topics"
+            )
         return self
 
     @property

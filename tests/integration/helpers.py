@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Callable
 
-from worker.cli.clients import follow, produce
+from worker.broker.clients import follow, produce
 
 
 def make_posts(n: int, prefix: str = "p") -> list[tuple[bytes, bytes]]:

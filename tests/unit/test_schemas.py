@@ -88,6 +88,8 @@ def test_result_serialises_with_utc_timestamp():
         "model",
         "source",
         "processed_at",
+        "posted_at",
+        "dimensions",
     }
 
 
@@ -125,8 +127,17 @@ def test_dead_letter_round_trips():
 def test_export_writes_a_json_schema_per_message(tmp_path):
     paths = export_json_schemas(tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["dead-letter.schema.json", "emotion-result.schema.json", "post.schema.json"]
+    assert names == [
+        "dead-letter.schema.json",
+        "emotion-aggregate.schema.json",
+        "emotion-result.schema.json",
+        "post.schema.json",
+    ]
     post_schema = json.loads((tmp_path / "post.schema.json").read_text())
     assert set(post_schema["required"]) == {"id", "text"}
     result_schema = json.loads((tmp_path / "emotion-result.schema.json").read_text())
-    assert "processed_at" in result_schema["properties"]
+    assert {"processed_at", "posted_at", "dimensions"} <= set(result_schema["properties"])
+    aggregate_schema = json.loads((tmp_path / "emotion-aggregate.schema.json").read_text())
+    required = {"window_start", "window_end", "dimension", "counts", "mean_scores", "posts", "dead_letters"}
+    assert required <= set(aggregate_schema["required"])
+    assert "Forward-compatible" in aggregate_schema["description"]

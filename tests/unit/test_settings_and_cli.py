@@ -5,8 +5,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from worker.broker.clients import line_to_message
 from worker.broker.profiles import profile_for
-from worker.cli.clients import line_to_message
 from worker.settings import WorkerSettings
 
 

@@ -99,6 +99,28 @@ def start_model(settings: WorkerSettings):
         raise UsageError(str(exc)) from None
 
 
+def run_aggregate(args: argparse.Namespace) -> int:
+    settings = load_settings(WorkerSettings)
+    from worker.observability import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    check_broker(settings)
+    from worker.aggregator import run_aggregator
+
+    return run_aggregator(settings)
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    settings = load_settings(WorkerSettings)
+    from worker.observability import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    check_broker(settings)
+    from worker.dashboard.server import run_dashboard as serve
+
+    return serve(settings)
+
+
 def run_broker(args: argparse.Namespace) -> int:
     from worker.broker.embedded import EmbeddedBroker, EmbeddedBrokerError
 
@@ -129,7 +151,7 @@ def _lines(path: str) -> Iterator[str]:
 
 
 def run_produce(args: argparse.Namespace) -> int:
-    from worker.cli.clients import line_to_message, produce
+    from worker.broker.clients import line_to_message, produce
 
     settings = load_settings(WorkerSettings)
     if args.file != "-" and not Path(args.file).is_file():
@@ -161,7 +183,7 @@ def format_dead_letter_row(value: dict) -> str:
 
 
 def run_consume(args: argparse.Namespace) -> int:
-    from worker.cli.clients import follow
+    from worker.broker.clients import follow
 
     settings = load_settings(WorkerSettings)
     check_broker(settings)

@@ -120,7 +120,7 @@ class DemoPrinter:
 
 
 async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: float) -> None:
-    from worker.cli.clients import follow
+    from worker.broker.clients import follow
 
     async def reader() -> None:
         async for record in follow(broker.bootstrap, [output, dlq], backend="embedded"):
@@ -134,8 +134,8 @@ async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: f
 
 
 def run(args: argparse.Namespace) -> int:
+    from worker.broker.clients import produce
     from worker.broker.embedded import EmbeddedBroker
-    from worker.cli.clients import produce
     from worker.cli.worker_process import WorkerProcess
 
     model = resolve_model(load_settings(WorkerSettings))

@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the streaming worker")
     p.set_defaults(run=commands.run_worker)
 
+    p = sub.add_parser(
+        "aggregate", help="publish emotion counts per time window (for dashboards) from the results"
+    )
+    p.set_defaults(run=commands.run_aggregate)
+
+    p = sub.add_parser("dashboard", help="serve the live dashboard page (EMOTION_DASHBOARD_PORT)")
+    p.set_defaults(run=commands.run_dashboard)
+
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker on 127.0.0.1")
     p.add_argument(
         "--port", type=int, default=9092, help="port to listen on (default 9092; 0 picks a free one)"
