@@ -20,17 +20,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import faust
 import structlog
+from faust.web import View
 from prometheus_client import generate_latest
 
 from worker import policy
 from worker.batching import ByteBudget, MicroBatcher
 from worker.broker.profiles import profile_for
+from worker.classify import ClassifyDesk, ClassifyRejected
 from worker.health import BrokerProbe, Watchdog, stop_worker
 from worker.heap import freeze_startup_objects
+from worker.model.api import ModelUnavailable
 from worker.observability import WorkerMetrics, WorkerSensor
 from worker.pacing import FetchPacer
 from worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
@@ -136,6 +140,10 @@ class EmotionStream:
         )
         self.security = settings.security()  # read once: the password file, the TLS files
         self.broker_probe = BrokerProbe(settings.bootstrap_servers, security=self.security.aiokafka())
+        self.desk: ClassifyDesk | None = None
+        if settings.classify:
+            token = settings.classify_token.get_secret_value() if settings.classify_token else None
+            self.desk = ClassifyDesk(settings.classify_max_texts, settings.classify_max_concurrent, token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publishing: list[asyncio.Future] = []
         self._send_errors_counted = 0
@@ -206,6 +214,9 @@ class EmotionStream:
             frozen_objects=frozen,
         )
         self._loop = asyncio.get_running_loop()
+        if self.desk is not None:
+            serving = asyncio.ensure_future(self._serve_quiet_requests())
+            serving.add_done_callback(self._crash_on_failure)
         self.watchdog.watch_consumer(lag=self._total_lag, idle=self._pipeline_idle)
         self.watchdog.start()
         # The wait counts from each post's Kafka timestamp (see MicroBatcher); the bytes of
@@ -228,11 +239,14 @@ class EmotionStream:
         try:
             async for events in batches:
                 started = time.perf_counter()
-                prepared = await self.prepare(events)
+                requests = self.desk.take(s.batch_size) if self.desk is not None else []
+                prepared = await self.prepare(events, requests)
                 if in_model is not None:
                     await asyncio.shield(in_model)  # the model is free again
                 await self._room_to_publish()
                 in_model = asyncio.ensure_future(self.run_model(prepared, len(events)))
+                if requests:
+                    in_model.add_done_callback(partial(self._answer, requests))
                 publishing = asyncio.ensure_future(self._publish_after(events, in_model, publishing, started))
                 publishing.add_done_callback(self._crash_on_failure)
                 self._publishing.append(publishing)
@@ -299,8 +313,42 @@ class EmotionStream:
             await previous  # the batch before this one is acked first
         await self.publish(events, outcome, started)
 
-    async def prepare(self, events: Sequence[Any]) -> PreparedBatch:
-        """Decode the events and prepare the model's input, off the event loop."""
+    def _answer(self, requests: list, in_model: asyncio.Future) -> None:
+        """Hand the requested texts' predictions to the /classify requests that wait for them."""
+        assert self.desk is not None
+        if in_model.cancelled():
+            self.desk.fail(requests, asyncio.CancelledError())
+        elif in_model.exception() is not None:
+            self.desk.fail(requests, in_model.exception())
+        else:
+            self.desk.answer(requests, in_model.result().answers)
+
+    async def _serve_quiet_requests(self) -> None:
+        """Run /classify requests that no batch took within the batch wait (a quiet input
+        topic) on their own, through the same model thread."""
+        assert self.desk is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.desk.wait_for_work()
+            await asyncio.sleep(self.settings.batch_wait_ms / 1000)
+            while self.desk.waiting:
+                requests = self.desk.take(self.settings.batch_size)
+                try:
+                    prepared = await loop.run_in_executor(
+                        self._prepare_executor, self.processor.prepare, [], self.desk.texts_of(requests)
+                    )
+                    outcome = await loop.run_in_executor(self._executor, self.processor.finish, prepared)
+                except ModelUnavailable as exc:
+                    self.desk.fail(requests, exc)
+                    raise
+                except Exception as exc:
+                    self.desk.fail(requests, exc)
+                else:
+                    self.desk.answer(requests, outcome.answers)
+
+    async def prepare(self, events: Sequence[Any], requests: Sequence[Any] = ()) -> PreparedBatch:
+        """Decode the events and prepare the model's input (with the texts of ``requests``,
+        waiting /classify requests), off the event loop."""
         records = [
             InboundRecord(
                 m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers), _timestamp_ms(m)
@@ -310,7 +358,8 @@ class EmotionStream:
         self.metrics.posts_in.inc(len(records))
         self.metrics.batch_size.observe(len(records))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._prepare_executor, self.processor.prepare, records)
+        texts = ClassifyDesk.texts_of(list(requests))
+        return await loop.run_in_executor(self._prepare_executor, self.processor.prepare, records, texts)
 
     async def run_model(self, prepared: PreparedBatch, posts: int) -> BatchOutcome:
         """Run a prepared batch through the model and encode its results, off the event loop."""
@@ -449,9 +498,35 @@ class EmotionStream:
                 generate_latest(self.metrics.registry).decode("utf-8"), content_type="text/plain"
             )
 
+        if self.desk is not None:
+            app.page("/classify")(self._classify_view())
         app.page("/health")(health)
         app.page("/ready")(ready)
         app.page("/metrics")(metrics)
+
+    def _classify_view(self) -> type:
+        desk, stream = self.desk, self
+        assert desk is not None
+
+        class Classify(View):
+            async def post(self, request: Any) -> Any:
+                try:
+                    desk.check_token(request.headers.get("Authorization"))
+                    if stream.failure is not None:
+                        raise ClassifyRejected(503, "the worker is stopping")
+                    texts = desk.parse(await request.read())
+                    predictions = await desk.classify(texts)
+                except ClassifyRejected as rejected:
+                    stream.metrics.classify_requests.labels(status=str(rejected.status)).inc()
+                    response = self.json({"error": str(rejected)}, status=rejected.status)
+                    if rejected.status == 401:
+                        response.headers["WWW-Authenticate"] = "Bearer"
+                    return response
+                stream.metrics.classify_requests.labels(status="200").inc()
+                stream.metrics.classify_texts.inc(len(texts))
+                return self.json(desk.answer_body(predictions, stream.processor.model.model_dump()))
+
+        return Classify
 
     async def _progress(self) -> None:
         log.info("progress", **self.metrics.totals(), ready=self.ready)

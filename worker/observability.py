@@ -178,6 +178,15 @@ class WorkerMetrics:
             "Outputs the broker refused or did not acknowledge in time (too-large ones included).",
             registry=r,
         )
+        self.classify_requests = Counter(
+            "emotion_classify_requests",
+            "`POST /classify` requests answered, by HTTP status.",
+            ["status"],
+            registry=r,
+        )
+        self.classify_texts = Counter(
+            "emotion_classify_texts", "Texts labelled through `POST /classify`.", registry=r
+        )
         self._lags: dict[int, int] = {}
 
     def set_lag(self, lags: dict[int, int]) -> None:

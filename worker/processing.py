@@ -63,6 +63,9 @@ class BatchOutcome:
     model_seconds: float = 0.0
     refused_results: int = 0
     """Results the broker refused as too large, answered by a dead letter instead."""
+    answers: list[Prediction | None] = field(default_factory=list)
+    """Predictions for the batch's requested texts (``/classify``), in order; None where the
+    model failed on that text alone."""
 
 
 Predict = Callable[[Any], list[Prediction]]
@@ -78,6 +81,13 @@ class PreparedBatch:
     valid: list[tuple[InboundRecord, Post]]
     model_input: Any = None
     prepare_error: BaseException | None = None
+    requested: list[str] = field(default_factory=list)
+    """Texts asked for outside the stream (``/classify``): they ride in the same model call,
+    after the posts, and are answered, not published."""
+
+    @property
+    def texts(self) -> list[str]:
+        return [post.text for _, post in self.valid] + self.requested
 
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
@@ -191,8 +201,10 @@ class BatchProcessor:
         """Both stages in one call."""
         return self.finish(self.prepare(records))
 
-    def prepare(self, records: Sequence[InboundRecord]) -> PreparedBatch:
-        batch = PreparedBatch(outcome=BatchOutcome(), valid=[])
+    def prepare(self, records: Sequence[InboundRecord], requested: Sequence[str] = ()) -> PreparedBatch:
+        """Decode and bound ``records``, and prepare the model's input for their texts followed by
+        the ``requested`` ones."""
+        batch = PreparedBatch(outcome=BatchOutcome(), valid=[], requested=list(requested))
         for record in records:
             size = len(record.value or b"") + len(record.key or b"")
             if size > self.max_message_bytes:
@@ -205,21 +217,22 @@ class BatchProcessor:
                 self._reject(batch.outcome, record, decoded.error)
             else:
                 batch.valid.append((record, decoded))
-        if batch.valid:
+        if batch.valid or batch.requested:
             try:
-                batch.model_input = self._prepare([post.text for _, post in batch.valid])
+                batch.model_input = self._prepare(batch.texts)
             except Exception as exc:  # finish() finds the posts that fail on their own
                 batch.prepare_error = exc
         return batch
 
     def finish(self, batch: PreparedBatch) -> BatchOutcome:
         outcome = batch.outcome
-        if not batch.valid:
+        if not batch.valid and not batch.requested:
             return outcome
         started = time.perf_counter()
         predictions = self._predict_isolating_failures(batch)
         outcome.model_seconds = time.perf_counter() - started
-        for (record, post), prediction in zip(batch.valid, predictions, strict=True):
+        outcome.answers = predictions[len(batch.valid) :]
+        for (record, post), prediction in zip(batch.valid, predictions[: len(batch.valid)], strict=True):
             if prediction is not None:
                 outcome.results.append(self._result(record, post, prediction))
                 outcome.labels.append(prediction.label)
@@ -239,7 +252,7 @@ class BatchProcessor:
         return True
 
     def _predict_isolating_failures(self, batch: PreparedBatch) -> list[Prediction | None]:
-        texts = [post.text for _, post in batch.valid]
+        texts = batch.texts
         error = batch.prepare_error
         if error is None:
             try:
@@ -277,6 +290,8 @@ class BatchProcessor:
         failures: dict[int, BaseException] = {}
         self._bisect(texts, list(range(len(texts))), predictions, failures, failed=error)
         for i, exc in sorted(failures.items()):
+            if i >= len(batch.valid):
+                continue  # a requested text: its answer says it failed
             message = f"the model failed on this post alone, twice: {exc!r}"
             self._reject(
                 batch.outcome, batch.valid[i][0], ErrorInfo(kind="processing_failed", message=message)

@@ -249,3 +249,44 @@ def test_consumers_of_today_read_tomorrows_messages():
         "a_field_added_later": [1, 2],
     }
     assert EmotionResult.model_validate(future).id == "a"
+
+
+def test_requested_texts_ride_in_the_same_model_call_after_the_posts_and_are_answered_not_published():
+    calls = []
+
+    def predict(texts):
+        calls.append(list(texts))
+        return fake_predict(texts)
+
+    records = [record(0, b'{"id": "a", "text": "first"}'), record(1, b"nope")]
+    processor = BatchProcessor(predict, MODEL)
+    outcome = processor.finish(processor.prepare(records, ["asked one", "asked two!"]))
+    assert calls == [["first", "asked one", "asked two!"]]
+    assert [json.loads(m.value)["id"] for m in outcome.results] == ["a"]
+    assert outcome.answers == [_prediction("asked one"), _prediction("asked two!")]
+    assert len(outcome.dead_letters) == 1  # only the bad post
+
+
+def test_a_requested_text_that_breaks_the_model_gets_no_answer_and_no_dead_letter():
+    records = [record(0, b'{"id": "a", "text": "first"}')]
+    processor = BatchProcessor(fake_predict, MODEL, model_retry_delays=())
+    outcome = processor.finish(processor.prepare(records, ["poison text", "fine"]))
+    assert [json.loads(m.value)["id"] for m in outcome.results] == ["a"]
+    assert outcome.answers == [None, _prediction("fine")] and outcome.dead_letters == []
+    quiet = processor.finish(processor.prepare([], ["only asked"]))
+    assert quiet.answers == [_prediction("only asked")] and quiet.results == []
+
+
+def test_results_carry_the_post_time_and_its_dimensions():
+    posted = record(
+        0,
+        b'{"id": "a", "text": "x", "source": "app", "lang": "en", "created_at": "2026-01-01T10:00:00+01:00"}',
+    )
+    stamped = InboundRecord("posts", 0, 1, None, b'{"id": "b", "text": "y"}', timestamp_ms=1767261600000)
+    outcome = BatchProcessor(fake_predict, MODEL).process([posted, stamped])
+    first, second = (json.loads(m.value) for m in outcome.results)
+    assert first["posted_at"] == "2026-01-01T09:00:00Z" and first["dimensions"] == {
+        "source": "app",
+        "lang": "en",
+    }
+    assert second["posted_at"] == "2026-01-01T10:00:00Z" and second["dimensions"] == {}
