@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -119,3 +124,39 @@ def restart_answers_everything(broker, topics, env: dict, log_path, posts) -> No
     finally:
         assert restarted.stop() == 0, log_path.read_text()[-3000:]
     assert wanted - set(result_ids(seen[topics.output])) == set()
+
+
+def start_command(command: str, env: dict, started: str, timeout: float = 60) -> subprocess.Popen:
+    """`emotion-stream COMMAND` in a child process with only ``env``'s EMOTION_* settings,
+    returned once its output shows ``started``; its output lines gather in ``.output``."""
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}, **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli.main", command],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if started in line:
+                seen.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    process.output = lines  # type: ignore[attr-defined]
+    if not seen.wait(timeout):
+        process.kill()
+        raise AssertionError(f"`emotion-stream {command}` did not start:\n" + "".join(lines)[-3000:])
+    return process
+
+
+def stop_command(process: subprocess.Popen, kill: bool = False) -> str:
+    """SIGTERM (or SIGKILL) a :func:`start_command` child; its whole output."""
+    process.kill() if kill else process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    time.sleep(0.2)  # the reader thread takes the last lines
+    return "".join(process.output)  # type: ignore[attr-defined]

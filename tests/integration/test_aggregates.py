@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import threading
-import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -16,7 +11,7 @@ import pytest
 
 from schemas.aggregates import EmotionAggregate
 from schemas.labels import LABELS
-from tests.integration.helpers import collect, produce_sync
+from tests.integration.helpers import collect, produce_sync, start_command, stop_command
 
 pytestmark = pytest.mark.integration
 
@@ -83,37 +78,11 @@ def _latest(broker, topic: str, enough) -> dict[tuple[str, str], dict]:
 
 
 def _start(env: dict) -> subprocess.Popen:
-    """An aggregator in a child process, returned once it says it has started."""
-    full = {**{k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}, **env}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli.main", "aggregate"],
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if "aggregator started" in line:
-                started.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    process.output = lines  # type: ignore[attr-defined]
-    if not started.wait(60):
-        process.kill()
-        raise AssertionError("the aggregator did not start:\n" + "".join(lines)[-3000:])
-    return process
+    return start_command("aggregate", env, "aggregator started")
 
 
 def _stop(process: subprocess.Popen, kill: bool = False) -> str:
-    process.kill() if kill else process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
-    time.sleep(0.2)  # the reader thread takes the last lines
-    return "".join(process.output)  # type: ignore[attr-defined]
+    return stop_command(process, kill)
 
 
 def _reached(expected):

@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 RECENT = 50
+STREAM_S = 30.0
+"""An events stream ends after this long and the page reconnects (and re-reads the state):
+proxies that cut long responses, and browsers that wait for a page to settle, both cope."""
 RATE_WINDOW_S = 10.0
 HOUR_S = 3600.0
 TEXTS_KEPT = 5000
@@ -163,10 +166,11 @@ def build_app(state: DashboardState) -> web.Application:
         queue: asyncio.Queue = asyncio.Queue()
         state.subscribers.add(queue)
         try:
-            await response.write(b"retry: 2000\n\n")
-            while True:
+            await response.write(b"retry: 1000\n\n")
+            ends = time.monotonic() + STREAM_S
+            while (left := ends - time.monotonic()) > 0:
                 try:
-                    message = await asyncio.wait_for(queue.get(), timeout=15.0)
+                    message = await asyncio.wait_for(queue.get(), timeout=min(15.0, left))
                 except asyncio.TimeoutError:
                     message = b": keep-alive\n\n"
                 await response.write(message)

@@ -1,0 +1,105 @@
+"""The live page in headless Chromium, during a stream: the chart, its numbers, live updates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+
+import pytest
+
+from schemas.labels import LABELS
+from tests.browser import HeadlessChromium, find_chromium
+from tests.integration.helpers import (
+    MALFORMED,
+    collect,
+    make_posts,
+    produce_sync,
+    start_command,
+    stop_command,
+)
+from worker.broker.embedded import free_port
+from worker.cli.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+MIX = "Object.fromEntries([...document.querySelectorAll('#mix [data-label]')].map(e => [e.dataset.label, Number(e.querySelector('.count').textContent)]))"  # noqa: E501
+
+
+def _number(element_id: str) -> str:
+    return f"Number(document.getElementById('{element_id}').dataset.value)"
+
+
+@pytest.fixture
+def pipeline(broker, worker_env, tmp_path):
+    """A worker, an aggregator and the dashboard on the test's topics; yields the page's URL."""
+    if find_chromium() is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium; .ci/setup does)")
+    env = {
+        **worker_env,
+        "EMOTION_AGGREGATES_TOPIC": f"aggregates-{worker_env['EMOTION_GROUP_ID']}",
+        "EMOTION_AGGREGATE_GROUP_ID": f"aggregate-{worker_env['EMOTION_GROUP_ID']}",
+        "EMOTION_AGGREGATE_UPDATE_S": "0.5",
+        "EMOTION_DASHBOARD_PORT": str(free_port()),
+    }
+    worker = WorkerProcess({**os.environ, **env}, log_path=tmp_path / "worker.log").start()
+    started = []
+    try:
+        worker.wait_ready(timeout=90)
+        started.append(start_command("aggregate", env, "aggregator started"))
+        started.append(start_command("dashboard", env, "dashboard serving"))
+        yield f"http://127.0.0.1:{env['EMOTION_DASHBOARD_PORT']}/", env
+    finally:
+        for process in started:
+            stop_command(process)
+        worker.stop()
+
+
+def test_the_live_page_shows_the_streams_emotion_mix_and_updates_without_a_reload(
+    broker, topics, pipeline, tmp_path
+):
+    url, _ = pipeline
+    first = make_posts(40, prefix="d")
+    produce_sync(broker, topics.input, first + [(k, v) for k, v, _ in MALFORMED[:3]])
+
+    async def look() -> dict:
+        async with HeadlessChromium(1280, 900) as page:
+            await page.goto(url)
+            await page.wait_for("document.body.dataset.ready === 'true'", timeout=60)
+            await page.wait_for(f"{_number('posts-hour')} === 40 && {_number('dlq-hour')} === 3", timeout=90)
+            seen = {
+                "mix": await page.evaluate(MIX),
+                "rows": await page.evaluate("document.querySelectorAll('#recent tbody tr').length"),
+            }
+            seen["first_rows"] = await page.evaluate(
+                "[...document.querySelectorAll('#recent tbody tr')].map(r => r.dataset.id)"
+            )
+            seen["chart"] = await page.evaluate("document.querySelectorAll('#chart canvas').length")
+            seen["text_shown"] = await page.evaluate("document.body.innerText.includes('i feel')")
+            updates = int(await page.evaluate("Number(document.body.dataset.updates)"))
+            await page.screenshot(tmp_path / "dashboard.png")
+
+            await asyncio.to_thread(produce_sync, broker, topics.input, make_posts(15, prefix="e"))
+            await page.wait_for(f"{_number('posts-hour')} === 55", timeout=90)
+            seen["updates_grew"] = int(await page.evaluate("Number(document.body.dataset.updates)")) > updates
+            seen["mix_after"] = await page.evaluate(MIX)
+            seen["rate"] = await page.evaluate(_number("rate"))
+            await page.screenshot(tmp_path / "dashboard-after.png")
+            return seen
+
+    seen = asyncio.run(look())
+    results = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= 55, timeout=60)[
+        topics.output
+    ]
+    labels = [json.loads(r.value)["label"] for r in results]
+    first_labels = Counter(json.loads(r.value)["label"] for r in results if r.key.startswith(b"d-"))
+    assert seen["mix"] == {name: first_labels.get(name, 0) for name in LABELS}
+    assert seen["mix_after"] == {name: labels.count(name) for name in LABELS}
+    assert seen["updates_grew"]  # the page changed without a reload (server-sent events)
+    assert seen["rows"] == 20 and all(i.startswith(("d-", "e-")) for i in seen["first_rows"])
+    assert seen["chart"] >= 1 and seen["rate"] >= 0
+    assert not seen["text_shown"]  # post text stays off the page unless a setting allows it
+    png = (tmp_path / "dashboard.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    print(f"screenshots: {tmp_path / 'dashboard.png'} and {tmp_path / 'dashboard-after.png'}")
