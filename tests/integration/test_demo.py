@@ -30,3 +30,12 @@ def test_the_demo_labels_every_sample_post_and_dead_letters_the_malformed_ones(t
     assert dead.split("/")[0] == dead.split("/")[1] and int(dead.split("/")[1]) >= 3
     assert "DEAD LETTER  not_utf8" in out and "worker exit code 0" in out
     assert (tmp_path / "artifacts" / "demo" / "worker.log").is_file()
+    # It ends with the sample's emotion mix, counted by the aggregator, and the page's address.
+    mix_at = out.index("emotion mix of the sample (the aggregates topic):")
+    mix = {
+        line.split()[0]: int(line.split()[1])
+        for line in out[mix_at:].splitlines()[1:]
+        if line.startswith("  ")
+    }
+    assert sum(mix.values()) == int(sent)
+    assert "live page: http://127.0.0.1:" in out and "dashboard: http://127.0.0.1:" in out

@@ -1,8 +1,10 @@
 """`emotion-stream demo`: the whole pipeline on the embedded broker, with sample posts.
 
-Starts the embedded broker and a worker process, sends the sample posts that ship with
-the project (every emotion, and a few malformed messages), prints each result and dead
-letter as it arrives, then stops the worker gracefully and the broker.
+Starts the embedded broker, a worker, the aggregator and the live page, sends the sample
+posts that ship with the project (every emotion, and a few malformed messages), prints each
+result and dead letter as it arrives and the sample's emotion mix from the aggregates topic,
+then stops everything gracefully (or, with ``--serve``, keeps it all running for the page
+until Ctrl-C).
 """
 
 from __future__ import annotations
@@ -133,33 +135,96 @@ async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: f
         await asyncio.wait_for(reader(), timeout)
 
 
+async def _aggregated_mix(broker, topic: str, posts: int, timeout: float = 20.0) -> dict[str, int] | None:
+    """The label counts over every window of the aggregates topic's totals, once they add up to
+    ``posts`` (None if they do not within ``timeout``)."""
+    from worker.broker.clients import follow
+
+    latest: dict[str, dict] = {}
+
+    async def reader() -> None:
+        async for record in follow(broker.bootstrap, [topic], backend="embedded"):
+            value = json.loads(record.value)
+            if value.get("dimension") == {}:
+                latest[value["window_start"]] = value
+            if sum(v["posts"] for v in latest.values()) >= posts:
+                return
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(reader(), timeout)
+        mix: dict[str, int] = {}
+        for record in latest.values():
+            for label, count in record["counts"].items():
+                mix[label] = mix.get(label, 0) + count
+        return mix
+    return None
+
+
+def _print_mix(mix: dict[str, int], source: str) -> None:
+    total = sum(mix.values()) or 1
+    print(f"\nemotion mix of the sample ({source}):")
+    for label, count in sorted(mix.items(), key=lambda kv: -kv[1]):
+        share = count / total
+        print(f"  {label:<9}{count:>4}  {share:>4.0%}  {'#' * round(share * 40)}")
+
+
+def _dashboard_port(wanted: int) -> int:
+    """``wanted`` if it is free on 127.0.0.1, else a free port."""
+    import socket
+
+    from worker.broker.embedded import free_port
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", wanted))
+            return wanted
+        except OSError:
+            return free_port()
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from worker.broker.clients import produce
     from worker.broker.embedded import EmbeddedBroker
     from worker.cli.worker_process import WorkerProcess
 
-    model = resolve_model(load_settings(WorkerSettings))
+    settings = load_settings(WorkerSettings)
+    model = resolve_model(settings)
     messages = sample_messages()
     printer = DemoPrinter(messages)
     log_path = Path("artifacts/demo/worker.log").resolve()
     if log_path.exists():
         log_path.unlink()
-    topics = {"input": "posts", "output": "post-emotions", "dlq": "posts-dlq"}
+    topics = {
+        "input": "posts",
+        "output": "post-emotions",
+        "dlq": "posts-dlq",
+        "aggregates": "post-emotions-1m",
+    }
     started = time.monotonic()
     with EmbeddedBroker() as broker:
         print(f"embedded broker on {broker.bootstrap}", flush=True)
-        worker = WorkerProcess(
-            {
-                "EMOTION_BROKER": broker.url,
-                "EMOTION_BROKER_BACKEND": "embedded",
-                "EMOTION_MODEL": str(model),
-                "EMOTION_INPUT_TOPIC": topics["input"],
-                "EMOTION_OUTPUT_TOPIC": topics["output"],
-                "EMOTION_DLQ_TOPIC": topics["dlq"],
-                "EMOTION_LOG_FORMAT": "console",
-            },
-            log_path=log_path,
-        ).start()
+        env = {
+            "EMOTION_BROKER": broker.url,
+            "EMOTION_BROKER_BACKEND": "embedded",
+            "EMOTION_MODEL": str(model),
+            "EMOTION_INPUT_TOPIC": topics["input"],
+            "EMOTION_OUTPUT_TOPIC": topics["output"],
+            "EMOTION_DLQ_TOPIC": topics["dlq"],
+            "EMOTION_AGGREGATES_TOPIC": topics["aggregates"],
+            "EMOTION_AGGREGATE_UPDATE_S": "1",
+            "EMOTION_DASHBOARD_PORT": str(_dashboard_port(settings.dashboard_port)),
+            "EMOTION_LOG_FORMAT": "console",
+        }
+        dashboard_url = f"http://127.0.0.1:{env['EMOTION_DASHBOARD_PORT']}/"
+        worker = WorkerProcess(env, log_path=log_path).start()
+        helpers = [
+            WorkerProcess(env, log_path=log_path.with_name(f"{name}.log"), command=[*command, name]).start()
+            for name in ("aggregate", "dashboard")
+            for command in [[sys.executable, "-m", "worker.cli.main"]]
+        ]
+        mix = None
         try:
             print(f"worker starting (model {model}; log: {log_path}) ...", flush=True)
             try:
@@ -182,14 +247,30 @@ def run(args: argparse.Namespace) -> int:
                 f"({printer.expected_results} posts, {printer.expected_dead} malformed)\n",
                 flush=True,
             )
+            print(f"live page: {dashboard_url}\n", flush=True)
             asyncio.run(_watch(broker, printer, topics["output"], topics["dlq"], args.timeout))
+            mix = asyncio.run(_aggregated_mix(broker, topics["aggregates"], len(printer.results)))
+            if args.serve:
+                _summary(printer, 0, time.monotonic() - started, log_path, mix)
+                print(f"\nserving the live page at {dashboard_url} until Ctrl-C ...", flush=True)
+                with contextlib.suppress(KeyboardInterrupt):
+                    while worker.process is not None and worker.process.poll() is None:
+                        time.sleep(1)
         finally:
-            print("\nstopping the worker (SIGTERM: finish, flush, commit) ...", flush=True)
+            print("\nstopping the worker, the aggregator and the page (SIGTERM: finish, flush, commit) ...")
             code = worker.stop()
-    return _summary(printer, code, time.monotonic() - started, log_path)
+            for helper in helpers:
+                helper.stop()
+    result = _summary(printer, code, time.monotonic() - started, log_path, mix)
+    print(
+        f"dashboard: {dashboard_url} (live while the demo runs; `emotion-stream demo --serve` keeps it up)"
+    )
+    return result
 
 
-def _summary(printer: DemoPrinter, worker_code: int, seconds: float, log_path: Path) -> int:
+def _summary(
+    printer: DemoPrinter, worker_code: int, seconds: float, log_path: Path, mix: dict[str, int] | None
+) -> int:
     counts: dict[str, int] = {}
     for label in printer.results.values():
         counts[label] = counts.get(label, 0) + 1
@@ -198,7 +279,10 @@ def _summary(printer: DemoPrinter, worker_code: int, seconds: float, log_path: P
         f"{len(printer.dead)}/{printer.expected_dead} dead letters, in {seconds:.1f}s; worker exit code "
         f"{worker_code}"
     )
-    print("labels: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    if mix is not None:
+        _print_mix(mix, "the aggregates topic")
+    else:
+        _print_mix(counts, "the results; the aggregates did not add up in time")
     if not printer.complete or worker_code != 0:
         print(f"the demo did not complete: see the worker log {log_path}")
         return 1

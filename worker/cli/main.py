@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for all results (default 300)"
     )
+    p.add_argument(
+        "--serve", action="store_true", help="keep the pipeline and the live page running until Ctrl-C"
+    )
     p.set_defaults(run=_run_demo)
 
     training.register(sub)
