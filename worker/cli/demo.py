@@ -262,9 +262,7 @@ def run(args: argparse.Namespace) -> int:
             for helper in helpers:
                 helper.stop()
     result = _summary(printer, code, time.monotonic() - started, log_path, mix)
-    print(
-        f"dashboard: {dashboard_url} (live while the demo runs; `emotion-stream demo --serve` keeps it up)"
-    )
+    print(f"dashboard: {dashboard_url} (live while the demo runs; `emotion-stream demo --serve` keeps it up)")
     return result
 
 
