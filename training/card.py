@@ -48,10 +48,20 @@ def model_card(identity: dict, record: dict, metrics: dict) -> str:
         f"- precision: `{record['precision']}`, device: `{record['device']}`\n"
         f"- command: `{' '.join(record['command_line']) or 'n/a'}`\n",
         _soup_section(record, metrics),
+        _calibration_section(metrics),
         f"## Metrics ({data['eval_split']} split)\n\n| metric | value |\n|---|---|\n"
         + "\n".join(
             f"| {k} | {fmt(report.get(k))} |"
-            for k in ("accuracy", "f1_weighted", "f1_macro", "roc_auc_weighted", "roc_auc_macro", "log_loss")
+            for k in (
+                "accuracy",
+                "f1_weighted",
+                "f1_macro",
+                "roc_auc_weighted",
+                "roc_auc_macro",
+                "log_loss",
+                "ece",
+                "brier",
+            )
         )
         + "\n\n"
         + per_class_markdown(report)
@@ -92,4 +102,29 @@ def _soup_section(record: dict, metrics: dict) -> str:
         "| version | accuracy | weighted F1 | macro F1 | command |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
         + "\n"
+    )
+
+
+def _calibration_section(metrics: dict) -> str:
+    calibration = metrics.get("calibration")
+    if not calibration:
+        return ""
+    before, after = calibration["before"], calibration["after"]
+    rows = "\n".join(
+        f"| {name} | {fmt(before.get(key))} | {fmt(after.get(key))} |"
+        for name, key in (
+            ("expected calibration error (15 bins)", "ece"),
+            ("Brier score", "brier"),
+            ("log loss", "log_loss"),
+            ("mean top-label probability", "mean_confidence"),
+            ("accuracy", "accuracy"),
+        )
+    )
+    return (
+        "## Calibration\n\nThe scores are calibrated: a temperature of "
+        f"`{calibration['temperature']:.4f}`, fitted on the {calibration['fitted_on']} split (minimum log "
+        "loss), is folded into the classification head (its weight and bias divided by it), so any "
+        "loader returns calibrated probabilities. The labels do not change.\n\n"
+        f"| on {calibration['fitted_on']} | before | after |\n|---|---|---|\n{rows}\n\n"
+        "![reliability diagram](reliability.png)\n"
     )

@@ -102,6 +102,8 @@ class TrainOptions(RunOptions):
 
     output_dir: Path = DEFAULT_OUTPUT_DIR
     params_file: Path | None = None
+    calibrate: bool = True
+    """Fit a temperature on the validation split and fold it into the head before export."""
 
 
 def load_params_file(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from schemas import ID2LABEL, LABEL2ID
 from schemas.model_directory import WEIGHTS_GLOB, model_name, new_version, write_identity
+from training.calibration import save_reliability_diagram
 from training.card import model_card
 from training.plots import save_confusion_matrix
 
@@ -49,6 +50,14 @@ def export_model(directory: Path, model, tokenizer, *, record: dict, metrics: di
         directory / "confusion_matrix.png",
         title=f"{identity['name']} on {metrics['eval_split']}",
     )
+    calibration = metrics.get("calibration")
+    if calibration:
+        save_reliability_diagram(
+            calibration["reliability_after"],
+            calibration["after"]["ece"],
+            directory / "reliability.png",
+            title=f"{identity['name']} on {calibration['fitted_on']}, calibrated",
+        )
     (directory / "README.md").write_text(model_card(identity, record, metrics), encoding="utf-8")
     return identity
 

@@ -14,6 +14,8 @@ import numpy as np
 from schemas import LABELS
 
 SELECTION_METRIC = "f1_weighted"
+ECE_BINS = 15
+"""Equal-width confidence bins of the expected calibration error (top label)."""
 CLASS_IDS = list(range(len(LABELS)))
 
 
@@ -42,13 +44,42 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict
 
 
 def probability_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict:
-    """One-vs-rest ROC-AUC (weighted and macro) and log loss of the predicted probabilities."""
+    """One-vs-rest ROC-AUC (weighted and macro), log loss, expected calibration error (15 bins,
+    top label), Brier score and mean top-label confidence of the predicted probabilities."""
     from sklearn.metrics import log_loss
 
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax rows miss 1.0 by rounding
     auc = ovr_roc_auc(np.asarray(y_true), probs)
-    return {**auc, "log_loss": float(log_loss(y_true, probs, labels=CLASS_IDS))}
+    return {
+        **auc,
+        "log_loss": float(log_loss(y_true, probs, labels=CLASS_IDS)),
+        "ece": expected_calibration_error(y_true, probs),
+        "brier": brier_score(y_true, probs),
+        "mean_confidence": float(probs.max(axis=1).mean()),
+    }
+
+
+def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(ece)
+
+
+def brier_score(y_true: Sequence[int], probs: np.ndarray) -> float:
+    """Mean over posts of the squared distance between the probability vector and the one-hot truth."""
+    probs = np.asarray(probs, dtype=np.float64)
+    truth = np.zeros_like(probs)
+    truth[np.arange(len(probs)), np.asarray(y_true)] = 1.0
+    return float(((probs - truth) ** 2).sum(axis=1).mean())
 
 
 def ovr_roc_auc(y_true: np.ndarray, probs: np.ndarray) -> dict:

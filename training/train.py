@@ -20,6 +20,7 @@ import torch
 import transformers
 
 from training.base_models import DEFAULT_BASE_MODEL, BaseModel
+from training.calibration import calibration_record, fit_temperature, fold_temperature
 from training.config import DEMO_RECIPE, Hyperparameters, TrainOptions
 from training.export import export_model
 from training.metrics import full_report, softmax
@@ -75,7 +76,10 @@ def train(options: TrainOptions, hp: Hyperparameters) -> TrainResult:
             callbacks=[RemainingTimeCallback()] if options.progress else [],
         )
         trainer.train()
+        calibration = _calibrate(trainer, run, options) if options.calibrate else None
         metrics = _measure(trainer, run, options)
+        if calibration is not None:
+            metrics["calibration"] = calibration
         metrics["training"] = {
             "runtime_s": round(time.monotonic() - started, 1),
             "epochs": trainer.state.epoch,
@@ -97,6 +101,41 @@ def train(options: TrainOptions, hp: Hyperparameters) -> TrainResult:
     return TrainResult(output, identity, metrics, run.base)
 
 
+def _validation_dataset(run: PreparedRun, options: TrainOptions):
+    if run.eval_name == "validation":
+        return run.eval_dataset
+    return tokenized_dataset(
+        run.tokenizer, run.data.split("validation"), options.max_length, sort_by_length=True
+    )
+
+
+def _logits(trainer, dataset) -> tuple[list[int], np.ndarray]:
+    prediction = trainer.predict(dataset)
+    logits = (
+        prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    )
+    # label_ids, not the split's labels: the datasets are sorted by length.
+    return prediction.label_ids.tolist(), np.asarray(logits, dtype=np.float64)
+
+
+def _calibrate(trainer, run: PreparedRun, options: TrainOptions) -> dict | None:
+    """Fit a temperature on the validation split and fold it into the model's head."""
+    if "validation" not in run.data.splits:
+        print("[train] no validation split: the scores are not calibrated", file=sys.stderr, flush=True)
+        return None
+    labels, logits = _logits(trainer, _validation_dataset(run, options))
+    temperature = fit_temperature(logits, labels)
+    fold_temperature(trainer.model, temperature)
+    record = calibration_record(labels, logits, temperature)
+    print(
+        f"[train] calibrated: temperature {temperature:.3f}, validation ECE {record['before']['ece']:.4f} -> "
+        f"{record['after']['ece']:.4f}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return record
+
+
 def _measure(trainer, run: PreparedRun, options: TrainOptions) -> dict:
     """Full metrics of the selected model on the eval split (and on validation when selecting on dev)."""
     metrics = {"eval_split": run.eval_name}
@@ -106,14 +145,8 @@ def _measure(trainer, run: PreparedRun, options: TrainOptions) -> dict:
             run.tokenizer, run.data.split("validation"), options.max_length, sort_by_length=True
         )
     for name, dataset in splits.items():
-        prediction = trainer.predict(dataset)
-        logits = (
-            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        )
-        # label_ids, not the split's labels: the eval dataset is sorted by length.
-        metrics[name] = full_report(
-            prediction.label_ids.tolist(), softmax(np.asarray(logits, dtype=np.float64))
-        )
+        labels, logits = _logits(trainer, dataset)
+        metrics[name] = full_report(labels, softmax(logits))
     return metrics
 
 

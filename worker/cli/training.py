@@ -44,6 +44,14 @@ def register(subparsers) -> None:
             "measure the result on validation and export it like a trained model.",
         )
     )
+    _add_calibrate(
+        subparsers.add_parser(
+            "calibrate",
+            help="calibrate an exported model's scores in place",
+            description="Fit a temperature on the validation split, fold it into the classification head "
+            "and update the model directory (a new version).",
+        )
+    )
     _add_evaluate(
         subparsers.add_parser(
             "evaluate",
@@ -97,6 +105,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--params", type=Path, metavar="FILE", help="JSON hyperparameters (from `tune`); flags override it"
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="export the raw scores: no temperature fitted on validation and folded into the head",
     )
     # None means "not given", so a --params file value survives unless a flag overrides it.
     p.add_argument("--lr", type=float, help="learning rate (default 2e-5)")
@@ -223,7 +236,33 @@ def run_train(args: argparse.Namespace) -> int:
             "class_weight_power": args.class_weight_power,
         },
     )
-    train(TrainOptions(**_run_options(args), output_dir=args.output, params_file=args.params), hp)
+    options = TrainOptions(
+        **_run_options(args), output_dir=args.output, params_file=args.params, calibrate=not args.no_calibrate
+    )
+    train(options, hp)
+    return 0
+
+
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, metavar="MODEL_DIR", help="model directory, calibrated in place")
+    p.add_argument(
+        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
+    )
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from training.calibration import calibrate_directory
+
+    data_dir = args.data if args.data is not None else _settings().data_dir
+    record = calibrate_directory(args.model, data_dir)
+    before, after = record["before"], record["after"]
+    print(
+        f"calibrated {args.model}: temperature {record['temperature']:.4f}; validation ECE "
+        f"{before['ece']:.4f} -> {after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}, "
+        f"log loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}, "
+        f"accuracy {after['accuracy']:.4f} (unchanged)"
+    )
     return 0
 
 
