@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from schemas import LABELS
-from training.metrics import fmt, per_class_markdown
+from training.metrics import REPORTED, fmt, per_class_markdown
 
 
 def model_card(identity: dict, record: dict, metrics: dict) -> str:
@@ -50,19 +50,7 @@ def model_card(identity: dict, record: dict, metrics: dict) -> str:
         _soup_section(record, metrics),
         _calibration_section(metrics),
         f"## Metrics ({data['eval_split']} split)\n\n| metric | value |\n|---|---|\n"
-        + "\n".join(
-            f"| {k} | {fmt(report.get(k))} |"
-            for k in (
-                "accuracy",
-                "f1_weighted",
-                "f1_macro",
-                "roc_auc_weighted",
-                "roc_auc_macro",
-                "log_loss",
-                "ece",
-                "brier",
-            )
-        )
+        + "\n".join(f"| {k} | {fmt(report.get(k))} |" for k in REPORTED)
         + "\n\n"
         + per_class_markdown(report)
         + "\n\n![confusion matrix](confusion_matrix.png)\n",

@@ -19,21 +19,11 @@ from schemas.model_directory import read_identity
 from training.baseline import BASELINE_NAME, baseline_proba, fit_baseline
 from training.calibration import reliability_bins, save_reliability_diagram
 from training.data import LabeledTexts, load_emotion_data
-from training.metrics import fmt, full_report, per_class_markdown
+from training.metrics import REPORTED, fmt, full_report, per_class_markdown
 from training.plots import save_confusion_matrix
 from training.predict import load_emotion_model, predict_proba
 
-SUMMARY_METRICS = (
-    "accuracy",
-    "f1_weighted",
-    "f1_macro",
-    "roc_auc_weighted",
-    "roc_auc_macro",
-    "log_loss",
-    "ece",
-    "brier",
-    "mean_confidence",
-)
+SUMMARY_METRICS = (*REPORTED, "mean_confidence")
 
 
 def evaluate(

@@ -14,6 +14,17 @@ import numpy as np
 from schemas import LABELS
 
 SELECTION_METRIC = "f1_weighted"
+REPORTED = (
+    "accuracy",
+    "f1_weighted",
+    "f1_macro",
+    "roc_auc_weighted",
+    "roc_auc_macro",
+    "log_loss",
+    "ece",
+    "brier",
+)
+"""The figures a model card and an evaluation summary show, in this order."""
 ECE_BINS = 15
 """Equal-width confidence bins of the expected calibration error (top label)."""
 CLASS_IDS = list(range(len(LABELS)))
