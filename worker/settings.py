@@ -95,11 +95,11 @@ class WorkerSettings(BaseSettings):
     )
     numeric: Literal["auto", "fp32", "bf16", "int8"] = Field(
         default="auto",
-        description="Numeric mode: auto (mixed precision on CUDA, fp32 on the CPU), fp32, bf16 autocast "
-        "(bf16, or fp16 "
-        "where the GPU lacks bf16) or int8 dynamic quantization (CPU only). bf16 pays on CPUs with "
-        "AVX512-BF16 or AMX "
-        "and is several times slower on others; bench/README.md has speed and accuracy.",
+        description="Numeric mode: auto (mixed precision on CUDA; on the CPU the fastest mode the model "
+        "directory records as verified for this model, within 0.002 accuracy and 99% label agreement of "
+        "fp32, that this CPU runs well; else fp32), fp32, bf16 autocast (bf16, or fp16 where the GPU lacks "
+        "bf16; on the CPU only with AVX512-BF16 or AMX) or int8 dynamic quantization (CPU only). "
+        "`emotion-stream verify-modes DIR` measures and records them; `train` does it after export.",
     )
     batch_size: int = Field(default=128, ge=1, le=4096, description="Most posts gathered into one batch.")
     batch_wait_ms: int = Field(

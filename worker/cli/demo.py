@@ -65,11 +65,15 @@ def train_default_model(directory: Path) -> Path | None:
         flush=True,
     )
     from training.errors import TrainingError
+    from training.settings import resolve_data_dir
+    from worker.cli.training import verify_modes
 
     try:
-        return train_default(directory, progress=True).output_dir
+        trained = train_default(directory, progress=True).output_dir
+        verify_modes(trained, resolve_data_dir(None))
     except TrainingError as exc:
         raise UsageError(f"cannot train the default model: {exc}") from None
+    return trained
 
 
 def _short(text: str) -> str:

@@ -52,6 +52,15 @@ def register(subparsers) -> None:
             "and update the model directory (a new version).",
         )
     )
+    _add_verify_modes(
+        subparsers.add_parser(
+            "verify-modes",
+            help="measure which CPU numeric modes keep a model's quality, and record it",
+            description="Run validation in fp32, bf16 (where the CPU has AVX512-BF16 or AMX) and int8; "
+            "record accuracy, macro F1, agreement with fp32 and speed in the model directory, where "
+            "EMOTION_NUMERIC=auto reads them.",
+        )
+    )
     _add_evaluate(
         subparsers.add_parser(
             "evaluate",
@@ -105,6 +114,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--params", type=Path, metavar="FILE", help="JSON hyperparameters (from `tune`); flags override it"
+    )
+    p.add_argument(
+        "--no-verify-modes",
+        action="store_true",
+        help="skip measuring the CPU numeric modes (fp32, bf16, int8) on validation after export",
     )
     p.add_argument(
         "--no-calibrate",
@@ -239,7 +253,52 @@ def run_train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         **_run_options(args), output_dir=args.output, params_file=args.params, calibrate=not args.no_calibrate
     )
-    train(options, hp)
+    result = train(options, hp)
+    if not args.no_verify_modes:
+        verify_modes(result.output_dir, options.data_dir)
+    return 0
+
+
+def verify_modes(model_dir: Path, data_dir: Path | None, limit: int | None = None) -> dict:
+    """Measure the CPU numeric modes of an exported model on validation and record them in it."""
+    from training.data import load_emotion_data
+    from training.sampling import stratified_sample
+    from worker.model.verify import record_numeric_modes, verify_numeric_modes
+
+    validation = load_emotion_data(data_dir).split("validation")
+    if limit is not None and limit < len(validation.texts):
+        validation = stratified_sample(validation, limit, seed=0)
+    print(f"[verify-modes] {model_dir}: {len(validation.texts)} validation posts per mode", file=sys.stderr)
+    verification = verify_numeric_modes(model_dir, validation.texts, validation.labels)
+    record_numeric_modes(model_dir, verification)
+    for mode, figures in verification["modes"].items():
+        print(
+            f"  {mode:<5} accuracy {figures['accuracy']:.4f}  macro F1 {figures['f1_macro']:.4f}  "
+            f"agreement {figures['agreement']:.4f}  {figures['posts_per_s']:>7.1f} posts/s "
+            f"({figures['speedup']:.2f}x)  " + ("verified" if figures["verified"] else "NOT verified"),
+            file=sys.stderr,
+        )
+    return verification
+
+
+def _add_verify_modes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model", type=Path, metavar="MODEL_DIR", help="model directory; the results are recorded in it"
+    )
+    p.add_argument(
+        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
+    )
+    p.add_argument("--limit", type=_positive_int, help="measure on a stratified sample of this many posts")
+    p.set_defaults(run=run_verify_modes)
+
+
+def run_verify_modes(args: argparse.Namespace) -> int:
+    from worker.model.loading import choose_numeric
+
+    data_dir = args.data if args.data is not None else _settings().data_dir
+    verification = verify_modes(args.model, data_dir, args.limit)
+    mode, reason = choose_numeric(verification)
+    print(f"EMOTION_NUMERIC=auto will run {mode} on this CPU: {reason}")
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from schemas import LABELS, ModelInfo
-from schemas.model_directory import model_info
+from schemas.model_directory import model_info, read_identity
 from worker.model.api import ModelLoadError
 
 
@@ -25,6 +25,8 @@ class LoadedModel:
     columns: list[str]
     """The emotion of each output column."""
     info: ModelInfo
+    numeric_modes: dict | None = None
+    """What the model directory records of its numeric modes (see :mod:`worker.model.verify`)."""
 
 
 def load_pretrained(source: str, revision: str | None = None) -> LoadedModel:
@@ -53,13 +55,15 @@ def load_pretrained(source: str, revision: str | None = None) -> LoadedModel:
             "(train one with `emotion-stream train`) or to a hub id reachable from here."
         ) from exc
     columns = label_columns(model.config)
+    numeric_modes = None
     if directory is not None:
         info = model_info(directory)
+        numeric_modes = (read_identity(directory) or {}).get("numeric_modes")
     else:
         info = ModelInfo(
             name=source, version=str(getattr(model.config, "_commit_hash", None) or revision or "hub")
         )
-    return LoadedModel(tokenizer, model.eval(), columns, info)
+    return LoadedModel(tokenizer, model.eval(), columns, info, numeric_modes)
 
 
 def label_columns(config: Any) -> list[str]:
@@ -85,15 +89,72 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def resolve_numeric(numeric: str, device: torch.device) -> str:
-    """``auto`` made concrete: mixed precision where it is the norm (a GPU), fp32 on the CPU."""
+NUMERIC_MODES = ("fp32", "bf16", "int8")
+MAX_ACCURACY_DROP = 0.002
+"""A faster mode is verified for a model when its validation accuracy is at most this far below
+fp32's ..."""
+MIN_AGREEMENT = 0.99
+"""... and it gives the same label as fp32 on at least this share of the validation posts."""
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def cpu_runs(mode: str, flags: set[str] | None = None) -> bool:
+    """Whether this CPU runs ``mode`` well: bf16 needs AVX512-BF16 or AMX; fp32 and int8 run anywhere."""
+    if mode != "bf16":
+        return True
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def choose_numeric(verification: dict | None, flags: set[str] | None = None) -> tuple[str, str]:
+    """The CPU mode ``auto`` runs for a model, and why: the fastest mode the model's directory
+    records as verified (within MAX_ACCURACY_DROP of fp32's accuracy, MIN_AGREEMENT label
+    agreement) that this CPU runs well; fp32 when nothing is recorded."""
+    modes = (verification or {}).get("modes") or {}
+    if not modes:
+        return (
+            "fp32",
+            "no verified numeric modes recorded in the model directory (emotion-stream verify-modes)",
+        )
+    candidates = {
+        mode: figures
+        for mode, figures in modes.items()
+        if mode in NUMERIC_MODES and (mode == "fp32" or figures.get("verified")) and cpu_runs(mode, flags)
+    }
+    if not candidates:
+        return "fp32", "no faster mode was verified for this model"
+    best = max(candidates, key=lambda m: (candidates[m].get("posts_per_s") or 0.0, m == "fp32"))
+    figures = candidates[best]
+    if best == "fp32":
+        return "fp32", "no verified mode was faster than fp32 here"
+    return best, (
+        f"verified for this model: accuracy {figures['accuracy']:.4f} "
+        f"(fp32 {modes['fp32']['accuracy']:.4f}), "
+        f"label agreement {figures['agreement']:.4f}, {figures['speedup']:.2f}x fp32's posts/s when measured"
+    )
+
+
+def resolve_numeric(numeric: str, device: torch.device, verification: dict | None = None) -> tuple[str, str]:
+    """``numeric`` made concrete, and why: ``auto`` is mixed precision on a GPU and, on the CPU,
+    the fastest mode verified for this model (:func:`choose_numeric`)."""
     if numeric == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "bf16", "auto on CUDA: mixed precision"
+        mode, reason = choose_numeric(verification)
+        return mode, f"auto: {reason}"
     if numeric not in ("fp32", "bf16", "int8"):
         raise ModelLoadError(f"unknown numeric mode {numeric!r}: use auto, fp32, bf16 or int8")
     if numeric == "int8" and device.type == "cuda":
         raise ModelLoadError("EMOTION_NUMERIC=int8 is a CPU mode: use auto, fp32 or bf16 on CUDA")
-    return numeric
+    return numeric, "EMOTION_NUMERIC"
 
 
 def apply_numeric(

@@ -87,7 +87,10 @@ class EmotionClassifier:
             and self._head is not None
             and self._attention in ("sdpa", "eager")
         )
-        self.numeric = resolve_numeric(options.numeric, self.device)
+        self.numeric, self.numeric_reason = resolve_numeric(
+            options.numeric, self.device, loaded.numeric_modes
+        )
+        log.info("numeric mode", mode=self.numeric, reason=self.numeric_reason, model=self.info.version)
         self.model, self._autocast_dtype = apply_numeric(self.model, self.numeric, self.device)
         # fp32 on the CPU: the weights laid out once for the matrix products (see prepack).
         cpu_fp32 = self.numeric == "fp32" and self.device.type == "cpu"

@@ -1,0 +1,104 @@
+"""EMOTION_NUMERIC=auto on the CPU: the fastest mode verified for this model, and the record behind it."""
+
+import json
+import shutil
+
+from worker.model.loading import choose_numeric, cpu_runs
+
+FP32 = {
+    "accuracy": 0.936,
+    "f1_macro": 0.913,
+    "agreement": 1.0,
+    "posts_per_s": 100.0,
+    "speedup": 1.0,
+    "verified": True,
+}
+
+
+def _record(**modes) -> dict:
+    return {"modes": {"fp32": FP32, **modes}}
+
+
+def _mode(accuracy, agreement, posts_per_s, verified):
+    return {
+        "accuracy": accuracy,
+        "f1_macro": 0.9,
+        "agreement": agreement,
+        "posts_per_s": posts_per_s,
+        "speedup": posts_per_s / 100,
+        "verified": verified,
+    }
+
+
+def test_auto_runs_the_fastest_verified_mode_the_cpu_runs_well():
+    record = _record(bf16=_mode(0.936, 1.0, 150.0, True), int8=_mode(0.935, 0.995, 250.0, True))
+    assert choose_numeric(record, flags={"avx512_bf16"})[0] == "int8"
+    record["modes"]["int8"]["verified"] = False
+    mode, reason = choose_numeric(record, flags={"avx512_bf16"})
+    assert mode == "bf16" and "1.50x" in reason and "0.9360" in reason
+    assert choose_numeric(record, flags={"avx2"})[0] == "fp32"  # no bf16 hardware here
+    assert choose_numeric(_record(int8=_mode(0.9, 0.95, 300.0, False)), flags=set())[0] == "fp32"
+
+
+def test_auto_without_a_record_runs_fp32_and_says_how_to_get_one():
+    mode, reason = choose_numeric(None)
+    assert mode == "fp32" and "emotion-stream verify-modes" in reason
+
+
+def test_bf16_needs_avx512_bf16_or_amx():
+    assert cpu_runs("bf16", {"amx_bf16"}) and cpu_runs("bf16", {"avx512_bf16"})
+    assert not cpu_runs("bf16", {"avx2", "avx512f"})
+    assert cpu_runs("int8", set()) and cpu_runs("fp32", set())
+
+
+def test_verification_on_the_tiny_model_is_recorded_and_read_by_auto(tiny_model, tmp_path):
+    from schemas.model_directory import model_info, read_identity
+    from worker.model.api import ModelOptions
+    from worker.model.runner import EmotionClassifier
+    from worker.model.verify import record_numeric_modes, verify_numeric_modes
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    version = model_info(model).version
+    texts = [f"i feel {w} today" for w in ("glad", "scared", "lonely", "furious", "amazed", "tender")] * 4
+    labels = [i % 6 for i in range(len(texts))]
+    verification = verify_numeric_modes(model, texts, labels, threads=1, modes=["fp32", "int8"])
+    modes = verification["modes"]
+    assert set(modes) == {"fp32", "int8"} and modes["fp32"]["agreement"] == 1.0
+    for figures in modes.values():
+        assert 0 <= figures["accuracy"] <= 1 and figures["posts_per_s"] > 0
+        assert figures["verified"] == (
+            figures["accuracy"] >= modes["fp32"]["accuracy"] - 0.002 and figures["agreement"] >= 0.99
+        )
+    record_numeric_modes(model, verification)
+    identity = read_identity(model)
+    assert identity["numeric_modes"]["posts"] == len(texts)
+    assert model_info(model).version == version  # same weights, same version
+    json.dumps(identity)  # plain JSON
+
+    # A record that verifies int8 as fastest: auto runs it, and says why.
+    identity["numeric_modes"]["modes"]["int8"].update(verified=True, posts_per_s=1e9, speedup=9.0)
+    (model / "emotion_model.json").write_text(json.dumps(identity))
+    classifier = EmotionClassifier(str(model), ModelOptions(device="cpu", numeric="auto", torch_threads=1))
+    try:
+        assert classifier.numeric == "int8" and "verified for this model" in classifier.numeric_reason
+    finally:
+        classifier.close()
+    fixed = EmotionClassifier(str(model), ModelOptions(device="cpu", numeric="fp32", torch_threads=1))
+    try:
+        assert fixed.numeric == "fp32"  # an explicit mode is kept
+    finally:
+        fixed.close()
+
+
+def test_a_model_with_no_record_runs_fp32_under_auto(tiny_model):
+    from worker.model.api import ModelOptions
+    from worker.model.runner import EmotionClassifier
+
+    classifier = EmotionClassifier(
+        str(tiny_model), ModelOptions(device="cpu", numeric="auto", torch_threads=1)
+    )
+    try:
+        assert classifier.numeric == "fp32" and "verify-modes" in classifier.numeric_reason
+    finally:
+        classifier.close()
