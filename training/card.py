@@ -48,6 +48,7 @@ def model_card(identity: dict, record: dict, metrics: dict) -> str:
         f"- precision: `{record['precision']}`, device: `{record['device']}`\n"
         f"- command: `{' '.join(record['command_line']) or 'n/a'}`\n",
         _soup_section(record, metrics),
+        _distillation_section(record),
         _calibration_section(metrics),
         f"## Metrics ({data['eval_split']} split)\n\n| metric | value |\n|---|---|\n"
         + "\n".join(f"| {k} | {fmt(report.get(k))} |" for k in REPORTED)
@@ -115,4 +116,18 @@ def _calibration_section(metrics: dict) -> str:
         "loader returns calibrated probabilities. The labels do not change.\n\n"
         f"| on {calibration['fitted_on']} | before | after |\n|---|---|---|\n{rows}\n\n"
         "![reliability diagram](reliability.png)\n"
+    )
+
+
+def _distillation_section(record: dict) -> str:
+    distillation = record.get("distillation")
+    if not distillation:
+        return ""
+    teacher = distillation.get("teacher_identity") or {}
+    return (
+        "## Distillation\n\nA student of "
+        f"`{teacher.get('name', distillation['teacher'])}` (version `{teacher.get('version', 'n/a')}`): the "
+        f"teacher's lowest {distillation['layers']} encoder layers, embeddings and head, trained on the "
+        f"teacher's soft labels (weight {distillation['alpha']}, temperature "
+        f"{distillation['kd_temperature']}) and the gold labels.\n"
     )

@@ -19,8 +19,11 @@ from training.card import model_card
 from training.plots import save_confusion_matrix
 
 
-def export_model(directory: Path, model, tokenizer, *, record: dict, metrics: dict) -> dict:
-    """Save everything into ``directory``; return the model's identity (name, version, ...)."""
+def export_model(
+    directory: Path, model, tokenizer, *, record: dict, metrics: dict, name: str | None = None
+) -> dict:
+    """Save everything into ``directory``; return the model's identity (name, version, ...).
+    ``name``: the model's name (default: from its base model)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # The worker and pipeline() read class names from the config: make them the emotions.
@@ -33,7 +36,7 @@ def export_model(directory: Path, model, tokenizer, *, record: dict, metrics: di
         weights.chmod(0o644)
     created = datetime.now(timezone.utc)
     identity = {
-        "name": model_name(record["base_model"]["name"]),
+        "name": name or model_name(record["base_model"]["name"]),
         "version": new_version(directory, created),
         "base_model": record["base_model"]["requested"]
         if record["base_model"]["origin"] != "fallback"

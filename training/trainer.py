@@ -156,11 +156,14 @@ def build_trainer(
     eval_dataset,
     train_labels: Sequence[int],
     callbacks: Sequence[TrainerCallback] = (),
+    trainer_class: type[Trainer] | None = None,
+    **trainer_options,
 ) -> Trainer:
     """A Trainer with dynamic padding, the shared metrics, and weighted loss when asked for.
 
     Pass ``model_init`` where each run needs a fresh model (tuning trials), else ``model``:
-    with ``model_init`` the Trainer loads the checkpoint twice.
+    with ``model_init`` the Trainer loads the checkpoint twice. ``trainer_class`` (with its
+    own ``trainer_options``) replaces the loss altogether.
     """
     callbacks = list(callbacks)
     if args.load_best_model_at_end and hp.patience > 0:
@@ -176,6 +179,8 @@ def build_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+    if trainer_class is not None:
+        return trainer_class(**common, **trainer_options)
     if hp.class_weights:
         return WeightedLossTrainer(class_weights=class_weights(train_labels, hp.class_weight_power), **common)
     return Trainer(**common)

@@ -52,6 +52,14 @@ def register(subparsers) -> None:
             "and update the model directory (a new version).",
         )
     )
+    _add_distill(
+        subparsers.add_parser(
+            "distill",
+            help="train a smaller student on a fine-tuned teacher's soft labels",
+            description="Drop the teacher's top encoder layers, train the rest on the teacher's soft labels "
+            "and the gold labels, then calibrate, measure and export it like any model.",
+        )
+    )
     _add_verify_modes(
         subparsers.add_parser(
             "verify-modes",
@@ -279,6 +287,78 @@ def verify_modes(model_dir: Path, data_dir: Path | None, limit: int | None = Non
             file=sys.stderr,
         )
     return verification
+
+
+def _add_distill(p: argparse.ArgumentParser) -> None:
+    from training.distill import DISTILL_RECIPE, DistillOptions
+
+    defaults = DistillOptions()
+    p.add_argument(
+        "--teacher", type=Path, required=True, metavar="DIR", help="the fine-tuned teacher's directory"
+    )
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="model directory to write")
+    p.add_argument(
+        "--layers",
+        type=_positive_int,
+        default=defaults.layers,
+        help=f"encoder layers kept (default {defaults.layers})",
+    )
+    p.add_argument(
+        "--alpha",
+        type=_fraction,
+        default=defaults.alpha,
+        help=f"weight of the teacher's soft labels in the loss (default {defaults.alpha})",
+    )
+    p.add_argument(
+        "--kd-temperature",
+        type=float,
+        default=defaults.kd_temperature,
+        help=f"softening of both distributions in that loss (default {defaults.kd_temperature})",
+    )
+    p.add_argument("--lr", type=float, help=f"learning rate (default {DISTILL_RECIPE.learning_rate})")
+    p.add_argument("--epochs", type=_positive_int, help=f"epochs (default {DISTILL_RECIPE.epochs})")
+    p.add_argument(
+        "--batch-size", type=_positive_int, help=f"batch size (default {DISTILL_RECIPE.batch_size})"
+    )
+    p.add_argument(
+        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
+    )
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument(
+        "--max-steps", type=_positive_int, help="stop after this many optimizer steps (smoke tests)"
+    )
+    p.add_argument(
+        "--train-limit", type=_positive_int, metavar="N", help="train on a stratified subset of N posts"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-verify-modes", action="store_true", help="skip measuring the CPU numeric modes")
+    p.set_defaults(run=run_distill)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from training.distill import DISTILL_RECIPE, DistillOptions, distill
+
+    settings = _settings()
+    overrides = {"learning_rate": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
+    hp = DISTILL_RECIPE.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    options = DistillOptions(
+        data_dir=args.data if args.data is not None else settings.data_dir,
+        base_model=str(args.teacher),
+        allow_fallback=False,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        train_limit=args.train_limit,
+        progress=not args.no_progress,
+        command_line=["emotion-stream", *sys.argv[1:]],
+        output_dir=args.output,
+        layers=args.layers,
+        alpha=args.alpha,
+        kd_temperature=args.kd_temperature,
+    )
+    result = distill(options, hp)
+    if not args.no_verify_modes:
+        verify_modes(result.output_dir, options.data_dir)
+    return 0
 
 
 def _add_verify_modes(p: argparse.ArgumentParser) -> None:

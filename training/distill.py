@@ -1,0 +1,206 @@
+"""``emotion-stream distill``: a cheaper student taught by a fine-tuned teacher.
+
+The student is the teacher with its top encoder layers dropped (it keeps the embeddings, the
+lowest ``layers`` layers and the head, so it starts from the teacher's own task features),
+then trained on the teacher's soft labels and the gold labels: the loss is
+``alpha * KL(student || teacher at temperature tau) * tau**2 + (1 - alpha) * cross-entropy``.
+The teacher's probabilities over the training posts are computed once, before training.
+The student is then calibrated, measured and exported like any trained model, with the
+distillation recorded in its training record and model card.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import Trainer
+
+from training.config import Hyperparameters, TrainOptions
+from training.errors import TrainingError
+from training.export import export_model
+from training.prepare import prepare_run
+from training.trainer import RemainingTimeCallback, build_trainer, class_weights, training_arguments
+
+DISTILL_RECIPE = Hyperparameters(
+    learning_rate=1e-4,
+    batch_size=32,
+    epochs=3,
+    warmup_ratio=0.1,
+    label_smoothing=0.0,  # the teacher's soft labels already spread the probability mass
+    class_weights=True,
+    class_weight_power=0.5,
+)
+"""The student's recipe: the demo recipe's step size, schedule and class weighting, no label
+smoothing."""
+
+
+@dataclass
+class DistillOptions(TrainOptions):
+    """A distillation run: ``base_model`` is the teacher's model directory."""
+
+    layers: int = 3
+    alpha: float = 0.7
+    """Weight of the soft-label (teacher) loss; the gold labels get the rest."""
+    kd_temperature: float = 2.0
+
+
+def _layer_stack(model) -> tuple[torch.nn.ModuleList, str]:
+    """The encoder's list of layers and the config field that counts them."""
+    for field in ("num_hidden_layers", "n_layers"):
+        count = getattr(model.config, field, None)
+        if count is None:
+            continue
+        stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+        if stacks:
+            return stacks[0], field
+    raise TrainingError(f"cannot find the encoder layers of {type(model).__name__} to drop the top ones")
+
+
+def drop_top_layers(model, keep: int):
+    """``model`` with only its lowest ``keep`` encoder layers (in place; returned for chaining)."""
+    stack, field = _layer_stack(model)
+    if not 1 <= keep < len(stack):
+        raise TrainingError(
+            f"--layers must be between 1 and {len(stack) - 1} for a teacher of {len(stack)} layers"
+        )
+    del stack[keep:]
+    setattr(model.config, field, keep)
+    return model
+
+
+class DistillationTrainer(Trainer):
+    def __init__(self, *args, alpha: float, tau: float, weights: torch.Tensor | None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.alpha, self.tau, self.weights = alpha, tau, weights
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        teacher = inputs.pop("teacher_logits", None)
+        outputs = model(**inputs)
+        logits = outputs.logits.float()
+        weights = self.weights.to(logits.device) if self.weights is not None else None
+        loss = F.cross_entropy(logits, labels, weight=weights)
+        if teacher is not None:  # training batches; evaluation has the gold labels only
+            soft = F.kl_div(
+                F.log_softmax(logits / self.tau, dim=-1),
+                F.log_softmax(teacher.float().to(logits.device) / self.tau, dim=-1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            loss = self.alpha * soft * self.tau**2 + (1 - self.alpha) * loss
+        return (loss, outputs) if return_outputs else loss
+
+
+def teacher_log_probs(teacher_dir: Path, texts, max_length: int) -> np.ndarray:
+    """The teacher's log-probabilities (its logits up to a per-post constant) for ``texts``."""
+    from training.predict import load_emotion_model, predict_proba
+
+    tokenizer, teacher, columns = load_emotion_model(teacher_dir)
+    teacher.to("cuda" if torch.cuda.is_available() else "cpu")
+    probs = predict_proba(teacher, tokenizer, columns, texts, max_length=max_length)
+    return np.log(np.clip(probs, 1e-9, 1.0)).astype(np.float32)
+
+
+def distill(options: DistillOptions, hp: Hyperparameters = DISTILL_RECIPE):
+    """Train the student and export it; returns the training result (see :func:`training.train.train`)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from training.train import TrainResult, _calibrate, _measure, training_record
+
+    transformers.set_seed(options.seed)
+    teacher_dir = Path(options.base_model)
+    if not (teacher_dir / "config.json").is_file():
+        raise TrainingError(
+            f"--teacher {teacher_dir} is not a model directory: train one with `emotion-stream train`"
+        )
+    run = prepare_run(options)
+    output = Path(options.output_dir)
+    checkpoints = output / "checkpoints"
+    started = time.monotonic()
+    print(
+        f"[distill] teacher {teacher_dir}: labelling {len(run.train_split)} training posts", file=sys.stderr
+    )
+    soft = teacher_log_probs(teacher_dir, run.train_split.texts, options.max_length)
+    train_dataset = run.train_dataset.add_column("teacher_logits", soft.tolist())
+    student = drop_top_layers(
+        AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True), options.layers
+    )
+    parameters = sum(p.numel() for p in student.parameters()) / 1e6
+    print(
+        f"[distill] student: {options.layers} layers, {parameters:.1f}M parameters; "
+        f"alpha {options.alpha}, temperature {options.kd_temperature}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        args = training_arguments(
+            hp,
+            checkpoints,
+            seed=options.seed,
+            max_steps=options.max_steps,
+            keep_best=True,
+            progress=options.progress,
+        )
+        args.remove_unused_columns = False  # keep teacher_logits for the loss
+        trainer = build_trainer(
+            model=student,
+            tokenizer=run.tokenizer,
+            hp=hp,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=run.eval_dataset,
+            train_labels=run.train_split.labels,
+            callbacks=[RemainingTimeCallback()] if options.progress else [],
+            trainer_class=DistillationTrainer,
+            alpha=options.alpha,
+            tau=options.kd_temperature,
+            weights=class_weights(run.train_split.labels, hp.class_weight_power)
+            if hp.class_weights
+            else None,
+        )
+        trainer.train()
+        calibration = _calibrate(trainer, run, options) if options.calibrate else None
+        metrics = _measure(trainer, run, options)
+        if calibration is not None:
+            metrics["calibration"] = calibration
+        metrics["training"] = {
+            "runtime_s": round(time.monotonic() - started, 1),
+            "epochs": trainer.state.epoch,
+            "steps": trainer.state.global_step,
+        }
+        record = training_record(options, hp, run)
+        record["distillation"] = {
+            "teacher": str(teacher_dir.resolve()),
+            "teacher_identity": _identity(teacher_dir),
+            "layers": options.layers,
+            "alpha": options.alpha,
+            "kd_temperature": options.kd_temperature,
+        }
+        name = f"{_identity(teacher_dir).get('name', teacher_dir.name)}-{options.layers}l-student"
+        identity = export_model(
+            output, trainer.model, run.tokenizer, record=record, metrics=metrics, name=name
+        )
+    finally:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    report = metrics[run.eval_name]
+    print(
+        f"[distill] {identity['name']} {identity['version']} written to {output}: {run.eval_name} accuracy "
+        f"{report['accuracy']:.4f}, macro F1 {report['f1_macro']:.4f}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return TrainResult(output, identity, metrics, run.base)
+
+
+def _identity(directory: Path) -> dict:
+    from schemas.model_directory import read_identity
+
+    return read_identity(directory) or {}
