@@ -65,11 +65,17 @@ class DashboardState:
         if self.settings.dashboard_show_text:
             shown["text"] = self.texts.get(str(result.get("id")))
         self.recent.appendleft(shown)
-        self.result_times.append(timestamp_ms / 1000)
+        self._stamp(self.result_times, timestamp_ms)
         self.publish("result", shown)
 
     def on_dead_letter(self, timestamp_ms: int) -> None:
-        self.dead_letter_times.append(timestamp_ms / 1000)
+        self._stamp(self.dead_letter_times, timestamp_ms)
+
+    @staticmethod
+    def _stamp(times: deque[float], timestamp_ms: int) -> None:
+        """Keep the record's time for the rates, unless it is history already (read at start)."""
+        if timestamp_ms / 1000 >= time.time() - RATE_WINDOW_S:
+            times.append(timestamp_ms / 1000)
 
     def on_post(self, post: dict[str, Any]) -> None:
         if isinstance(post.get("id"), str) and isinstance(post.get("text"), str):
@@ -86,7 +92,7 @@ class DashboardState:
         for name, times in series:
             while times and times[0] < now - RATE_WINDOW_S:
                 times.popleft()
-            out[name] = round(sum(1 for t in times if t <= now) / RATE_WINDOW_S, 2)
+            out[name] = round(sum(1 for t in times if now - RATE_WINDOW_S <= t <= now) / RATE_WINDOW_S, 2)
         return out
 
     def snapshot(self) -> dict[str, Any]:
