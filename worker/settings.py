@@ -83,7 +83,9 @@ class WorkerSettings(BaseSettings):
 
     model: str = Field(
         default=str(DEFAULT_MODEL_DIR),
-        description="Model directory (Hugging Face format, safetensors) or hub id.",
+        description="Model directory (Hugging Face format, safetensors) or hub id; `keywords:` (or "
+        "`keywords:TABLE.json`) is a deterministic keyword stand-in for other teams' tests, not a real "
+        "model.",
     )
     model_revision: str | None = Field(
         default=None,

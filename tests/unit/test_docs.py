@@ -42,3 +42,14 @@ def test_code_cites_only_files_in_the_repository():
                     continue
                 missing.append(f"{path.relative_to(ROOT)}:{number}: {name}")
     assert missing == []
+
+
+def test_the_readme_testing_kit_example_is_the_test_that_runs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(
+        r"<!-- kit-example:start -->\n```python\n(.*)```\n<!-- kit-example:end -->", readme, re.S
+    )
+    assert block, "README.md lost its <!-- kit-example:start --> ... <!-- kit-example:end --> markers"
+    assert block.group(1) == (ROOT / "tests/kit/test_example.py").read_text(encoding="utf-8"), (
+        "README.md's example test differs from tests/kit/test_example.py: copy the file into the README"
+    )

@@ -44,7 +44,7 @@ def sample_messages() -> list[tuple[bytes | None, bytes]]:
 def resolve_model(settings: WorkerSettings) -> Path | str:
     """The model the demo serves (EMOTION_MODEL, else the default directory), trained first if missing."""
     model = settings.model
-    if looks_like_directory(model) and not Path(model).exists():
+    if not model.startswith("keywords:") and looks_like_directory(model) and not Path(model).exists():
         trained = train_default_model(Path(model))
         if trained is None:
             raise UsageError(model_missing_message(model))
