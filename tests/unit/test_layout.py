@@ -79,3 +79,19 @@ def test_the_worker_process_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_works_without_the_training_module_as_in_the_workers_image():
+    code = (
+        "import sys\n"
+        "sys.modules['training'] = None  # the image leaves training/ out\n"
+        "from worker.cli.main import build_parser, main\n"
+        "commands = build_parser()._subparsers._group_actions[0].choices\n"
+        "print(sorted(commands))\n"
+        "sys.exit(main(['settings']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    first, _, table = out.stdout.partition("\n")
+    assert "'worker'" in first and "'aggregate'" in first and "'train'" not in first
+    assert "EMOTION_BATCH_SIZE" in table and "training (" not in table

