@@ -30,7 +30,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.host import add_data_and_model, machine
+from bench.host import add_data_and_model, machine, save_report
 from bench.measure import best_model_rate
 from bench.models import build_distilbert_architecture, read_split
 from bench.run import CACHE, HALF_RATE_POSTS, _burst, _started, _stream_env, histogram_median, worker_metrics
@@ -227,11 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             f"at most {CLASSIFY_ENV['EMOTION_CLASSIFY_MAX_CONCURRENT']} clients (the worker's limit here)"
         )
     started = time.monotonic()
-    report = run(args)
-    report["seconds"] = time.monotonic() - started
-    (CACHE / "classify.json").write_text(json.dumps(report, indent=2))
-    print_table(report)
-    print(f"\n{report['seconds']:.0f} s; results in {CACHE / 'classify.json'}")
+    save_report("classify", run(args), started, print_table)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+from pathlib import Path
 
 from schemas.model_directory import DEFAULT_MODEL_DIR
 
@@ -40,3 +41,16 @@ def machine() -> str:
         f"{' '.join(f for f in wanted if f in flags) or 'none of note'}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+
+
+def save_report(name: str, report: dict, started: float, print_table) -> None:
+    """Time the run, write ``report`` to the bench cache as ``NAME.json`` and print its table."""
+    import json
+    import time
+
+    report["seconds"] = time.monotonic() - started
+    path = Path("artifacts/bench") / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"\n{report['seconds']:.0f} s; results in {path}")

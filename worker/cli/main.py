@@ -12,9 +12,17 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from training.errors import TrainingError
-from worker.cli import commands, training
+from worker.cli import commands
 from worker.cli.usage import UsageError
+
+try:
+    from training.errors import TrainingError
+    from worker.cli import training
+except ImportError:  # the worker's image ships without the training module and its commands
+    training = None  # type: ignore[assignment]
+
+    class TrainingError(Exception):  # type: ignore[no-redef]
+        """Never raised without the training module."""
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -82,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_run_demo)
 
-    training.register(sub)
+    if training is not None:
+        training.register(sub)
 
     p = sub.add_parser(
         "settings", help="print every EMOTION_* setting with its default and meaning (Markdown)"

@@ -20,7 +20,7 @@ import numpy as np
 
 from schemas import LABELS
 from schemas.model_directory import model_info, read_identity, write_identity
-from worker.model.api import ModelOptions
+from worker.model.api import ModelOptions, Prediction
 from worker.model.loading import MAX_ACCURACY_DROP, MIN_AGREEMENT, NUMERIC_MODES, cpu_flags, cpu_runs
 
 WINDOW = 256
@@ -37,9 +37,11 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray, classes: int = len(LABELS
     return float(np.mean(scores))
 
 
-def _labels(
+def timed_predictions(
     model_dir: Path, mode: str, texts: Sequence[str], threads: int | None
-) -> tuple[np.ndarray, float]:
+) -> tuple[list[Prediction], float, str]:
+    """``texts`` through the worker's model runner in ``mode``, in windows of WINDOW after a
+    warm-up window: (the predictions, posts/s, the mode actually run)."""
     from worker.model.runner import EmotionClassifier
 
     classifier = EmotionClassifier(
@@ -48,13 +50,14 @@ def _labels(
     try:
         classifier.predict(list(texts[:WINDOW]))  # warm up
         started = time.perf_counter()
-        predicted = []
+        predictions: list[Prediction] = []
         for start in range(0, len(texts), WINDOW):
-            predicted.extend(p.label for p in classifier.predict(list(texts[start : start + WINDOW])))
+            predictions.extend(classifier.predict(list(texts[start : start + WINDOW])))
         seconds = time.perf_counter() - started
+        mode_run = classifier.numeric
     finally:
         classifier.close()
-    return np.array([LABELS.index(label) for label in predicted]), len(texts) / seconds
+    return predictions, len(texts) / seconds, mode_run
 
 
 def verify_numeric_modes(
@@ -74,7 +77,8 @@ def verify_numeric_modes(
     results: dict[str, dict] = {}
     reference: np.ndarray | None = None
     for mode in ["fp32", *[m for m in wanted if m != "fp32"]]:
-        predicted, posts_per_s = _labels(Path(model_dir), mode, texts, threads)
+        predictions, posts_per_s, _ = timed_predictions(Path(model_dir), mode, texts, threads)
+        predicted = np.array([LABELS.index(p.label) for p in predictions])
         if reference is None:
             reference = predicted
         results[mode] = {

@@ -1,0 +1,291 @@
+"""Quality and speed per model and numeric mode, side by side in one run.
+
+    python -m bench.quality --data ../shared/data/emotion --models artifacts/model runs/student-3l \
+        [--modes fp32 auto] [--threads 2] [--rounds 2] [--quick]
+
+One row per (model, mode): the model's name and layers, the mode requested and the mode run
+(``auto`` resolves to the fastest mode verified in the model directory, as in the worker),
+then, in that mode:
+- validation accuracy, macro F1 and ECE (15 bins, top label), computed here from the
+  probabilities the model runner returns on the validation split;
+- model alone: posts/s of the model runner over the validation texts in windows of 256
+  posts after one untimed warm-up window (as `emotion-stream verify-modes` times them);
+- end to end: posts/s of a burst of posts (the validation posts, then training posts)
+  through the embedded broker and a worker with EMOTION_NUMERIC set to the mode, each
+  burst with a fresh broker and worker (bench/run.py's ``_started`` and ``_burst``);
+- the ratio of each row's posts/s to the first row's (the first model in its first mode:
+  pass the released model in fp32 first, it is the reference).
+Every measurement of one kind runs for every row before the next round starts, the rounds
+in alternating order (A B C, C B A, ...), model-alone rounds first, then end-to-end ones:
+drift on a shared machine then falls on every row alike. Torch threads are the same
+throughout (``--threads``: torch_threads here, EMOTION_TORCH_THREADS in the worker); the
+worker otherwise runs its default settings. Writes artifacts/bench/quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.host import machine, save_report
+from bench.models import read_split
+from bench.run import CACHE, _burst, _started
+from bench.streaming import BenchStream
+from schemas import LABELS
+from schemas.model_directory import DEFAULT_MODEL_DIR, model_info, read_identity
+from training.metrics import expected_calibration_error
+from worker.model.verify import WINDOW, macro_f1, timed_predictions
+
+QUICK_TEXTS = 512
+"""Validation posts a --quick run classifies (a smoke run: its figures mean nothing)."""
+
+
+def layers(model_dir: Path) -> int | None:
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return config.get("num_hidden_layers", config.get("n_layers"))
+
+
+def recorded(model_dir: Path) -> dict:
+    """What the model directory says of itself: validation figures (metrics.json) and the
+    numeric modes measured at export (the identity file); empty where a file is missing."""
+    out: dict = {}
+    metrics_path = model_dir / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        validation = metrics.get("validation") or {}
+        out["validation"] = {k: validation.get(k) for k in ("accuracy", "f1_macro", "ece")}
+        before = (metrics.get("calibration") or {}).get("before") or {}
+        if "ece" in before:
+            out["ece_before_calibration"] = before["ece"]
+    modes = ((read_identity(model_dir) or {}).get("numeric_modes") or {}).get("modes") or {}
+    if modes:
+        out["numeric_modes"] = {
+            mode: {k: figures.get(k) for k in ("accuracy", "posts_per_s", "verified")}
+            for mode, figures in modes.items()
+        }
+    return out
+
+
+def model_alone(model_dir: Path, mode: str, texts: list[str], threads: int) -> tuple[str, float, np.ndarray]:
+    """The mode run, posts/s over ``texts`` (as verify-modes measures it), and the probabilities
+    (columns in LABELS order)."""
+    predictions, posts_per_s, mode_run = timed_predictions(model_dir, mode, texts, threads)
+    probs = np.array([[p.scores[label] for label in LABELS] for p in predictions], dtype=np.float64)
+    return mode_run, posts_per_s, probs
+
+
+def quality(probs: np.ndarray, truth: np.ndarray) -> dict:
+    predicted = probs.argmax(axis=1)
+    return {
+        "accuracy": float((predicted == truth).mean()),
+        "f1_macro": macro_f1(truth, predicted),
+        "ece": expected_calibration_error(truth, probs),
+        "posts": len(truth),
+    }
+
+
+def _order(rows: list[dict], round_: int) -> list[dict]:
+    return rows if round_ % 2 == 0 else rows[::-1]
+
+
+def run(args: argparse.Namespace) -> dict:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data)
+    texts, label_names = read_split(data, "validation")
+    stream_texts = texts + (read_split(data, "train")[0] if (data / "train.txt").is_file() else [])
+    if args.quick:
+        texts, label_names = texts[:QUICK_TEXTS], label_names[:QUICK_TEXTS]
+    truth = np.array([LABELS.index(name) for name in label_names])
+    n_burst = args.posts or (400 if args.quick else 2000)
+    burst_texts = stream_texts[:n_burst]
+    rounds = args.rounds or (1 if args.quick else 2)
+
+    rows: list[dict] = []
+    for path in map(Path, args.models):
+        info = model_info(path)
+        for mode in args.modes:
+            rows.append(
+                {
+                    "model": str(path),
+                    "name": info.name,
+                    "version": info.version,
+                    "layers": layers(path),
+                    "mode": mode,
+                    "mode_run": None,
+                    "quality": None,
+                    "alone": [],
+                    "e2e": [],
+                    "e2e_errors": [],
+                }
+            )
+    report: dict = {
+        "machine": machine(),
+        "args": vars(args),
+        "threads": args.threads,
+        "validation_posts": len(texts),
+        "burst_posts": len(burst_texts),
+        "rounds": rounds,
+        "rows": rows,
+        "recorded": {str(p): recorded(Path(p)) for p in dict.fromkeys(args.models)},
+        "order": [],
+    }
+
+    for round_ in range(rounds):
+        for row in _order(rows, round_):
+            print(f"[bench] model alone, round {round_ + 1}: {row['name']} {row['mode']}", flush=True)
+            mode_run, rate, probs = model_alone(Path(row["model"]), row["mode"], texts, args.threads)
+            row["alone"].append(rate)
+            row["mode_run"] = mode_run
+            if row["quality"] is None:  # the same weights and mode give the same labels every round
+                row["quality"] = quality(probs, truth)
+            report["order"].append(["alone", row["name"], row["mode"], rate, time.time()])
+
+    for round_ in range(rounds):
+        for row in _order(rows, round_):
+            print(f"[bench] end to end, round {round_ + 1}: {row['name']} {row['mode']}", flush=True)
+            env = {
+                "EMOTION_MODEL": row["model"],
+                "EMOTION_NUMERIC": row["mode"],
+                "EMOTION_TORCH_THREADS": str(args.threads),
+            }
+            rate = None
+            for attempt in range(2):  # a worker that fails to start or loses posts gets one retry
+                try:
+                    with BenchStream(env, log=CACHE / "quality-worker.log") as stream:
+                        _started(stream, stream_texts)
+                        rate = _burst(stream, burst_texts, f"q{round_}-{attempt}")
+                    break
+                except (RuntimeError, TimeoutError) as exc:
+                    print(f"[bench] {row['name']} {row['mode']}: {exc}", flush=True)
+                    row["e2e_errors"].append(str(exc))
+            if rate is None:
+                continue
+            row["e2e"].append(rate)
+            report["order"].append(["e2e", row["name"], row["mode"], rate, time.time()])
+
+    for row in rows:
+        row["alone_rate"] = statistics.mean(row["alone"]) if row["alone"] else None
+        row["e2e_rate"] = statistics.mean(row["e2e"]) if row["e2e"] else None
+    reference = rows[0]
+    for row in rows:
+        for kind in ("alone", "e2e"):
+            ref, rate = reference[f"{kind}_rate"], row[f"{kind}_rate"]
+            row[f"{kind}_vs_reference"] = rate / ref if rate and ref else None
+    return report
+
+
+def _f(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(report: dict) -> None:
+    rows = report["rows"]
+    ref = rows[0]
+    print(f"\nmachine: {report['machine']}")
+    print(
+        f"torch threads {report['threads']}; quality on {report['validation_posts']} validation posts; "
+        f"model alone: those posts in windows of {WINDOW}; end to end: bursts of {report['burst_posts']} "
+        f"posts; mean of {report['rounds']} round(s); "
+        f"reference (x 1.00): {ref['name']} {ref['mode']}\n"
+    )
+    print(
+        "| model | layers | mode | val. accuracy | macro F1 | ECE | alone posts/s | e2e posts/s "
+        "| alone / ref | e2e / ref |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        q = row["quality"] or {}
+        tries = len(row["e2e_errors"])
+        failed = f" ({tries} failed {'try' if tries == 1 else 'tries'})" if tries else ""
+        print(
+            f"| {row['name']} | {row['layers'] if row['layers'] is not None else '-'} "
+            f"| {row['mode']} -> {row['mode_run']} "
+            f"| {_f(q.get('accuracy'), '.4f')} | {_f(q.get('f1_macro'), '.4f')} | {_f(q.get('ece'), '.4f')} "
+            f"| {_f(row['alone_rate'], '.1f')} | {_f(row['e2e_rate'], '.1f')}{failed} "
+            f"| {_f(row['alone_vs_reference'], '.2f')} | {_f(row['e2e_vs_reference'], '.2f')} |"
+        )
+    print()
+    for row in rows:
+        print(
+            f"{row['name']} {row['mode']}: alone {', '.join(f'{r:.1f}' for r in row['alone'])}; "
+            f"e2e {', '.join(f'{r:.1f}' for r in row['e2e']) or '-'} posts/s"
+        )
+    for path, rec in report["recorded"].items():
+        name = next(r["name"] for r in rows if r["model"] == path)
+        if not rec:
+            print(f"{name} ({path}): no metrics.json nor numeric modes recorded")
+            continue
+        parts = []
+        if "validation" in rec:
+            v = rec["validation"]
+            parts.append(
+                f"validation accuracy {_f(v['accuracy'], '.4f')}, macro F1 {_f(v['f1_macro'], '.4f')}, "
+                f"ECE {_f(v['ece'], '.4f')}"
+                + (
+                    f" (before calibration {rec['ece_before_calibration']:.4f})"
+                    if "ece_before_calibration" in rec
+                    else ""
+                )
+            )
+        if "numeric_modes" in rec:
+            parts.append(
+                "modes at export: "
+                + ", ".join(
+                    f"{m} {_f(f['posts_per_s'], '.0f')}/s{'' if f['verified'] else ' (not verified)'}"
+                    for m, f in rec["numeric_modes"].items()
+                )
+            )
+        print(f"{name} recorded: {'; '.join(parts)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.quality",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", default="../shared/data/emotion", help="directory with validation.txt")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[str(DEFAULT_MODEL_DIR)],
+        help=f"model directories; the first, in its first mode, is the reference ({DEFAULT_MODEL_DIR})",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["fp32", "auto"],
+        choices=["auto", "fp32", "bf16", "int8"],
+        help="numeric modes, one row each per model (default: fp32 auto)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, here and in the worker (2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="model-alone runs and end-to-end bursts per row (2; --quick 1)",
+    )
+    parser.add_argument(
+        "--posts", type=int, default=None, help="posts per end-to-end burst (2000; --quick 400)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: small samples, not for the numbers"
+    )
+    args = parser.parse_args(argv)
+    if not Path(args.data, "validation.txt").is_file():
+        parser.error(f"{args.data} has no validation.txt: pass --data DIR")
+    for model in args.models:
+        if not Path(model, "config.json").is_file():
+            parser.error(f"{model} has no config.json: not a model directory")
+    started = time.monotonic()
+    save_report("quality", run(args), started, print_table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
