@@ -324,14 +324,21 @@ class EmotionStream:
             self.desk.answer(requests, in_model.result().answers)
 
     async def _serve_quiet_requests(self) -> None:
-        """Run /classify requests that no batch took within the batch wait (a quiet input
-        topic) on their own, through the same model thread."""
+        """Run /classify requests on their own, through the same model thread, when the input
+        topic is quiet (no post in flight) and no batch took them within the batch wait."""
         assert self.desk is not None
         loop = asyncio.get_running_loop()
+        wait = self.settings.batch_wait_ms / 1000
         while True:
             await self.desk.wait_for_work()
-            await asyncio.sleep(self.settings.batch_wait_ms / 1000)
+            await asyncio.sleep(wait)
             while self.desk.waiting:
+                if not self._pipeline_idle():
+                    # Posts are on their way through: the stream's next batch takes the
+                    # requests, at no extra model call (a call of their own would hold that
+                    # batch back).
+                    await asyncio.sleep(wait)
+                    continue
                 requests = self.desk.take(self.settings.batch_size)
                 try:
                     prepared = await loop.run_in_executor(
