@@ -133,13 +133,15 @@ def save_reliability_diagram(rows: list[dict], ece: float, path: Path, title: st
         edgecolor="white",
         label="accuracy",
     )
-    top.scatter(
+    top.scatter(  # where each bar would reach if the scores were calibrated
+        [(r["low"] + r["high"]) / 2 for r in rows],
         [r["confidence"] for r in rows],
-        [r["accuracy"] for r in rows],
         color="#d43d2a",
-        s=14,
+        marker="_",
+        s=160,
+        linewidths=2.5,
         zorder=3,
-        label="mean confidence",
+        label="mean confidence in the bin",
     )
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
