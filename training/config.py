@@ -138,3 +138,26 @@ def resolve_hyperparameters(params_file: Path | None, overrides: dict[str, Any])
             else:
                 problems.append(f"{origin}: {err['msg']}")
         raise ConfigError("; ".join(problems)) from None
+
+
+DISTILL_RECIPE = Hyperparameters(
+    learning_rate=1e-4,
+    batch_size=32,
+    epochs=3,
+    warmup_ratio=0.1,
+    label_smoothing=0.0,  # the teacher's soft labels already spread the probability mass
+    class_weights=True,
+    class_weight_power=0.5,
+)
+"""The student's recipe: the demo recipe's step size, schedule and class weighting, no label
+smoothing."""
+
+
+@dataclass
+class DistillOptions(TrainOptions):
+    """A distillation run: ``base_model`` is the teacher's model directory."""
+
+    layers: int = 3
+    alpha: float = 0.7
+    """Weight of the soft-label (teacher) loss; the gold labels get the rest."""
+    kd_temperature: float = 2.0

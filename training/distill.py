@@ -14,7 +14,6 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,33 +22,11 @@ import torch.nn.functional as F
 import transformers
 from transformers import Trainer
 
-from training.config import Hyperparameters, TrainOptions
+from training.config import DISTILL_RECIPE, DistillOptions, Hyperparameters
 from training.errors import TrainingError
 from training.export import export_model
 from training.prepare import prepare_run
 from training.trainer import RemainingTimeCallback, build_trainer, class_weights, training_arguments
-
-DISTILL_RECIPE = Hyperparameters(
-    learning_rate=1e-4,
-    batch_size=32,
-    epochs=3,
-    warmup_ratio=0.1,
-    label_smoothing=0.0,  # the teacher's soft labels already spread the probability mass
-    class_weights=True,
-    class_weight_power=0.5,
-)
-"""The student's recipe: the demo recipe's step size, schedule and class weighting, no label
-smoothing."""
-
-
-@dataclass
-class DistillOptions(TrainOptions):
-    """A distillation run: ``base_model`` is the teacher's model directory."""
-
-    layers: int = 3
-    alpha: float = 0.7
-    """Weight of the soft-label (teacher) loss; the gold labels get the rest."""
-    kd_temperature: float = 2.0
 
 
 def _layer_stack(model) -> tuple[torch.nn.ModuleList, str]:

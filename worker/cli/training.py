@@ -290,7 +290,7 @@ def verify_modes(model_dir: Path, data_dir: Path | None, limit: int | None = Non
 
 
 def _add_distill(p: argparse.ArgumentParser) -> None:
-    from training.distill import DISTILL_RECIPE, DistillOptions
+    from training.config import DISTILL_RECIPE, DistillOptions
 
     defaults = DistillOptions()
     p.add_argument(
@@ -336,7 +336,8 @@ def _add_distill(p: argparse.ArgumentParser) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from training.distill import DISTILL_RECIPE, DistillOptions, distill
+    from training.config import DISTILL_RECIPE, DistillOptions
+    from training.distill import distill
 
     settings = _settings()
     overrides = {"learning_rate": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
