@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -181,3 +182,45 @@ def test_a_restart_carries_on_from_the_published_state_and_a_crash_loses_nothing
     assert aggregator.returncode == 0, output[-3000:]
     before_crash = _posts_in({k: r for k, r in latest.items() if not k[0].startswith("2026-01-01T12:01")})
     assert 120 <= before_crash <= 150, before_crash  # nothing lost; at most one interval counted twice
+
+
+def test_posts_labelled_by_a_worker_give_exactly_their_known_counts(broker, topics, aggregate_env, tmp_path):
+    """End to end: posts whose labels the keyword stand-in decides, through a worker and the
+    aggregator, counted per window of their `created_at` and per source."""
+    from worker.cli.worker_process import WorkerProcess
+    from worker.model.keywords import DEFAULT_TABLE
+
+    posts, known = [], []
+    for i in range(60):
+        label = LABELS[i % len(LABELS)]
+        created = (START + timedelta(seconds=(i * 7) % 30)).isoformat().replace("+00:00", "Z")
+        source = "app" if i % 4 else "web"
+        text = f"so {DEFAULT_TABLE[label][0]} about post {i}"
+        posts.append(
+            (
+                f"k-{i}".encode(),
+                json.dumps({"id": f"k-{i}", "text": text, "created_at": created, "source": source}).encode(),
+            )
+        )
+        known.append(
+            (
+                None,
+                json.dumps({"label": label, "posted_at": created, "dimensions": {"source": source}}).encode(),
+            )
+        )
+    expected = _expected(known)
+    env = {**aggregate_env, "EMOTION_MODEL": "keywords:"}
+    worker = WorkerProcess({**os.environ, **env}, log_path=tmp_path / "worker.log").start()
+    aggregator = None
+    try:
+        worker.wait_ready(timeout=90)
+        aggregator = _start(env)
+        produce_sync(broker, topics.input, posts)
+        latest = _latest(broker, env["EMOTION_AGGREGATES_TOPIC"], _reached(expected))
+    finally:
+        if aggregator is not None:
+            _stop(aggregator)
+        worker.stop()
+    assert {k: latest[k]["counts"] for k in expected} == {
+        k: {name: c.get(name, 0) for name in LABELS} for k, c in expected.items()
+    }
