@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from training.metrics import ECE_BINS, full_report, softmax
+from training.plots import save_figure
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
@@ -154,12 +155,7 @@ def save_reliability_diagram(rows: list[dict], ece: float, path: Path, title: st
     bottom.set_xlabel("confidence (top-label probability)")
     bottom.set_ylabel("posts")
     bottom.set_xlim(0, 1)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def calibrate_directory(model_dir: Path, data_dir: Path | None = None, batch_size: int = 64) -> dict:

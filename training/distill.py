@@ -90,7 +90,7 @@ def distill(options: DistillOptions, hp: Hyperparameters = DISTILL_RECIPE):
     """Train the student and export it; returns the training result (see :func:`training.train.train`)."""
     from transformers import AutoModelForSequenceClassification
 
-    from training.train import TrainResult, _calibrate, _measure, training_record
+    from training.train import TrainResult, finish_training, training_record
 
     transformers.set_seed(options.seed)
     teacher_dir = Path(options.base_model)
@@ -144,15 +144,7 @@ def distill(options: DistillOptions, hp: Hyperparameters = DISTILL_RECIPE):
             else None,
         )
         trainer.train()
-        calibration = _calibrate(trainer, run, options) if options.calibrate else None
-        metrics = _measure(trainer, run, options)
-        if calibration is not None:
-            metrics["calibration"] = calibration
-        metrics["training"] = {
-            "runtime_s": round(time.monotonic() - started, 1),
-            "epochs": trainer.state.epoch,
-            "steps": trainer.state.global_step,
-        }
+        metrics = finish_training(trainer, run, options, started)
         record = training_record(options, hp, run)
         record["distillation"] = {
             "teacher": str(teacher_dir.resolve()),

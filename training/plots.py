@@ -39,6 +39,13 @@ def save_confusion_matrix(
                 fontsize=8,
             )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (making its directory) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -76,16 +76,7 @@ def train(options: TrainOptions, hp: Hyperparameters) -> TrainResult:
             callbacks=[RemainingTimeCallback()] if options.progress else [],
         )
         trainer.train()
-        calibration = _calibrate(trainer, run, options) if options.calibrate else None
-        metrics = _measure(trainer, run, options)
-        if calibration is not None:
-            metrics["calibration"] = calibration
-        metrics["training"] = {
-            "runtime_s": round(time.monotonic() - started, 1),
-            "epochs": trainer.state.epoch,
-            "steps": trainer.state.global_step,
-            "best_checkpoint": _checkpoint_name(trainer.state.best_model_checkpoint),
-        }
+        metrics = finish_training(trainer, run, options, started)
         record = training_record(options, hp, run)
         identity = export_model(output, trainer.model, run.tokenizer, record=record, metrics=metrics)
     finally:
@@ -99,6 +90,21 @@ def train(options: TrainOptions, hp: Hyperparameters) -> TrainResult:
         flush=True,
     )
     return TrainResult(output, identity, metrics, run.base)
+
+
+def finish_training(trainer, run: PreparedRun, options: TrainOptions, started: float) -> dict:
+    """After ``trainer.train()``: calibrate (unless turned off), measure, and note the run."""
+    calibration = _calibrate(trainer, run, options) if options.calibrate else None
+    metrics = _measure(trainer, run, options)
+    if calibration is not None:
+        metrics["calibration"] = calibration
+    metrics["training"] = {
+        "runtime_s": round(time.monotonic() - started, 1),
+        "epochs": trainer.state.epoch,
+        "steps": trainer.state.global_step,
+        "best_checkpoint": _checkpoint_name(trainer.state.best_model_checkpoint),
+    }
+    return metrics
 
 
 def _validation_dataset(run: PreparedRun, options: TrainOptions):

@@ -66,31 +66,19 @@ def test_folding_the_temperature_divides_the_models_own_logits(tiny_model: Path)
     assert torch.allclose(after, before / 0.5, atol=1e-5)
 
 
+def _train_smoothed(output: Path, tiny_model: Path, emotion_data: Path, *extra: str) -> int:
+    """`train` on the tiny model with label smoothing (scores to calibrate); its exit code."""
+    return run_cli(
+        "train", "--data", emotion_data, "--base-model", tiny_model, "--output", output, "--lr", 3e-3,
+        "--batch-size", 8, "--epochs", 3, "--label-smoothing", 0.2, "--seed", 7, "--class-weights",
+        "--no-progress", *extra,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, emotion_data: Path) -> Path:
     output = tmp_path_factory.mktemp("calibrated") / "model"
-    code = run_cli(
-        "train",
-        "--data",
-        emotion_data,
-        "--base-model",
-        tiny_model,
-        "--output",
-        output,
-        "--lr",
-        3e-3,
-        "--batch-size",
-        8,
-        "--epochs",
-        3,
-        "--label-smoothing",
-        0.2,
-        "--seed",
-        7,
-        "--class-weights",
-        "--no-progress",
-    )
-    assert code == 0
+    assert _train_smoothed(output, tiny_model, emotion_data) == 0
     return output
 
 
@@ -132,31 +120,7 @@ def test_calibrate_command_calibrates_an_uncalibrated_directory_in_place(
     tmp_path, tiny_model, emotion_data, calibrated
 ):
     raw = tmp_path / "raw"
-    assert (
-        run_cli(
-            "train",
-            "--data",
-            emotion_data,
-            "--base-model",
-            tiny_model,
-            "--output",
-            raw,
-            "--lr",
-            3e-3,
-            "--batch-size",
-            8,
-            "--epochs",
-            3,
-            "--label-smoothing",
-            0.2,
-            "--seed",
-            7,
-            "--class-weights",
-            "--no-progress",
-            "--no-calibrate",
-        )
-        == 0
-    )
+    assert _train_smoothed(raw, tiny_model, emotion_data, "--no-calibrate") == 0
     assert "calibration" not in json.loads((raw / "metrics.json").read_text())
     version = json.loads((raw / "emotion_model.json").read_text())["version"]
     assert run_cli("calibrate", raw, "--data", emotion_data) == 0
