@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from training.head import DEFAULT_REFIT, HeadRefit, UnknownHead, refit_head
 from training.metrics import ECE_BINS, full_report, softmax
 from training.plots import save_figure
+from training.predict import predict_proba
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
@@ -70,12 +72,18 @@ CALIBRATION_FIGURES = ("ece", "brier", "log_loss", "mean_confidence", "accuracy"
 
 
 def calibration_record(
-    y_true: Sequence[int], logits: np.ndarray, temperature: float, split: str = "validation"
+    y_true: Sequence[int],
+    logits: np.ndarray,
+    temperature: float,
+    split: str = "validation",
+    refitted: np.ndarray | None = None,
 ) -> dict:
-    """The temperature and the figures before and after it, on the posts it was fitted on."""
+    """The temperature and the figures before and after calibration, on the posts it was fitted
+    on. ``logits`` are the model's as trained; ``refitted`` its logits after the head was
+    re-fitted (the temperature divides those), if it was."""
     logits = np.asarray(logits, dtype=np.float64)
     before = full_report(y_true, softmax(logits))
-    calibrated = softmax(logits / temperature)
+    calibrated = softmax((logits if refitted is None else np.asarray(refitted, np.float64)) / temperature)
     after = full_report(y_true, calibrated)
     return {
         "temperature": temperature,
@@ -85,6 +93,59 @@ def calibration_record(
         "reliability_after": reliability_bins(y_true, calibrated),
         "reliability_before": reliability_bins(y_true, softmax(logits)),
     }
+
+
+def _by_label(logits: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """Logits in the model's output order -> columns in label-id order."""
+    ordered = np.empty_like(logits)
+    ordered[:, list(columns)] = logits
+    return ordered
+
+
+def calibrate_model(
+    model,
+    tokenizer,
+    columns: Sequence[int],
+    train: tuple[Sequence[str], Sequence[int]],
+    validation: tuple[Sequence[str], Sequence[int]],
+    *,
+    refit: HeadRefit | None = DEFAULT_REFIT,
+    max_length: int = 128,
+    log=lambda message: None,
+) -> dict:
+    """Calibrate ``model`` in place: re-fit its head on ``train`` (unless ``refit`` is None or
+    the head is of an unknown kind), then fit a temperature on ``validation`` and fold it into
+    the head. ``train`` and ``validation`` are (texts, label ids). Returns the record."""
+    head: dict | None = None
+    refitted = None
+    if refit is not None:
+        try:
+            head, logits, refitted = refit_head(
+                model, tokenizer, columns, train, validation, refit, max_length=max_length
+            )
+        except UnknownHead as exc:
+            head = {"applied": False, "reason": str(exc)}
+    if refitted is None:
+        probs = predict_proba(model, tokenizer, columns, validation[0], max_length=max_length)
+        logits = np.log(np.clip(probs, 1e-12, 1.0))  # logits up to a per-post constant: same softmax
+    else:
+        logits, refitted = _by_label(logits, columns), _by_label(refitted, columns)
+    labels = list(validation[1])
+    temperature = fit_temperature(logits if refitted is None else refitted, labels)
+    fold_temperature(model, temperature)
+    record = calibration_record(labels, logits, temperature, refitted=refitted)
+    if head is not None:
+        record["head_refit"] = head
+        if head.get("applied"):
+            log(f"head re-fitted with mixup: {head['labels_changed']} validation labels changed")
+        else:
+            log(f"head kept as trained: {head.get('reason') or 'the re-fitted one lost validation accuracy'}")
+    log(
+        f"temperature {temperature:.3f}; validation ECE {record['before']['ece']:.4f} -> "
+        f"{record['after']['ece']:.4f}, accuracy {record['before']['accuracy']:.4f} -> "
+        f"{record['after']['accuracy']:.4f}"
+    )
+    return record
 
 
 def classification_head(model):
@@ -158,40 +219,60 @@ def save_reliability_diagram(rows: list[dict], ece: float, path: Path, title: st
     return save_figure(fig, path)
 
 
-def calibrate_directory(model_dir: Path, data_dir: Path | None = None, batch_size: int = 64) -> dict:
-    """Calibrate an exported model directory in place: fit the temperature on the validation
-    split, fold it into the head, save the weights (a new version), and update the metrics,
-    the identity file, the model card and the reliability diagram. Returns the calibration."""
+def calibrate_directory(
+    model_dir: Path,
+    data_dir: Path | None = None,
+    batch_size: int = 64,
+    *,
+    refit: HeadRefit | None = DEFAULT_REFIT,
+    log=lambda message: None,
+) -> dict:
+    """Calibrate an exported model directory in place (:func:`calibrate_model`: the head
+    re-fitted on the training split, the temperature on the validation split), save the
+    weights (a new version), and update the metrics, the identity file (its numeric modes,
+    measured on the old weights, are dropped), the model card and the reliability diagram.
+    Returns the calibration."""
     import json
     from datetime import datetime, timezone
 
     from schemas.model_directory import WEIGHTS_GLOB, new_version, read_identity, write_identity
     from training.card import model_card
     from training.data import load_emotion_data
-    from training.predict import load_emotion_model, predict_proba
+    from training.predict import load_emotion_model
 
     model_dir = Path(model_dir)
     tokenizer, model, columns = load_emotion_model(model_dir)
-    validation = load_emotion_data(data_dir).split("validation")
-    probs = predict_proba(model, tokenizer, columns, validation.texts, batch_size=batch_size)
-    log_probs = np.log(np.clip(probs, 1e-12, 1.0))  # logits up to a per-post constant: same softmax
-    temperature = fit_temperature(log_probs, validation.labels)
-    fold_temperature(model, temperature)
+    data = load_emotion_data(data_dir)
+    validation = data.split("validation")
+    train = data.split("train") if refit is not None and "train" in data.splits else None
+    record = calibrate_model(
+        model,
+        tokenizer,
+        columns,
+        (train.texts, train.labels) if train is not None else ([], []),
+        (validation.texts, validation.labels),
+        refit=refit if train is not None else None,
+        log=log,
+    )
     model.save_pretrained(model_dir)
     for weights in model_dir.glob(WEIGHTS_GLOB):
         weights.chmod(0o644)
-    record = calibration_record(validation.labels, log_probs, temperature)
     metrics_path = model_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {"eval_split": "validation"}
     previous = metrics.get("calibration")
-    if previous:  # calibrated before: the head now holds both temperatures
-        record["temperature"] *= previous["temperature"]
+    if previous:  # calibrated before: "before" is the model as trained
+        refitted = [r.get("head_refit", {}).get("applied") for r in (record, previous)]
+        if not any(refitted):  # the head now holds both temperatures
+            record["temperature"] *= previous["temperature"]
         record["before"] = previous["before"]
         record["reliability_before"] = previous.get("reliability_before", record["reliability_before"])
     metrics["calibration"] = record
-    metrics["validation"] = full_report(validation.labels, softmax(log_probs / temperature))
+    metrics["validation"] = full_report(
+        validation.labels, predict_proba(model, tokenizer, columns, validation.texts, batch_size=batch_size)
+    )
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
     identity = dict(read_identity(model_dir) or {"name": model_dir.name})
+    identity.pop("numeric_modes", None)  # measured on the weights replaced: verify them again
     created = datetime.now(timezone.utc)
     identity.update(
         previous_version=identity.get("version"),

@@ -109,12 +109,30 @@ def _calibration_section(metrics: dict) -> str:
             ("accuracy", "accuracy"),
         )
     )
+    head = calibration.get("head_refit") or {}
+    if head.get("applied"):
+        how = (
+            "The head (the layers between the encoder and the logits) was trained again, the encoder "
+            f"frozen, on the {head['train_posts']} training posts' features mixed in pairs (mixup, "
+            f"alpha {head['alpha']}, {head['epochs']} epochs), so ambiguous posts score as ambiguous; "
+            f"then a temperature of `{calibration['temperature']:.4f}`, fitted on the "
+            f"{calibration['fitted_on']} split (minimum log loss), was folded into it (its final weight and "
+            f"bias divided by it). {head['labels_changed']} of the {calibration['fitted_on']} split's "
+            "labels changed with the head."
+        )
+    else:
+        how = (
+            f"A temperature of `{calibration['temperature']:.4f}`, fitted on the {calibration['fitted_on']} "
+            "split (minimum log loss), is folded into the classification head (its weight and bias "
+            "divided by it). The labels do not change."
+        )
+        if head.get("reason") or "applied" in head:
+            how += " The head was not re-fitted: " + (
+                head.get("reason") or "re-fitting it lost validation accuracy, so the trained head was kept."
+            )
     return (
-        "## Calibration\n\nThe scores are calibrated: a temperature of "
-        f"`{calibration['temperature']:.4f}`, fitted on the {calibration['fitted_on']} split (minimum log "
-        "loss), is folded into the classification head (its weight and bias divided by it), so any "
-        "loader returns calibrated probabilities. The labels do not change.\n\n"
-        f"| on {calibration['fitted_on']} | before | after |\n|---|---|---|\n{rows}\n\n"
+        f"## Calibration\n\nThe scores are calibrated, so any loader returns calibrated probabilities. "
+        f"{how}\n\n| on {calibration['fitted_on']} | before | after |\n|---|---|---|\n{rows}\n\n"
         "![reliability diagram](reliability.png)\n"
     )
 

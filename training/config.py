@@ -104,6 +104,8 @@ class TrainOptions(RunOptions):
     params_file: Path | None = None
     calibrate: bool = True
     """Fit a temperature on the validation split and fold it into the head before export."""
+    refit_head: bool = True
+    """Before the temperature, re-fit the head on the training split's features with mixup."""
 
 
 def load_params_file(path: Path) -> dict[str, Any]:

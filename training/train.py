@@ -20,10 +20,12 @@ import torch
 import transformers
 
 from training.base_models import DEFAULT_BASE_MODEL, BaseModel
-from training.calibration import calibration_record, fit_temperature, fold_temperature
+from training.calibration import calibrate_model
 from training.config import DEMO_RECIPE, Hyperparameters, TrainOptions
 from training.export import export_model
+from training.head import HeadRefit
 from training.metrics import full_report, softmax
+from training.predict import label_columns
 from training.prepare import PreparedRun, prepare_run
 from training.settings import TrainingSettings, resolve_data_dir
 from training.trainer import (
@@ -107,14 +109,6 @@ def finish_training(trainer, run: PreparedRun, options: TrainOptions, started: f
     return metrics
 
 
-def _validation_dataset(run: PreparedRun, options: TrainOptions):
-    if run.eval_name == "validation":
-        return run.eval_dataset
-    return tokenized_dataset(
-        run.tokenizer, run.data.split("validation"), options.max_length, sort_by_length=True
-    )
-
-
 def _logits(trainer, dataset) -> tuple[list[int], np.ndarray]:
     prediction = trainer.predict(dataset)
     logits = (
@@ -125,21 +119,22 @@ def _logits(trainer, dataset) -> tuple[list[int], np.ndarray]:
 
 
 def _calibrate(trainer, run: PreparedRun, options: TrainOptions) -> dict | None:
-    """Fit a temperature on the validation split and fold it into the model's head."""
+    """Re-fit the head and fit a temperature on the validation split (``calibrate_model``)."""
     if "validation" not in run.data.splits:
         print("[train] no validation split: the scores are not calibrated", file=sys.stderr, flush=True)
         return None
-    labels, logits = _logits(trainer, _validation_dataset(run, options))
-    temperature = fit_temperature(logits, labels)
-    fold_temperature(trainer.model, temperature)
-    record = calibration_record(labels, logits, temperature)
-    print(
-        f"[train] calibrated: temperature {temperature:.3f}, validation ECE {record['before']['ece']:.4f} -> "
-        f"{record['after']['ece']:.4f}",
-        file=sys.stderr,
-        flush=True,
+    validation = run.data.split("validation")
+    trainer.model.eval()
+    return calibrate_model(
+        trainer.model,
+        run.tokenizer,
+        label_columns(trainer.model),
+        (run.train_split.texts, run.train_split.labels),
+        (validation.texts, validation.labels),
+        refit=HeadRefit(seed=options.seed) if options.refit_head else None,
+        max_length=options.max_length,
+        log=lambda message: print(f"[train] calibration: {message}", file=sys.stderr, flush=True),
     )
-    return record
 
 
 def _measure(trainer, run: PreparedRun, options: TrainOptions) -> dict:

@@ -89,12 +89,19 @@ def test_training_exports_calibrated_scores_and_says_so_on_the_card(
     calibration = metrics["calibration"]
     assert calibration["fitted_on"] == "validation" and calibration["temperature"] > 0
     assert calibration["after"]["log_loss"] <= calibration["before"]["log_loss"] + 1e-9
-    assert calibration["after"]["accuracy"] == calibration["before"]["accuracy"]
+    head = calibration["head_refit"]
+    assert head["train_posts"] == 60 and head["seed"] == 7  # the run's seed
+    before, after = calibration["before"]["accuracy"], calibration["after"]["accuracy"]
+    if head["applied"]:  # never at the cost of more than the allowed validation accuracy
+        assert after >= before - head["max_accuracy_drop"]
+    else:
+        assert after == before
     # What was measured after export is the calibrated model's own output.
     assert metrics["validation"]["log_loss"] == pytest.approx(calibration["after"]["log_loss"], rel=1e-3)
     assert metrics["validation"]["ece"] == pytest.approx(calibration["after"]["ece"], abs=1e-3)
     card = (calibrated / "README.md").read_text()
     assert "## Calibration" in card and f"{calibration['temperature']:.4f}" in card
+    assert ("mixup" in card) == head["applied"]
     assert (calibrated / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # transformers.pipeline, knowing nothing of calibration, returns the calibrated scores.
@@ -122,14 +129,24 @@ def test_calibrate_command_calibrates_an_uncalibrated_directory_in_place(
     raw = tmp_path / "raw"
     assert _train_smoothed(raw, tiny_model, emotion_data, "--no-calibrate") == 0
     assert "calibration" not in json.loads((raw / "metrics.json").read_text())
-    version = json.loads((raw / "emotion_model.json").read_text())["version"]
-    assert run_cli("calibrate", raw, "--data", emotion_data) == 0
+    identity = json.loads((raw / "emotion_model.json").read_text())
+    version = identity["version"]
+    assert "numeric_modes" in identity  # measured after training
+    assert run_cli("calibrate", raw, "--data", emotion_data, "--no-head-refit", "--no-verify-modes") == 0
     metrics = json.loads((raw / "metrics.json").read_text())
     identity = json.loads((raw / "emotion_model.json").read_text())
     assert (
         identity["version"] != version and identity["previous_version"] == version
     )  # new weights, new version
-    same_run = json.loads((calibrated / "metrics.json").read_text())["calibration"]
-    assert metrics["calibration"]["temperature"] == pytest.approx(same_run["temperature"], rel=0.02)
-    assert "## Calibration" in (raw / "README.md").read_text()
+    assert "numeric_modes" not in identity  # measured on the old weights: not carried over
+    calibration = metrics["calibration"]
+    assert "head_refit" not in calibration and calibration["temperature"] > 0
+    assert calibration["after"]["accuracy"] == calibration["before"]["accuracy"]  # a temperature alone
+    card = (raw / "README.md").read_text()
+    assert "## Calibration" in card and "The labels do not change." in card and "mixup" not in card
+
+    # Calibrating again with the head re-fit: "before" stays the model as trained.
+    assert run_cli("calibrate", raw, "--data", emotion_data, "--no-verify-modes") == 0
+    again = json.loads((raw / "metrics.json").read_text())["calibration"]
+    assert again["before"] == calibration["before"] and "head_refit" in again
     shutil.rmtree(raw)

@@ -131,8 +131,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-calibrate",
         action="store_true",
-        help="export the raw scores: no temperature fitted on validation and folded into the head",
+        help="export the raw scores: no head re-fit, no temperature fitted on validation and folded in",
     )
+    _add_no_head_refit(p)
     # None means "not given", so a --params file value survives unless a flag overrides it.
     p.add_argument("--lr", type=float, help="learning rate (default 2e-5)")
     p.add_argument("--batch-size", type=_positive_int, help="training batch size (default 16)")
@@ -259,7 +260,11 @@ def run_train(args: argparse.Namespace) -> int:
         },
     )
     options = TrainOptions(
-        **_run_options(args), output_dir=args.output, params_file=args.params, calibrate=not args.no_calibrate
+        **_run_options(args),
+        output_dir=args.output,
+        params_file=args.params,
+        calibrate=not args.no_calibrate,
+        refit_head=not args.no_head_refit,
     )
     result = train(options, hp)
     if not args.no_verify_modes:
@@ -332,6 +337,7 @@ def _add_distill(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-verify-modes", action="store_true", help="skip measuring the CPU numeric modes")
+    _add_no_head_refit(p)
     p.set_defaults(run=run_distill)
 
 
@@ -355,6 +361,7 @@ def run_distill(args: argparse.Namespace) -> int:
         layers=args.layers,
         alpha=args.alpha,
         kd_temperature=args.kd_temperature,
+        refit_head=not args.no_head_refit,
     )
     result = distill(options, hp)
     if not args.no_verify_modes:
@@ -383,26 +390,49 @@ def run_verify_modes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_no_head_refit(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-head-refit",
+        action="store_true",
+        help="calibrate with the temperature alone: do not re-fit the head on the training split "
+        "with mixup first (the head is kept anyway if re-fitting it loses validation accuracy)",
+    )
+
+
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, metavar="MODEL_DIR", help="model directory, calibrated in place")
     p.add_argument(
         "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
+    )
+    _add_no_head_refit(p)
+    p.add_argument(
+        "--no-verify-modes",
+        action="store_true",
+        help="skip measuring the CPU numeric modes again on the new weights",
     )
     p.set_defaults(run=run_calibrate)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from training.calibration import calibrate_directory
+    from training.head import HeadRefit
 
     data_dir = args.data if args.data is not None else _settings().data_dir
-    record = calibrate_directory(args.model, data_dir)
+    record = calibrate_directory(
+        args.model,
+        data_dir,
+        refit=None if args.no_head_refit else HeadRefit(),
+        log=lambda message: print(f"[calibrate] {message}", file=sys.stderr, flush=True),
+    )
     before, after = record["before"], record["after"]
     print(
         f"calibrated {args.model}: temperature {record['temperature']:.4f}; validation ECE "
         f"{before['ece']:.4f} -> {after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}, "
         f"log loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}, "
-        f"accuracy {after['accuracy']:.4f} (unchanged)"
+        f"accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}"
     )
+    if not args.no_verify_modes:
+        verify_modes(args.model, data_dir)
     return 0
 
 
