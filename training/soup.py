@@ -3,7 +3,8 @@
 Runs fine-tuned from the same base model (same seed, different schedules or weighting)
 end close together in weight space; their average is a single model of the same size
 and cost per post that usually generalises better than any of them (Wortsman et al.,
-2022, "Model soups"). The soup is measured on validation and exported like a trained model.
+2022, "Model soups"). Averaging undoes the ingredients' calibration, so the soup is calibrated
+again (``training.calibration``), then measured on validation and exported like a trained model.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 import torch
 
 from schemas.model_directory import IDENTITY_FILE
+from training.calibration import calibrate_model
 from training.data import load_emotion_data
 from training.errors import TrainingError
 from training.export import export_model
+from training.head import DEFAULT_REFIT, HeadRefit
 from training.metrics import full_report
 from training.predict import load_emotion_model, predict_proba
 
@@ -66,9 +69,17 @@ def average_state_dicts(models: Sequence[torch.nn.Module]) -> dict[str, torch.Te
 
 
 def soup(
-    model_dirs: Sequence[Path], output_dir: Path, data_dir: Path | None, command_line: Sequence[str]
+    model_dirs: Sequence[Path],
+    output_dir: Path,
+    data_dir: Path | None,
+    command_line: Sequence[str],
+    *,
+    calibrate: bool = True,
+    refit: HeadRefit | None = DEFAULT_REFIT,
 ) -> dict:
-    """Average ``model_dirs`` into ``output_dir``, measured on the validation split; return its metrics."""
+    """Average ``model_dirs`` into ``output_dir``, calibrate it (unless ``calibrate`` is false:
+    averaging undoes the ingredients' calibration), measure it on the validation split; return
+    its metrics."""
     if len(model_dirs) < 2:
         raise SoupError("a soup needs at least two model directories")
     ingredients = [_ingredient(Path(d)) for d in model_dirs]
@@ -86,7 +97,20 @@ def soup(
         )
     model.load_state_dict(average_state_dicts([m for _, m, _ in loaded]))
     model.eval()
-    validation = load_emotion_data(data_dir).split("validation")
+    data = load_emotion_data(data_dir)
+    validation = data.split("validation")
+    calibration = None
+    if calibrate:
+        train = data.split("train")
+        calibration = calibrate_model(
+            model,
+            tokenizer,
+            columns,
+            (train.texts, train.labels),
+            (validation.texts, validation.labels),
+            refit=refit,
+            log=lambda message: print(f"[soup] calibration: {message}", file=sys.stderr, flush=True),
+        )
     probs = predict_proba(model, tokenizer, columns, validation.texts)
     metrics = {
         "eval_split": "validation",
@@ -96,6 +120,8 @@ def soup(
             for i in ingredients
         ],
     }
+    if calibration is not None:
+        metrics["calibration"] = calibration
     record = dict(ingredients[0]["record"] or {})
     if not record:
         raise SoupError(

@@ -46,7 +46,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, emotion
 
 def test_soup_averages_the_weights_and_exports_a_loadable_model(two_runs, emotion_data, tmp_path):
     out = tmp_path / "soup"
-    assert run_cli("soup", *two_runs, "--data", emotion_data, "--output", out) == 0
+    assert run_cli("soup", *two_runs, "--data", emotion_data, "--output", out, "--no-calibrate") == 0
     a, b, s = (load_file(p / "model.safetensors") for p in (*two_runs, out))
     for key in ("classifier.weight", "bert.encoder.layer.0.attention.self.query.weight"):
         assert torch.allclose(s[key], (a[key] + b[key]) / 2, atol=1e-6)
@@ -66,6 +66,18 @@ def test_soup_averages_the_weights_and_exports_a_loadable_model(two_runs, emotio
         for r in pipeline("text-classification", model=str(out))(["i feel so thrilled", "so scared"])
     }
     assert labels <= set(LABELS)
+
+
+def test_the_soup_is_calibrated_again_and_its_modes_verified(two_runs, emotion_data, tmp_path):
+    out = tmp_path / "soup"
+    assert run_cli("soup", *two_runs, "--data", emotion_data, "--output", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] > 0 and calibration["head_refit"]["train_posts"] == 60
+    assert calibration["after"]["log_loss"] <= calibration["before"]["log_loss"] + 1e-9
+    assert metrics["validation"]["ece"] == pytest.approx(calibration["after"]["ece"], abs=1e-3)
+    assert "## Calibration" in (out / "README.md").read_text()
+    assert "fp32" in json.loads((out / "emotion_model.json").read_text())["numeric_modes"]["modes"]
 
 
 def test_soup_refuses_models_of_different_bases(two_runs, emotion_data, tmp_path):

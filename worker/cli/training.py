@@ -464,14 +464,29 @@ def _add_soup(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
     )
+    p.add_argument(
+        "--no-calibrate", action="store_true", help="export the averaged weights as they are, uncalibrated"
+    )
+    _add_no_head_refit(p)
+    p.add_argument("--no-verify-modes", action="store_true", help="skip measuring the CPU numeric modes")
     p.set_defaults(run=run_soup)
 
 
 def run_soup(args: argparse.Namespace) -> int:
+    from training.head import HeadRefit
     from training.soup import soup
 
     data_dir = args.data if args.data is not None else _settings().data_dir
-    soup(args.models, args.output, data_dir, command_line=["emotion-stream", *sys.argv[1:]])
+    soup(
+        args.models,
+        args.output,
+        data_dir,
+        command_line=["emotion-stream", *sys.argv[1:]],
+        calibrate=not args.no_calibrate,
+        refit=None if args.no_head_refit else HeadRefit(),
+    )
+    if not args.no_verify_modes:
+        verify_modes(args.output, data_dir)
     return 0
 
 
