@@ -90,17 +90,25 @@ def model_and_data(tiny_model: Path, emotion_data: Path):
     return tokenizer, model, columns, (train.texts, train.labels), (validation.texts, validation.labels)
 
 
-def test_refitting_changes_the_head_and_nothing_else(model_and_data):
+HEAD_TENSORS = {
+    "bert": {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"},
+    "distilbert": {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight", "classifier.bias"},
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(HEAD_TENSORS))
+def test_refitting_changes_the_head_and_nothing_else(architecture, model_and_data, tmp_path):
     tokenizer, model, columns, train, validation = model_and_data
+    if architecture != "bert":  # the default base model's architecture when the hub is reachable
+        directory = build_tiny_model(tmp_path / "m", architecture=architecture)
+        tokenizer, model, columns = load_emotion_model(directory)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     record, _, after = refit_head(
         model, tokenizer, columns, train, validation, HeadRefit(epochs=20, max_accuracy_drop=1.0)
     )
     assert record["applied"] is True and record["train_posts"] == len(train[1])
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {
-        "bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"
-    }  # fmt: skip
+    assert changed == HEAD_TENSORS[architecture]
     # The logits it returns are the model's own, now.
     with torch.no_grad():
         own = model(**tokenizer(list(validation[0]), return_tensors="pt", padding=True)).logits
