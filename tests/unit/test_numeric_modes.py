@@ -102,3 +102,18 @@ def test_a_model_with_no_record_runs_fp32_under_auto(tiny_model):
         assert classifier.numeric == "fp32" and "verify-modes" in classifier.numeric_reason
     finally:
         classifier.close()
+
+
+def test_int8_quantizes_every_linear_layer_with_a_scale_per_output_channel(tiny_model):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from worker.model.loading import apply_numeric
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    quantized, autocast = apply_numeric(model, "int8", torch.device("cpu"))
+    layers = [m for m in quantized.modules() if type(m).__name__ == "Linear" and hasattr(m, "weight")]
+    weights = [m.weight() for m in layers if callable(m.weight)]
+    assert autocast is None and len(weights) == linears
+    assert {w.qscheme() for w in weights} == {torch.per_channel_affine}
