@@ -44,6 +44,16 @@ from worker.transport import EmotionApp
 
 log = structlog.get_logger(__name__)
 
+JOIN_ERROR_HINTS = {
+    "InconsistentGroupProtocolError": "another consumer in the group uses a different partition "
+    "assignment protocol; give the worker a group of its own (EMOTION_GROUP_ID)",
+    "GroupAuthorizationFailedError": "the credentials may not use this consumer group; grant them "
+    "READ on it (EMOTION_GROUP_ID)",
+    "InvalidSessionTimeoutError": "the broker refuses the consumer's session timeout "
+    "(group.min/max.session.timeout.ms)",
+    "InvalidGroupIdError": "the broker refuses the group id (EMOTION_GROUP_ID)",
+}
+
 
 PUBLISHING_BATCHES = 2
 """Batches whose outputs may await the broker's acknowledgement at once; the next one waits."""
@@ -189,7 +199,6 @@ class EmotionStream:
         app.on_partitions_revoked.connect(self._on_revoked)
         self._add_pages(app)
         app.timer(10.0)(self._progress)
-        app.timer(0.5)(self._beat)
         app.timer(5.0)(self._measure_lag)
         app.task(self._probe_broker)
         app.on_before_shutdown.connect(self._on_shutdown)
@@ -214,10 +223,21 @@ class EmotionStream:
             frozen_objects=frozen,
         )
         self._loop = asyncio.get_running_loop()
+        # The heartbeat is a task of its own, not a Faust timer: Faust starts its timers only
+        # once the first group join is over, and that join can take as long as a dead
+        # member's session timeout, all while the event loop runs.
+        beating = asyncio.ensure_future(self._heartbeat())
+        beating.add_done_callback(self._crash_on_failure)
         if self.desk is not None:
             serving = asyncio.ensure_future(self._serve_quiet_requests())
             serving.add_done_callback(self._crash_on_failure)
         self.watchdog.watch_consumer(lag=self._total_lag, idle=self._pipeline_idle)
+        conf = self.app.conf
+        self.watchdog.watch_join(
+            f"group {s.group_id}",
+            conf.broker_session_timeout + conf.broker_rebalance_timeout + 30.0,
+            self._join_error,
+        )
         self.watchdog.start()
         # The wait counts from each post's Kafka timestamp (see MicroBatcher); the bytes of
         # every message count against the in-flight budget until its batch is acknowledged.
@@ -434,6 +454,7 @@ class EmotionStream:
         )
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        self.watchdog.joined()
         self._assigned = True
         self.metrics.ready.set(1)
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
@@ -447,6 +468,7 @@ class EmotionStream:
         )
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        self.watchdog.joining()
         self._assigned = False
         self.metrics.ready.set(0)
 
@@ -460,10 +482,27 @@ class EmotionStream:
             and not self.watchdog.problems()
         )
 
-    async def _beat(self) -> None:
-        self.watchdog.beat()
-        self.metrics.in_flight.set(self.budget.items)
-        self.metrics.in_flight_bytes.set(self.budget.used)
+    def _join_error(self) -> str | None:
+        """The error that stopped the consumer's group join, if one did: the Kafka client holds
+        it for a poll that the framework does not make while it has no partitions, so without
+        this the worker would wait for ever (an assignment protocol another member of the group
+        does not share, a session timeout the broker refuses, no rights on the group)."""
+        try:
+            consumer = self.app.consumer._thread._ensure_consumer()
+            error = consumer._coordinator._pending_exception
+        except Exception:  # not started, or the client's internals moved: the time bound still holds
+            return None
+        if error is None:
+            return None
+        hint = JOIN_ERROR_HINTS.get(type(error).__name__, "")
+        return f"{type(error).__name__}{': ' + hint if hint else ''}"
+
+    async def _heartbeat(self, interval_s: float = 0.5) -> None:
+        while not self.app.should_stop:
+            self.watchdog.beat()
+            self.metrics.in_flight.set(self.budget.items)
+            self.metrics.in_flight_bytes.set(self.budget.used)
+            await asyncio.sleep(interval_s)
 
     async def _probe_broker(self) -> None:
         await self.broker_probe.run()

@@ -57,6 +57,10 @@ class Watchdog:
         self._lag: Callable[[], int] = lambda: 0
         self._idle: Callable[[], bool] = lambda: True
         self._wrong_since: float | None = None
+        self.join_timeout_s = float("inf")
+        self._joining_since: float | None = now
+        self._join_error: Callable[[], str | None] = lambda: None
+        self._group = "its group"
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self.fired = False
@@ -65,6 +69,20 @@ class Watchdog:
     def beat(self) -> None:
         """The event loop ran (called by a task on it)."""
         self._beat = self._clock()
+
+    def watch_join(self, group: str, timeout_s: float, error: Callable[[], str | None]) -> None:
+        """Report a consumer that has not joined ``group`` within ``timeout_s`` (as long as a
+        dead member's session and a rebalance can hold a join), or at once when ``error()``
+        names a join failure the consumer cannot get past by itself."""
+        self._group, self.join_timeout_s, self._join_error = group, timeout_s, error
+
+    def joining(self) -> None:
+        """The consumer lost its partitions and is (re)joining its group."""
+        if self._joining_since is None:
+            self._joining_since = self._clock()
+
+    def joined(self) -> None:
+        self._joining_since = None
 
     def events_arrived(self) -> None:
         self._last_event = self._clock()
@@ -97,6 +115,14 @@ class Watchdog:
             )
         if now - self._beat > self.loop_stall_s:
             found.append(f"the event loop has not run for {now - self._beat:.0f}s")
+        if self._joining_since is not None:
+            waited = now - self._joining_since
+            error = self._join_error() if waited > 1.0 else None
+            if error or waited > self.join_timeout_s:
+                found.append(
+                    f"the consumer has not joined {self._group} in {waited:.0f}s"
+                    + (f": {error}" if error else f" (bound {self.join_timeout_s:.0f}s)")
+                )
         if now - self._last_event > self.consumer_stall_s and self._idle():
             lag = self._lag()
             if lag > 0:

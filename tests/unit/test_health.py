@@ -88,3 +88,39 @@ def test_acknowledged_batches_waiting_too_long_for_a_commit_are_a_problem():
     assert "waited 31s for a commit" in watchdog.check()[0]
     watchdog.committed()
     assert watchdog.check() == []
+
+
+def test_a_consumer_that_does_not_join_its_group_within_the_bound_is_a_problem():
+    clock, dead = Clock(), []
+    watchdog = _watchdog(clock, dead)
+    watchdog.watch_join("group g", timeout_s=100, error=lambda: None)
+    _beating(watchdog, clock, 100)
+    assert watchdog.check() == []  # a join may wait for a dead member's session
+    _beating(watchdog, clock, 1)
+    assert watchdog.check() == ["the consumer has not joined group g in 101s (bound 100s)"]
+    watchdog.joined()
+    assert watchdog.check() == []
+    watchdog.joining()  # partitions revoked: a new join, a new bound
+    _beating(watchdog, clock, 50)
+    watchdog.joining()  # still the same join
+    _beating(watchdog, clock, 50)
+    assert watchdog.check() == []
+    _beating(watchdog, clock, 1)
+    assert "has not joined group g in 101s" in watchdog.check()[0]
+
+
+def test_a_join_error_the_consumer_cannot_get_past_is_reported_at_once():
+    clock, dead = Clock(), []
+    watchdog = _watchdog(clock, dead)
+    error = []
+    watchdog.watch_join("group g", timeout_s=100, error=lambda: error[0] if error else None)
+    _beating(watchdog, clock, 2)
+    assert watchdog.check() == []
+    error.append("InconsistentGroupProtocolError: give the worker a group of its own")
+    assert watchdog.check() == [
+        "the consumer has not joined group g in 2s: "
+        "InconsistentGroupProtocolError: give the worker a group of its own"
+    ]
+    _beating(watchdog, clock, 20)
+    watchdog.check()
+    assert len(dead) == 1 and "InconsistentGroupProtocolError" in dead[0]
