@@ -112,10 +112,11 @@ def calibrate_model(
     refit: HeadRefit | None = DEFAULT_REFIT,
     max_length: int = 128,
     log=lambda message: None,
-) -> dict:
+) -> tuple[dict, np.ndarray]:
     """Calibrate ``model`` in place: re-fit its head on ``train`` (unless ``refit`` is None or
     the head is of an unknown kind), then fit a temperature on ``validation`` and fold it into
-    the head. ``train`` and ``validation`` are (texts, label ids). Returns the record."""
+    the head. ``train`` and ``validation`` are (texts, label ids). Returns the record and the
+    calibrated model's validation probabilities (columns in label-id order)."""
     head: dict | None = None
     refitted = None
     if refit is not None:
@@ -131,7 +132,8 @@ def calibrate_model(
     else:
         logits, refitted = _by_label(logits, columns), _by_label(refitted, columns)
     labels = list(validation[1])
-    temperature = fit_temperature(logits if refitted is None else refitted, labels)
+    final = logits if refitted is None else refitted
+    temperature = fit_temperature(final, labels)
     fold_temperature(model, temperature)
     record = calibration_record(labels, logits, temperature, refitted=refitted)
     if head is not None:
@@ -145,7 +147,7 @@ def calibrate_model(
         f"{record['after']['ece']:.4f}, accuracy {record['before']['accuracy']:.4f} -> "
         f"{record['after']['accuracy']:.4f}"
     )
-    return record
+    return record, softmax(final / temperature)
 
 
 def classification_head(model):
@@ -222,7 +224,6 @@ def save_reliability_diagram(rows: list[dict], ece: float, path: Path, title: st
 def calibrate_directory(
     model_dir: Path,
     data_dir: Path | None = None,
-    batch_size: int = 64,
     *,
     refit: HeadRefit | None = DEFAULT_REFIT,
     log=lambda message: None,
@@ -245,7 +246,7 @@ def calibrate_directory(
     data = load_emotion_data(data_dir)
     validation = data.split("validation")
     train = data.split("train") if refit is not None and "train" in data.splits else None
-    record = calibrate_model(
+    record, probs = calibrate_model(
         model,
         tokenizer,
         columns,
@@ -267,9 +268,7 @@ def calibrate_directory(
         record["before"] = previous["before"]
         record["reliability_before"] = previous.get("reliability_before", record["reliability_before"])
     metrics["calibration"] = record
-    metrics["validation"] = full_report(
-        validation.labels, predict_proba(model, tokenizer, columns, validation.texts, batch_size=batch_size)
-    )
+    metrics["validation"] = full_report(validation.labels, probs)
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
     identity = dict(read_identity(model_dir) or {"name": model_dir.name})
     identity.pop("numeric_modes", None)  # measured on the weights replaced: verify them again

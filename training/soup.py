@@ -102,7 +102,7 @@ def soup(
     calibration = None
     if calibrate:
         train = data.split("train")
-        calibration = calibrate_model(
+        calibration, probs = calibrate_model(
             model,
             tokenizer,
             columns,
@@ -111,7 +111,8 @@ def soup(
             refit=refit,
             log=lambda message: print(f"[soup] calibration: {message}", file=sys.stderr, flush=True),
         )
-    probs = predict_proba(model, tokenizer, columns, validation.texts)
+    else:
+        probs = predict_proba(model, tokenizer, columns, validation.texts)
     metrics = {
         "eval_split": "validation",
         "validation": full_report(validation.labels, probs),

@@ -125,7 +125,7 @@ def _calibrate(trainer, run: PreparedRun, options: TrainOptions) -> dict | None:
         return None
     validation = run.data.split("validation")
     trainer.model.eval()
-    return calibrate_model(
+    record, _ = calibrate_model(
         trainer.model,
         run.tokenizer,
         label_columns(trainer.model),
@@ -135,6 +135,7 @@ def _calibrate(trainer, run: PreparedRun, options: TrainOptions) -> dict | None:
         max_length=options.max_length,
         log=lambda message: print(f"[train] calibration: {message}", file=sys.stderr, flush=True),
     )
+    return record
 
 
 def _measure(trainer, run: PreparedRun, options: TrainOptions) -> dict:

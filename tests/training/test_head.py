@@ -130,7 +130,7 @@ def test_a_refitted_head_that_loses_accuracy_is_not_kept(model_and_data):
 def test_a_head_of_unknown_shape_gets_the_temperature_alone(model_and_data):
     tokenizer, model, _, train, validation = model_and_data
     model.classifier = torch.nn.Sequential(model.classifier)  # a head this module does not know
-    record = calibrate_model(model, tokenizer, label_columns(model), train, validation)
+    record, _ = calibrate_model(model, tokenizer, label_columns(model), train, validation)
     assert record["head_refit"]["applied"] is False
     assert "no known classification head" in record["head_refit"]["reason"]
     assert record["after"]["accuracy"] == record["before"]["accuracy"] and record["temperature"] > 0
