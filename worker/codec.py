@@ -1,13 +1,51 @@
-"""Turns the bytes of one input message into a validated post, or says why it cannot."""
+"""The one way outside bytes become data: JSON read under explicit limits, posts validated,
+trace headers checked before they are passed on.
+
+Every reader of bytes that come from outside (the worker's input topic, the aggregator's and
+the live page's topic readers, ``/classify``, ``produce`` and ``consume``) goes through
+:func:`read_json`, so a message can be too big, too deep, hold an integer of a million digits,
+a lone surrogate or no JSON at all, and the reader gets an :class:`Unreadable` with the error
+kind and a message, never another exception.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
-from schemas import ErrorInfo, Post
+from schemas import ErrorInfo, ErrorKind, Post
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the readers accept from outside."""
+
+    max_bytes: int = 1 << 20
+    """Longest message, in bytes."""
+    max_depth: int = 64
+    """Deepest nesting of arrays and objects."""
+    max_int_digits: int = 128
+    """Longest integer literal (Python refuses past 4,300 digits with an exception of its own)."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Unreadable(ValueError):
+    """Outside bytes that are not the JSON a reader accepts; ``error`` says which kind and why."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.error = ErrorInfo(kind=kind, message=message)
+
+    @property
+    def kind(self) -> str:
+        return self.error.kind
 
 
 @dataclass(frozen=True)
@@ -15,6 +53,88 @@ class Rejected:
     """A message that is not a valid post, with the reason that goes to the dead-letter topic."""
 
     error: ErrorInfo
+
+
+def _bounded_int(limit: int):
+    def parse(literal: str) -> int:
+        digits = len(literal) - literal.startswith("-")
+        if digits > limit:
+            raise Unreadable("invalid_post", f"an integer of {digits} digits is over the limit of {limit}")
+        return int(literal)
+
+    return parse
+
+
+def _no_constant(name: str) -> Any:
+    raise Unreadable("not_json", f"value is not JSON: {name} is not a JSON number")
+
+
+def _check_tree(value: Any, max_depth: int) -> None:
+    """Depth of nesting within bounds, and no string holding a lone surrogate (a ``\\ud800``
+    escape decodes to one; it cannot be written back as UTF-8)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                raise Unreadable("not_utf8", "a string holds a lone surrogate escape (not valid Unicode)")
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > max_depth:
+            raise Unreadable("not_json", f"JSON nested deeper than {max_depth} levels")
+        children = item.items() if isinstance(item, dict) else ((None, v) for v in item)
+        for key, child in children:
+            if key is not None and _has_surrogate(key):
+                raise Unreadable("not_utf8", "a key holds a lone surrogate escape (not valid Unicode)")
+            stack.append((child, depth + 1))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def read_json(raw: bytes | str | None, limits: Limits = DEFAULT_LIMITS, *, what: str = "value") -> Any:
+    """``raw`` as JSON under ``limits``; raises :class:`Unreadable` (and nothing else) for bad input."""
+    if raw is None:
+        raise Unreadable("invalid_post", f"message has no {what} (tombstone)")
+    size = len(raw)
+    if size > limits.max_bytes:
+        raise Unreadable("too_large", f"{what} of {size} bytes is over the limit of {limits.max_bytes}")
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Unreadable("not_utf8", f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    else:
+        text = raw
+        if _has_surrogate(text):
+            raise Unreadable("not_utf8", f"{what} holds a lone surrogate (not valid Unicode)")
+    try:
+        value = json.loads(text, parse_int=_bounded_int(limits.max_int_digits), parse_constant=_no_constant)
+    except Unreadable:
+        raise
+    except json.JSONDecodeError as exc:
+        raise Unreadable(
+            "not_json", f"{what} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise Unreadable("not_json", f"JSON nested deeper than {limits.max_depth} levels") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # never let a parser's own limit escape
+        raise Unreadable("not_json", f"{what} is not readable JSON: {exc}") from None
+    _check_tree(value, limits.max_depth)
+    return value
+
+
+def read_object(raw: bytes | str | None, limits: Limits = DEFAULT_LIMITS, *, what: str = "value") -> dict:
+    """Like :func:`read_json`, for readers that expect a JSON object."""
+    value = read_json(raw, limits, what=what)
+    if not isinstance(value, dict):
+        raise Unreadable("invalid_post", f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _describe(exc: ValidationError) -> str:
@@ -25,39 +145,78 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode_post(raw: bytes | None) -> Post | Rejected:
+def decode_post(raw: bytes | None, limits: Limits = DEFAULT_LIMITS) -> Post | Rejected:
     """Decode UTF-8 JSON into a :class:`Post`; never raises for bad input."""
-    if raw is not None:
-        # Fast path: pydantic's own JSON parser handles a valid post in one step; only a
-        # failure takes the slower path below, which tells which kind of bad it is.
+    if raw is not None and len(raw) <= limits.max_bytes:
+        # Fast path: pydantic's own JSON parser handles a valid post in one step (it refuses
+        # deep nesting, huge numbers and lone surrogates itself); only a failure takes the
+        # slower path below, which tells which kind of bad it is.
         try:
             return Post.model_validate_json(raw)
         except ValidationError:
             pass
-    if raw is None:
-        return Rejected(ErrorInfo(kind="invalid_post", message="message has no value (tombstone)"))
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejected(
-            ErrorInfo(kind="not_utf8", message=f"value is not UTF-8: {exc.reason} at byte {exc.start}")
-        )
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return Rejected(
-            ErrorInfo(
-                kind="not_json",
-                message=f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            )
-        )
-    except RecursionError:
-        return Rejected(ErrorInfo(kind="not_json", message="value is JSON nested too deeply to decode"))
-    if not isinstance(obj, dict):
-        return Rejected(
-            ErrorInfo(kind="invalid_post", message=f"expected a JSON object, got {type(obj).__name__}")
-        )
-    try:
+        obj = read_object(raw, limits)
         return Post.model_validate(obj)
+    except Unreadable as exc:
+        return Rejected(exc.error)
     except ValidationError as exc:
         return Rejected(ErrorInfo(kind="invalid_post", message=_describe(exc)))
+
+
+# W3C Trace Context: version 00 layout; ids of all zeros are invalid, version ff is forbidden.
+_TRACEPARENT = re.compile(r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACESTATE_MEMBER = re.compile(
+    r"^[a-z0-9][a-z0-9_\-*/@]{0,255}=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$"
+)
+TRACESTATE_MAX_BYTES = 512
+"""Longest ``tracestate`` passed on (the W3C recommendation for what vendors propagate)."""
+TRACESTATE_MAX_MEMBERS = 32
+PROPAGATED_HEADER_MAX_BYTES = 8192
+"""Longest value of a header named in EMOTION_PROPAGATE_HEADERS that is passed on."""
+
+
+def _valid_traceparent(value: bytes) -> bool:
+    try:
+        return _TRACEPARENT.match(value.decode("ascii")) is not None
+    except UnicodeDecodeError:
+        return False
+
+
+def _valid_tracestate(value: bytes) -> bool:
+    if len(value) > TRACESTATE_MAX_BYTES:
+        return False
+    try:
+        members = [m.strip() for m in value.decode("ascii").split(",") if m.strip()]
+    except UnicodeDecodeError:
+        return False
+    return 0 < len(members) <= TRACESTATE_MAX_MEMBERS and all(_TRACESTATE_MEMBER.match(m) for m in members)
+
+
+def passed_on_headers(headers: Iterable[tuple[str, bytes]], propagate: frozenset[str]) -> tuple:
+    """The record's headers named in ``propagate`` (lower case) that may be copied onto what
+    answers it: trace context only in the W3C format (and a ``tracestate`` only with a valid
+    ``traceparent``), each name once (the first valid value), other headers up to
+    :data:`PROPAGATED_HEADER_MAX_BYTES`. Everything else is dropped, never an error: a bad
+    header does not make a bad post."""
+    chosen: dict[str, tuple[str, bytes]] = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in propagate or lower in chosen:
+            continue
+        if lower == "traceparent":
+            ok = _valid_traceparent(value)
+        elif lower == "tracestate":
+            ok = _valid_tracestate(value)
+        else:
+            ok = len(value) + len(name) <= PROPAGATED_HEADER_MAX_BYTES
+        if ok:
+            chosen[lower] = (name, value)
+    if "tracestate" in chosen and "traceparent" not in chosen:
+        del chosen["tracestate"]
+    return tuple(chosen.values())
+
+
+def headers_size(headers: Iterable[tuple[str, bytes]]) -> int:
+    """Bytes the headers take in a record (names and values; what counts toward the size limit)."""
+    return sum(len(name.encode("utf-8", "surrogatepass")) + len(value or b"") for name, value in headers)

@@ -25,7 +25,7 @@ import structlog
 
 from schemas import SCHEMA_VERSION, DeadLetter, DeadLetterSource, ErrorInfo, ModelInfo, Payload, Post
 from worker import policy
-from worker.codec import Rejected, decode_post
+from worker.codec import Limits, Rejected, decode_post, headers_size, passed_on_headers
 from worker.model.api import ModelFailing, ModelUnavailable, Prediction
 
 log = structlog.get_logger(__name__)
@@ -100,9 +100,9 @@ _OWN_HEADERS = (("content-type", b"application/json"), ("schema-version", SCHEMA
 
 def output_headers(record: InboundRecord, propagate: frozenset[str] = frozenset(TRACING_HEADERS)) -> tuple:
     """The headers of what answers ``record``: the content type, the schema version, and the
-    record's own headers named in ``propagate`` (case-insensitive, as HTTP headers are)."""
-    copied = tuple((name, value) for name, value in record.headers if name.lower() in propagate)
-    return _OWN_HEADERS + copied
+    record's own headers named in ``propagate`` (case-insensitive, as HTTP headers are) that
+    pass :func:`worker.codec.passed_on_headers`."""
+    return _OWN_HEADERS + passed_on_headers(record.headers, propagate)
 
 
 def dead_letter(
@@ -140,15 +140,16 @@ def dead_letter(
 def refused_as_too_large(message: OutboundMessage, what: str, max_bytes: int) -> OutboundMessage:
     """The minimal dead letter sent in place of a result or dead letter the broker refused as too large."""
     assert message.source is not None
-    size = len(message.value) + len(message.key or b"")
     error = ErrorInfo(
         kind="too_large",
-        message=f"the broker refused the {what} for this message as too large ({size} bytes, "
+        message=f"the broker refused the {what} for this message as too large ({len(message.value)} "
+        f"bytes of value, {len(message.key or b'')} of key, {headers_size(message.headers)} of headers; "
         f"SHA-256 {hashlib.sha256(message.value).hexdigest()[:16]}...); raise the topic's max.message.bytes "
         "or lower EMOTION_MAX_MESSAGE_BYTES",
     )
+    # Only the worker's own headers: whatever else made the original too large stays behind.
     return dataclasses.replace(
-        dead_letter(message.source, error, max_bytes, minimal=True), headers=message.headers
+        dead_letter(message.source, error, max_bytes, minimal=True), headers=_OWN_HEADERS
     )
 
 
@@ -193,6 +194,7 @@ class BatchProcessor:
         self.model = model
         self._model_dict = model.model_dump()
         self.max_message_bytes = max_message_bytes
+        self._limits = Limits(max_bytes=max_message_bytes)
         self._propagate = frozenset(h.lower() for h in (*TRACING_HEADERS, *propagate_headers))
         self._retry_delays = tuple(model_retry_delays)
         self._sleep = sleep
@@ -206,13 +208,16 @@ class BatchProcessor:
         the ``requested`` ones."""
         batch = PreparedBatch(outcome=BatchOutcome(), valid=[], requested=list(requested))
         for record in records:
-            size = len(record.value or b"") + len(record.key or b"")
-            if size > self.max_message_bytes:
+            sizes = (len(record.value or b""), len(record.key or b""), headers_size(record.headers))
+            if sum(sizes) > self.max_message_bytes:
                 limit = self.max_message_bytes
-                message = f"message of {size} bytes is over the limit of {limit} (EMOTION_MAX_MESSAGE_BYTES)"
+                message = (
+                    f"message of {sum(sizes)} bytes ({sizes[0]} of value, {sizes[1]} of key, {sizes[2]} "
+                    f"of headers) is over the limit of {limit} (EMOTION_MAX_MESSAGE_BYTES)"
+                )
                 self._reject(batch.outcome, record, ErrorInfo(kind="too_large", message=message))
                 continue
-            decoded = decode_post(record.value)
+            decoded = decode_post(record.value, self._limits)
             if isinstance(decoded, Rejected):
                 self._reject(batch.outcome, record, decoded.error)
             else:

@@ -18,11 +18,11 @@ def test_outputs_carry_the_version_and_the_tracing_headers_read_back_from_the_br
         (
             f"h-{i}".encode(),
             json.dumps({"id": f"h-{i}", "text": f"i feel glad {i}"}).encode(),
-            [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()), ("x-tenant", b"acme"), ("x-other", b"no")],
+            [("traceparent", f"00-{i + 1:032x}-{i + 1:016x}-01".encode()), ("x-tenant", b"acme"), ("x-other", b"no")],
         )
         for i in range(10)
     ]
-    broken = (b"bad", b"{not json", [("traceparent", b"00-bad-01")])
+    broken = (b"bad", b"{not json", [("traceparent", b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01")])
     produce_in_order(broker, topics.input, [*posts, broken])
     env = {**worker_env, "EMOTION_PROPAGATE_HEADERS": '["X-Tenant"]'}
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
@@ -46,5 +46,5 @@ def test_outputs_carry_the_version_and_the_tracing_headers_read_back_from_the_br
         assert headers["traceparent"] == sent[value["id"]]["traceparent"]
         assert headers["x-tenant"] == b"acme" and "x-other" not in headers
     letter = seen[topics.dlq][0]
-    assert dict(letter.headers)["traceparent"] == b"00-bad-01"
+    assert dict(letter.headers)["traceparent"] == b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01"
     assert json.loads(letter.value)["schema_version"] == SCHEMA_VERSION
