@@ -26,7 +26,7 @@ MAX_TEXT_CHARS = 5000
 """Longest accepted post text. Tweets are far shorter; the bound keeps one message from
 monopolising a batch (the model sees at most its max token length anyway)."""
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 """The version of the result and dead-letter schemas: ``major.minor``; the minor grows when a
 field is added, the major only for a change that can break a consumer."""
 
@@ -145,7 +145,10 @@ class EmotionResult(BaseModel):
         return value
 
 
-ErrorKind = Literal["not_utf8", "not_json", "invalid_post", "too_large", "processing_failed"]
+ErrorKind = Literal["not_utf8", "not_json", "invalid_post", "too_large", "processing_failed", "undecodable"]
+"""``undecodable`` (since 1.2): a record batch the consumer could not decode (an unknown
+compression codec, corrupt compressed data, or more than EMOTION_MAX_INFLIGHT_BYTES once
+decompressed); one dead letter stands for the whole batch, and says its offsets."""
 
 
 class ErrorInfo(BaseModel):

@@ -40,7 +40,7 @@ from worker.pacing import FetchPacer
 from worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
 from worker.publishing import Publisher
 from worker.settings import WorkerSettings
-from worker.transport import EmotionApp
+from worker.transport import EmotionApp, guard_record_batches
 
 log = structlog.get_logger(__name__)
 
@@ -134,6 +134,8 @@ class EmotionStream:
         self._seconds_per_post: float | None = None  # running estimate, for the fetch pacer
         self._failing: asyncio.Future | None = None
         self.budget = ByteBudget(settings.max_inflight_bytes)
+        # A compressed batch counts against the same bound once decompressed.
+        guard_record_batches(settings.max_inflight_bytes)
         self.publisher = Publisher(
             lambda *args: self.app.producer.send(*args),
             settings.output_topic,
@@ -545,7 +547,15 @@ class EmotionStream:
             )
 
         if self.desk is not None:
+            from worker.openapi import classify_openapi
+
+            description = classify_openapi(self.desk.max_texts, self.desk.max_chars, self.desk.max_body_bytes)
+
+            async def openapi(view: Any, request: Any) -> Any:
+                return view.json(description)
+
             app.page("/classify")(self._classify_view())
+            app.page("/openapi.json")(openapi)
         app.page("/health")(health)
         app.page("/ready")(ready)
         app.page("/metrics")(metrics)
@@ -556,18 +566,29 @@ class EmotionStream:
 
         class Classify(View):
             async def post(self, request: Any) -> Any:
+                # Every answer is JSON and counted, errors too; a client's error is logged at
+                # debug only (no traceback: it is the client's to fix, and it may be a flood).
                 try:
                     desk.check_token(request.headers.get("Authorization"))
                     if stream.failure is not None:
-                        raise ClassifyRejected(503, "the worker is stopping")
-                    texts = desk.parse(await request.read())
+                        raise ClassifyRejected(503, "the worker is stopping", {"Retry-After": "5"})
+                    texts = desk.parse(await desk.read_body(request))
                     predictions = await desk.classify(texts)
                 except ClassifyRejected as rejected:
                     stream.metrics.classify_requests.labels(status=str(rejected.status)).inc()
+                    log.debug("classify refused", status=rejected.status, reason=str(rejected))
                     response = self.json({"error": str(rejected)}, status=rejected.status)
+                    for name, value in rejected.headers.items():
+                        response.headers[name] = value
                     if rejected.status == 401:
                         response.headers["WWW-Authenticate"] = "Bearer"
                     return response
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    raise  # the client went away: nobody to answer
+                except Exception:
+                    stream.metrics.classify_requests.labels(status="500").inc()
+                    log.exception("classify failed")
+                    return self.json({"error": "the worker failed on this request"}, status=500)
                 stream.metrics.classify_requests.labels(status="200").inc()
                 stream.metrics.classify_texts.inc(len(texts))
                 return self.json(desk.answer_body(predictions, stream.processor.model.model_dump()))

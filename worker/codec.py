@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas import ErrorInfo, ErrorKind, Post
+
+UNDECODABLE_HEADER = f"emotion-stream-undecodable-{secrets.token_hex(8)}"
+"""The header of the record the consumer puts in place of a record batch it could not decode
+(see :func:`worker.transport.guard_record_batches`); its value says why. The name carries a
+token drawn per process, so no producer can forge one."""
 
 
 @dataclass(frozen=True)

@@ -26,20 +26,26 @@ back to Faust's own transport (slower, still correct) and says why in its log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import importlib
 import importlib.metadata
 import inspect
-from collections.abc import AsyncIterator
+import struct
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import faust
 import structlog
-from aiokafka.consumer.fetcher import Fetcher
+from aiokafka import errors as KafkaErrors
+from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
+from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
+from worker.codec import UNDECODABLE_HEADER
 from worker.pacing import FetchPacer
 
 log = structlog.get_logger(__name__)
@@ -56,6 +62,11 @@ RELIED_ON = {
     "faust.app.base:App._new_transport": "42db531312dd776f",
     # Reads self._fetch_max_wait_ms into every FetchRequest (what pace_fetcher relies on).
     "aiokafka.consumer.fetcher:Fetcher._get_actions_per_node": "1dab2cf937d165d0",
+    # Wrapped by guard_record_batches below (reads self._records, sets self.next_fetch_offset).
+    "aiokafka.consumer.fetcher:PartitionRecords._unpack_records": "b803e6d46480732c",
+    # Calls the module's gzip_decode, snappy_decode, lz4_decode and zstd_decode, which
+    # guard_record_batches replaces by bounded ones (the compiled twin of this module does the same).
+    "aiokafka.record.default_records:_DefaultRecordBatchPy._maybe_uncompress": "c9d0dc2bed50cc86",
 }
 """Private functions this module depends on, and the first 16 hex digits of the SHA-256 of
 their source in the :data:`PINNED` versions."""
@@ -69,7 +80,8 @@ def source_digest(qualified: str) -> str:
     target: Any = importlib.import_module(module_name)
     for part in path.split("."):
         target = getattr(target, part)
-    return hashlib.sha256(inspect.getsource(target).encode("utf-8")).hexdigest()[:16]
+    source = inspect.getsource(inspect.unwrap(target))  # the library's own, under any wrapper of ours
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
 
 
 @functools.cache
@@ -196,3 +208,171 @@ class EmotionApp(faust.App):
             )
             return super()._new_transport()
         return Transport(self.conf.broker_consumer, self)
+
+
+# -- compressed record batches: bounded, and one that cannot be read is not a crash ----------------
+
+
+class BatchTooLarge(Exception):
+    """A compressed record batch that decompresses to more than the bound."""
+
+
+def _grow(compressed: int, limit: int) -> Iterator[int]:
+    """Output buffer sizes to try: from a guess at the ratio up to ``limit``, growing eightfold."""
+    size = min(limit, max(1 << 16, 16 * compressed))
+    while True:
+        yield size
+        if size >= limit:
+            return
+        size = min(limit, size * 8)
+
+
+def _decompress_bounded(into: Callable[[Any, Any], int], data: Any, limit: int, name: str) -> bytes:
+    for size in _grow(len(data), limit):
+        out = bytearray(size)
+        try:
+            written = into(data, out)
+        except Exception as exc:
+            if "buffer" not in str(exc):  # corrupt data, not a short buffer
+                raise
+            continue
+        del out[written:]
+        return bytes(out)
+    raise BatchTooLarge(f"a {name} record batch decompresses to more than {limit} bytes")
+
+
+def _gzip_bounded(data: Any, limit: int) -> bytes:
+    out = bytearray()
+    rest = bytes(data)
+    while rest:
+        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, as Kafka clients write either
+        out += inflater.decompress(rest, limit + 1 - len(out))
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise BatchTooLarge(f"a gzip record batch decompresses to more than {limit} bytes")
+        if not inflater.eof:
+            raise zlib.error("truncated gzip record batch")
+        rest = inflater.unused_data  # a gzip stream may hold several members
+    return bytes(out)
+
+
+def _snappy_bounded(data: Any, limit: int) -> bytes:
+    import cramjam
+
+    view = memoryview(data)
+    if bytes(view[:8]) == b"\x82SNAPPY\x00":  # the xerial framing Kafka's Java client writes
+        blocks, cursor = [], 16
+        while cursor < len(view):
+            (size,) = struct.unpack_from("!i", view, cursor)
+            blocks.append(view[cursor + 4 : cursor + 4 + size])
+            cursor += 4 + size
+    else:
+        blocks = [view]
+    total = sum(cramjam.snappy.decompress_raw_len(block) for block in blocks)
+    if total > limit:
+        raise BatchTooLarge(f"a snappy record batch decompresses to {total} bytes, over {limit}")
+    return b"".join(bytes(cramjam.snappy.decompress_raw(block)) for block in blocks)
+
+
+def bounded_decoders(limit: int) -> dict[str, Callable[[Any], bytes]]:
+    """aiokafka's four record-batch decoders, each refusing to decompress past ``limit`` bytes."""
+    import cramjam
+
+    return {
+        "gzip_decode": functools.partial(_gzip_bounded, limit=limit),
+        "snappy_decode": functools.partial(_snappy_bounded, limit=limit),
+        "lz4_decode": lambda data: _decompress_bounded(cramjam.lz4.decompress_into, data, limit, "lz4"),
+        "zstd_decode": lambda data: _decompress_bounded(cramjam.zstd.decompress_into, data, limit, "zstd"),
+    }
+
+
+class _BatchWatch:
+    """Stands in for a fetch's record set and remembers the batch handed out last."""
+
+    def __init__(self, records: Any) -> None:
+        self._records = records
+        self.last: Any = None
+
+    def has_next(self) -> bool:
+        return self._records.has_next()
+
+    def next_batch(self) -> Any:
+        self.last = self._records.next_batch()
+        return self.last
+
+
+def _undecodable_record(tp: Any, batch: Any, error: BaseException) -> ConsumerRecord:
+    first, last = batch.base_offset, batch.next_offset - 1
+    reason = f"record batch at offsets {first}..{last} could not be decoded ({type(error).__name__}: {error})"
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=last,
+        timestamp=batch.max_timestamp if batch.max_timestamp and batch.max_timestamp > 0 else -1,
+        timestamp_type=0,
+        key=None,
+        value=None,
+        checksum=None,
+        serialized_key_size=-1,
+        serialized_value_size=-1,
+        headers=((UNDECODABLE_HEADER, reason.encode("utf-8", "replace")[:2048]),),
+    )
+
+
+_UNDECODABLE_ERRORS: tuple[type[BaseException], ...] = (
+    BatchTooLarge,
+    KafkaErrors.UnsupportedCodecError,
+    NotImplementedError,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    struct.error,
+)
+
+
+def _guarded_unpack(unpack: Callable[[Any], Iterator[Any]]) -> Callable[[Any], Iterator[Any]]:
+    def unpack_records(self: Any) -> Iterator[Any]:
+        watch = _BatchWatch(self._records)
+        self._records = watch
+        while True:
+            try:
+                yield from unpack(self)
+                return
+            except _UNDECODABLE_ERRORS as exc:
+                batch = watch.last
+                if batch is None or batch.next_offset <= self.next_fetch_offset:
+                    raise
+                log.warning(
+                    "a record batch could not be decoded; it goes on as one dead letter",
+                    topic=self._tp.topic,
+                    partition=self._tp.partition,
+                    first_offset=batch.base_offset,
+                    last_offset=batch.next_offset - 1,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                yield _undecodable_record(self._tp, batch, exc)
+                self.next_fetch_offset = batch.next_offset
+
+    unpack_records.guarded = True  # type: ignore[attr-defined]
+    unpack_records.__wrapped__ = unpack  # type: ignore[attr-defined]
+    return unpack_records
+
+
+def guard_record_batches(max_batch_bytes: int) -> None:
+    """Bound what one compressed record batch may decompress to, and turn a batch that cannot be
+    decoded (over the bound, an unknown codec, corrupt data) into one record carrying
+    :data:`UNDECODABLE_HEADER` at the batch's last offset, so the consumer moves past it and the
+    reader can say what happened, instead of the fetch raising for ever. Process-wide; every
+    Kafka consumer of the process (worker, aggregator, page, CLI) gets it."""
+    from aiokafka.record import default_records as python_records
+
+    modules = [python_records]
+    with contextlib.suppress(ImportError):
+        from aiokafka.record._crecords import default_records as c_records
+
+        modules.append(c_records)
+    for module in modules:
+        for name, decoder in bounded_decoders(max_batch_bytes).items():
+            setattr(module, name, decoder)
+    if not getattr(PartitionRecords._unpack_records, "guarded", False):
+        PartitionRecords._unpack_records = _guarded_unpack(PartitionRecords._unpack_records)

@@ -18,7 +18,11 @@ def test_outputs_carry_the_version_and_the_tracing_headers_read_back_from_the_br
         (
             f"h-{i}".encode(),
             json.dumps({"id": f"h-{i}", "text": f"i feel glad {i}"}).encode(),
-            [("traceparent", f"00-{i + 1:032x}-{i + 1:016x}-01".encode()), ("x-tenant", b"acme"), ("x-other", b"no")],
+            [
+                ("traceparent", f"00-{i + 1:032x}-{i + 1:016x}-01".encode()),
+                ("x-tenant", b"acme"),
+                ("x-other", b"no"),
+            ],
         )
         for i in range(10)
     ]

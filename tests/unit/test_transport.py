@@ -35,7 +35,7 @@ def test_the_private_apis_the_transport_relies_on_are_the_ones_it_was_written_ag
     # replaces or depends on: read the new source, adapt the module, then update the digests
     # (and PINNED, and the pins in pyproject.toml).
     assert private_api_changes() == (), "\n".join(private_api_changes())
-    assert set(PINNED) == {"faust-streaming", "aiokafka"} and len(RELIED_ON) == 4
+    assert set(PINNED) == {"faust-streaming", "aiokafka"} and len(RELIED_ON) == 6
 
 
 def test_the_pins_in_pyproject_are_the_transports():
@@ -112,3 +112,45 @@ def test_only_brokers_that_hold_fetches_get_a_pacer():
     embedded, kafka = profile_for("embedded"), profile_for("kafka")
     assert embedded.busy_fetch_wait_ms > embedded.consumer["fetch_max_wait_ms"]
     assert kafka.busy_fetch_wait_ms is None  # Kafka answers a fetch as soon as data arrives
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_bounded_decoders_read_what_kafka_clients_write_and_refuse_a_bomb(codec):
+    from aiokafka import codec as kafka_codec
+
+    from worker.transport import BatchTooLarge, bounded_decoders
+
+    encode = getattr(kafka_codec, f"{codec}_encode")
+    decode = bounded_decoders(1 << 20)[f"{codec}_decode"]
+    small = b'{"id": "1", "text": "i feel calm"}' * 1000
+    assert decode(encode(small)) == small
+    with pytest.raises(BatchTooLarge, match=r"more than|over"):
+        decode(encode(b"a" * (3 << 20)))
+
+
+def test_a_batch_that_cannot_be_decoded_becomes_one_marked_record_and_the_fetch_moves_past_it():
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    from worker.codec import UNDECODABLE_HEADER
+    from worker.transport import guard_record_batches
+
+    def batch(base: int, compression: int, values: list[bytes]) -> bytes:
+        builder = DefaultRecordBatchBuilder(2, compression, 0, -1, -1, -1, 1 << 30)
+        for i, value in enumerate(values):
+            builder.append(i, timestamp=1_700_000_000_000, key=None, value=value, headers=[])
+        raw = bytearray(builder.build())
+        raw[0:8] = base.to_bytes(8, "big")  # the broker assigns the base offset
+        return bytes(raw)
+
+    guard_record_batches(1 << 20)
+    data = batch(0, 0, [b"a", b"b"]) + batch(2, 1, [b"x" * (2 << 20)]) + batch(3, 3, [b"c"])
+    records = PartitionRecords(TopicPartition("t", 0), MemoryRecords(data), [], 0, None, None, False, 0)
+    got = list(records)
+    assert [r.offset for r in got] == [0, 1, 2, 3]
+    assert [r.value for r in got[:2]] == [b"a", b"b"] and got[3].value == b"c"
+    marked = dict(got[2].headers)
+    assert got[2].value is None and "offsets 2..2 could not be decoded" in marked[UNDECODABLE_HEADER].decode()
+    assert records.next_fetch_offset == 4

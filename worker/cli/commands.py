@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -106,11 +107,20 @@ def start_model(settings: WorkerSettings):
         raise UsageError(str(exc)) from None
 
 
+def guard_consumers(settings: WorkerSettings) -> None:
+    """Every Kafka consumer of this process decompresses a record batch only up to the in-flight
+    bound, and moves past one it cannot decode."""
+    from worker.transport import guard_record_batches
+
+    guard_record_batches(settings.max_inflight_bytes)
+
+
 def run_aggregate(args: argparse.Namespace) -> int:
     settings = load_settings(WorkerSettings)
     from worker.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    guard_consumers(settings)
     check_broker(settings)
     from worker.aggregator import run_aggregator
 
@@ -122,6 +132,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from worker.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    guard_consumers(settings)
     check_broker(settings)
     from worker.dashboard.server import run_dashboard as serve
 
@@ -129,24 +140,53 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
 
 def run_broker(args: argparse.Namespace) -> int:
-    from worker.broker.embedded import EmbeddedBroker, EmbeddedBrokerError
+    from worker.broker.embedded import EmbeddedBroker, EmbeddedBrokerError, parse_address, stop_on_signals
 
-    broker = EmbeddedBroker(port=args.port or None, quiet=False)
-    try:
-        broker.start()
-    except EmbeddedBrokerError as exc:
-        raise UsageError(str(exc)) from None
-    print(f"embedded broker listening on {broker.bootstrap}", flush=True)
-    print(f"    export EMOTION_BROKER={broker.url} EMOTION_BROKER_BACKEND=embedded", flush=True)
-    print("memory only: everything is lost when it stops. Ctrl-C to stop.", flush=True)
-    try:
-        while broker.running:
-            time.sleep(0.5)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        broker.stop()
+    advertised_host = advertised_port = None
+    if args.advertise:
+        try:
+            advertised_host, advertised_port = parse_address(args.advertise)
+        except ValueError as exc:
+            raise UsageError(f"--advertise {exc}") from None
+    broker = EmbeddedBroker(
+        port=args.port or None,
+        host=args.host,
+        quiet=False,
+        advertised_host=advertised_host,
+        advertised_port=advertised_port,
+    )
+    # Every way a supervisor, `kill` or a script stops us stops the broker first; the broker
+    # also dies with this process should it be SIGKILLed (see die_with_parent).
+    with stop_on_signals():
+        try:
+            try:
+                broker.start()
+            except EmbeddedBrokerError as exc:
+                raise UsageError(str(exc)) from None
+            print(f"embedded broker listening on {args.host}:{broker.port}", flush=True)
+            print(
+                f"    export EMOTION_BROKER=kafka://{broker.advertised} EMOTION_BROKER_BACKEND=embedded",
+                flush=True,
+            )
+            if not args.advertise and args.host in ("0.0.0.0", "::"):
+                print(
+                    f"clients are told to reconnect to {broker.advertised}: from another machine or "
+                    "container, give --advertise HOST[:PORT] that reaches this one",
+                    flush=True,
+                )
+            print("memory only: everything is lost when it stops. Ctrl-C or SIGTERM to stop.", flush=True)
+            while broker.running:
+                time.sleep(0.5)
+            print("the embedded broker exited on its own", file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGINT, SIGTERM or SIGHUP, even while it starts
+            with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+                print(f"stopping the embedded broker ({exc or 'SIGINT'}) ...", flush=True)
+            return 0
+        finally:
+            broker.stop()
+            with contextlib.suppress(OSError):
+                print("embedded broker stopped", flush=True)
 
 
 def _lines(path: str) -> Iterator[str]:
@@ -194,6 +234,7 @@ def run_consume(args: argparse.Namespace) -> int:
 
     settings = load_settings(WorkerSettings)
     check_broker(settings)
+    guard_consumers(settings)
     topic = args.topic or (settings.dlq_topic if args.dead_letters else settings.output_topic)
     as_table = sys.stdout.isatty() and not args.json
     row = format_dead_letter_row if args.dead_letters else format_result_row
