@@ -258,6 +258,29 @@ class WorkerSettings(BaseSettings):
     aggregate_group_id: str = Field(
         default="emotion-stream-aggregate", min_length=1, description="Consumer group of the aggregator."
     )
+    aggregate_max_skew_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="A result's post time (or a dead letter's failure time) more than this far ahead of the "
+        "aggregator's wall clock is not used: it counts at its Kafka record's timestamp when that one is "
+        "within bounds, else as out of range (a metric), and never moves the windows' clock.",
+    )
+    aggregate_max_age_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="The same bound into the past: older times count at the record's timestamp (or as out of "
+        "range). An aggregator that was down for less than this catches up at the posts' own times; "
+        "recovered windows older than this are dropped.",
+    )
+    aggregate_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the aggregator's `/health`, `/ready` and `/metrics` (`0.0.0.0` to reach "
+        "them from outside a container).",
+    )
+    aggregate_port: int = Field(
+        default=6067, ge=0, le=65535, description="Port of those endpoints (0: any free port, logged)."
+    )
     dashboard_host: str = Field(default="127.0.0.1", description="Address of the live dashboard page.")
     dashboard_port: int = Field(default=8080, ge=1, le=65535, description="Port of the live dashboard page.")
     dashboard_show_text: bool = Field(
