@@ -4,7 +4,8 @@ Starts the embedded broker, a worker, the aggregator and the live page, sends th
 posts that ship with the project (every emotion, and a few malformed messages), prints each
 result and dead letter as it arrives and the sample's emotion mix from the aggregates topic,
 then stops everything gracefully (or, with ``--serve``, keeps it all running for the page
-until Ctrl-C).
+until Ctrl-C, SIGTERM or SIGHUP). Its children never outlive it: a stop signal stops them in
+order, and should the demo be SIGKILLed, the kernel kills them too (Linux).
 """
 
 from __future__ import annotations
@@ -186,12 +187,43 @@ def _dashboard_port(wanted: int) -> int:
             return free_port()
 
 
+def _child_process(env: dict[str, str], log_path: Path, command: list[str] | None = None):
+    """A started WorkerProcess that dies with the demo (the broker does so by itself)."""
+    import subprocess
+
+    from worker.broker.embedded import die_with_parent
+    from worker.cli.worker_process import WorkerProcess
+
+    child = WorkerProcess(env, log_path=log_path, command=command)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    child._log = log_path.open("ab")
+    # WorkerProcess.start with the parent-death signal: a demo SIGKILLed or crashed must not
+    # leave its worker, aggregator and page running, holding their ports.
+    child.process = subprocess.Popen(
+        child.command,
+        env=child.env,
+        stdout=child._log,
+        stderr=child._log,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(),
+    )
+    return child
+
+
 def run(args: argparse.Namespace) -> int:
+    from worker.broker.embedded import stop_on_signals
+
+    # SIGTERM and SIGHUP (what supervisors, `kill` and a closed terminal send) stop the demo as
+    # Ctrl-C does, through the `finally` below that stops its children, the broker last.
+    with stop_on_signals():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import sys
 
     from worker.broker.clients import produce
     from worker.broker.embedded import EmbeddedBroker
-    from worker.cli.worker_process import WorkerProcess
 
     settings = load_settings(WorkerSettings)
     model = resolve_model(settings)
@@ -222,11 +254,12 @@ def run(args: argparse.Namespace) -> int:
             "EMOTION_LOG_FORMAT": "console",
         }
         dashboard_url = f"http://127.0.0.1:{env['EMOTION_DASHBOARD_PORT']}/"
-        worker = WorkerProcess(env, log_path=log_path).start()
+        worker = _child_process(env, log_path)
         helpers = [
-            WorkerProcess(env, log_path=log_path.with_name(f"{name}.log"), command=[*command, name]).start()
+            _child_process(
+                env, log_path.with_name(f"{name}.log"), [sys.executable, "-m", "worker.cli.main", name]
+            )
             for name in ("aggregate", "dashboard")
-            for command in [[sys.executable, "-m", "worker.cli.main"]]
         ]
         mix = None
         try:

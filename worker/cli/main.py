@@ -57,9 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="serve the live dashboard page (EMOTION_DASHBOARD_PORT)")
     p.set_defaults(run=commands.run_dashboard)
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker on 127.0.0.1")
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (memory only)")
     p.add_argument(
         "--port", type=int, default=9092, help="port to listen on (default 9092; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every one)"
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="HOST[:PORT]",
+        help="the address clients are told to reconnect to after bootstrapping (default: --host, "
+        "127.0.0.1 for 0.0.0.0, and --port); from another container or machine, one that reaches this one",
     )
     p.set_defaults(run=commands.run_broker)
 
