@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.tiny_model import build_tiny_model
+
+# Property-based and fuzz tests: a bounded run by default (CI); HYPOTHESIS_PROFILE=long for a
+# longer search (see CONTRIBUTING.md).
+hypothesis_settings.register_profile("ci", max_examples=50, deadline=None)
+hypothesis_settings.register_profile("long", max_examples=2000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @dataclass(frozen=True)

@@ -11,22 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import math
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from schemas.messages import MAX_TEXT_CHARS, SCHEMA_VERSION
+from worker.codec import DEFAULT_LIMITS, Limits, Unreadable, read_json
 from worker.model.api import Prediction
+
+ESCAPED_CHAR_BYTES = 12
+"""Most bytes one character of a text can take in a JSON body: an astral character written as
+an escaped surrogate pair (``\\ud83d\\ude00``), as ``json.dumps`` writes it by default."""
+
+RETRY_AFTER_S = 1
+"""What a 429 tells the client to wait: requests in progress finish within a batch or two."""
 
 
 class ClassifyRejected(Exception):
-    """A request the desk will not take; ``status`` is the HTTP status to answer."""
+    """A request the desk will not take; ``status`` is the HTTP status to answer, ``headers``
+    the response headers that go with it."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = dict(headers or {})
 
 
 @dataclass
@@ -63,17 +73,48 @@ class ClassifyDesk:
 
     @property
     def max_body_bytes(self) -> int:
-        return self.max_texts * (4 * self.max_chars + 16) + 1024
+        """The largest body within the documented limits (``max_texts`` texts of ``max_chars``
+        characters), however the client escapes them."""
+        return self.max_texts * (ESCAPED_CHAR_BYTES * self.max_chars + 16) + 1024
+
+    def too_large(self, size: int | None = None) -> ClassifyRejected:
+        over = f"of {size} bytes " if size is not None else ""
+        return ClassifyRejected(
+            413,
+            f"the body {over}is over {self.max_body_bytes} bytes (at most {self.max_texts} texts of "
+            f"{self.max_chars} characters)",
+        )
+
+    async def read_body(self, request: Any) -> bytes:
+        """The body of an aiohttp request, read up to :attr:`max_body_bytes` (a larger one is a
+        413, told before it is read when its length is declared). The web server's own cap
+        (1 MiB, answered in plain text) is below the documented limits, so the body is read
+        from the stream here instead."""
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_bytes:
+            raise self.too_large(declared)
+        chunks, size = [], 0
+        while chunk := await request.content.read(1 << 16):
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self.too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def parse(self, body: bytes) -> list[str]:
-        """The texts of a request body, ``{"text": ...}`` or ``{"texts": [...]}``."""
+        """The texts of a request body, ``{"text": ...}`` or ``{"texts": [...]}``, read by the
+        codec's hardened reader: deep nesting, huge numbers, lone surrogates and bytes that are
+        not UTF-8 are a 400 (the stream dead-letters the same), never an exception of its own."""
         if len(body) > self.max_body_bytes:
-            raise ClassifyRejected(413, f"the body is over {self.max_body_bytes} bytes")
+            raise self.too_large(len(body))
+        limits = Limits(max_bytes=self.max_body_bytes, max_depth=DEFAULT_LIMITS.max_depth)
         try:
-            request = json.loads(body)
-        except ValueError:
+            request = read_json(body, limits, what="the body")
+        except Unreadable as exc:
+            if exc.kind == "too_large":
+                raise self.too_large(len(body)) from None
             raise ClassifyRejected(
-                400, 'the body must be JSON: {"text": "..."} or {"texts": ["..."]}'
+                400, f'{exc}; send JSON: {{"text": "..."}} or {{"texts": ["..."]}}'
             ) from None
         if not isinstance(request, dict) or ("text" in request) == ("texts" in request):
             raise ClassifyRejected(400, 'send exactly one of {"text": "..."} and {"texts": ["..."]}')
@@ -98,6 +139,7 @@ class ClassifyDesk:
             raise ClassifyRejected(
                 429,
                 f"{self.in_progress} requests in progress (EMOTION_CLASSIFY_MAX_CONCURRENT); retry shortly",
+                {"Retry-After": str(RETRY_AFTER_S)},
             )
         self.in_progress += 1
         try:
@@ -108,7 +150,9 @@ class ClassifyDesk:
                 return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
             except asyncio.TimeoutError:
                 raise ClassifyRejected(
-                    503, f"no answer within {self.timeout_s:.0f} s: the worker is overloaded"
+                    503,
+                    f"no answer within {self.timeout_s:.0f} s: the worker is overloaded",
+                    {"Retry-After": str(max(1, math.ceil(self.timeout_s)))},
                 ) from None
         finally:
             self.in_progress -= 1

@@ -288,6 +288,23 @@ class WorkerSettings(BaseSettings):
         description="Show post text in the dashboard's recent results (read from the input topic); off: "
         "ids, labels and scores only.",
     )
+    dashboard_token: SecretStr | None = Field(
+        default=None,
+        description="Token the dashboard page requires (a secret: never logged): open it once as "
+        "`/?token=<token>` (a cookie keeps it) or send `Authorization: Bearer <token>`; required when "
+        "EMOTION_DASHBOARD_SHOW_TEXT is on and EMOTION_DASHBOARD_HOST is not a loopback address.",
+    )
+
+    @model_validator(mode="after")
+    def _dashboard_text_guarded(self) -> WorkerSettings:
+        if self.dashboard_show_text and self.dashboard_token is None and not _loopback(self.dashboard_host):
+            raise ValueError(
+                f"EMOTION_DASHBOARD_SHOW_TEXT=true with EMOTION_DASHBOARD_HOST={self.dashboard_host} would "
+                "show post text to anyone who can reach the page: set EMOTION_DASHBOARD_TOKEN (open the "
+                "page as /?token=<token>), bind EMOTION_DASHBOARD_HOST to 127.0.0.1, or turn "
+                "EMOTION_DASHBOARD_SHOW_TEXT off"
+            )
+        return self
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Least severe log level written (post text never appears above DEBUG)."

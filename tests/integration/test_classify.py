@@ -30,6 +30,12 @@ TEXTS = [
 
 
 def _post(port: int, body: object, token: str | None = TOKEN) -> tuple[int, dict]:
+    status, answer, _ = _post_full(port, body, token)
+    return status, answer
+
+
+def _post_full(port: int, body: object, token: str | None = TOKEN) -> tuple[int, dict, dict]:
+    """Status, JSON body (every answer is JSON, errors too) and headers of a POST /classify."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/classify", data=data, method="POST")
     request.add_header("Content-Type", "application/json")
@@ -37,9 +43,9 @@ def _post(port: int, body: object, token: str | None = TOKEN) -> tuple[int, dict
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read()), dict(response.headers)
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        return error.code, json.loads(error.read()), dict(error.headers)
 
 
 @pytest.fixture
@@ -102,12 +108,41 @@ def test_classify_refuses_what_it_must_with_a_clear_status(classify_worker):
     assert _post(port, b"not json")[0] == 400
     assert _post(port, {"text": "a", "texts": ["b"]})[0] == 400
 
-    # Two requests in progress at most: the rest of a burst is answered 429 at once.
+    # Two requests in progress at most: the rest of a burst is answered 429 at once, with
+    # when to retry.
     with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(lambda i: _post(port, {"texts": [f"i feel glad {i}"] * 8})[0], range(8)))
+        answers = list(pool.map(lambda i: _post_full(port, {"texts": [f"i feel glad {i}"] * 8}), range(8)))
+    statuses = [status for status, _, _ in answers]
     assert statuses.count(200) >= 2 and statuses.count(429) >= 1
     assert set(statuses) <= {200, 429}
+    for status, body, headers in answers:
+        if status == 429:
+            assert int(headers["Retry-After"]) >= 1 and "EMOTION_CLASSIFY_MAX_CONCURRENT" in body["error"]
     assert _post(port, {"text": "still answering"})[0] == 200
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def test_bodies_the_reader_refuses_are_json_4xx_counted_and_logged_without_a_traceback(classify_worker):
+    port = classify_worker.web_port
+    nested = b'{"texts": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    for _ in range(3):
+        status, body = _post(port, nested)
+        assert status == 400 and "nested" in body["error"]
+    status, body = _post(port, b'{"text": "\\ud800"}')
+    assert status == 400 and "surrogate" in body["error"]
+    # Over the cap (8 texts here): a JSON 413 naming the cap, whether the body is read or not.
+    status, body, headers = _post_full(port, b'{"texts": ["' + b"x" * (3 << 20) + b'"]}')
+    assert (
+        status == 413 and "bytes" in body["error"] and headers["Content-Type"].startswith("application/json")
+    )
+    assert 'emotion_classify_requests_total{status="400"} 4.0' in _metrics(port)
+    assert 'emotion_classify_requests_total{status="413"} 1.0' in _metrics(port)
+    log = classify_worker.log_path.read_text()
+    assert "Traceback" not in log and "RecursionError" not in log
 
 
 def test_classify_on_an_open_address_without_a_token_stops_the_worker_at_start(worker_env):

@@ -103,3 +103,69 @@ def test_the_live_page_shows_the_streams_emotion_mix_and_updates_without_a_reloa
     png = (tmp_path / "dashboard.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     print(f"screenshots: {tmp_path / 'dashboard.png'} and {tmp_path / 'dashboard-after.png'}")
+
+
+GARBAGE = [
+    (b"nested", b"[" * 5000 + b"]" * 5000),
+    (b"nested-post", b'{"id": "n", "text": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    (b"not-json", b"this is not json"),
+    (b"not-utf8", b"\xff\xfe\x00garbage"),
+    (b"huge-int", b'{"id": "h", "text": "t", "n": ' + b"9" * 50_000 + b"}"),
+]
+
+
+def _read(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_garbage_on_every_topic_the_page_reads_is_skipped_counted_and_the_page_stays_up(
+    broker, worker_env, topics
+):
+    """The page reads what is retained at every start: one nested record must not stop it."""
+    import time
+
+    env = {
+        **worker_env,
+        "EMOTION_AGGREGATES_TOPIC": f"aggregates-{worker_env['EMOTION_GROUP_ID']}",
+        "EMOTION_DASHBOARD_PORT": str(free_port()),
+        "EMOTION_DASHBOARD_SHOW_TEXT": "true",
+    }
+    page_topics = [topics.input, topics.output, topics.dlq, env["EMOTION_AGGREGATES_TOPIC"]]
+    for topic in page_topics:
+        produce_sync(broker, topic, GARBAGE)
+    base = f"http://127.0.0.1:{env['EMOTION_DASHBOARD_PORT']}"
+    for _ in range(2):  # a restart reads the same records again
+        process = start_command("dashboard", env, "dashboard serving")
+        try:
+            deadline = time.monotonic() + 60
+            metrics = ""
+            while time.monotonic() < deadline:
+                status, metrics = _read(f"{base}/metrics")
+                read = [
+                    line
+                    for line in metrics.splitlines()
+                    if line.startswith("emotion_dashboard_records_total{")
+                    and line.endswith(f" {float(len(GARBAGE))}")
+                ]
+                if len(read) == len(page_topics):
+                    break
+                time.sleep(0.5)
+            assert process.poll() is None, "".join(process.output)
+            for topic in page_topics:
+                assert f'emotion_dashboard_records_total{{topic="{topic}"}} {float(len(GARBAGE))}' in metrics
+                assert f'reason="not_json",topic="{topic}"' in metrics
+                assert f'reason="not_utf8",topic="{topic}"' in metrics
+            assert _read(f"{base}/health")[0] == 200
+            assert _read(f"{base}/ready")[0] == 200
+            status, state = _read(f"{base}/api/state")
+            assert status == 200 and json.loads(state)["recent"] == []
+        finally:
+            output = stop_command(process)
+        assert process.returncode == 0 and "RecursionError" not in output and "Traceback" not in output

@@ -4,6 +4,10 @@ import asyncio
 import json
 import time
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from worker.dashboard.server import DashboardState
 from worker.settings import WorkerSettings
 
@@ -47,3 +51,113 @@ def test_rates_count_records_stamped_in_the_last_ten_seconds_and_text_only_when_
     shown.on_post({"id": "p1", "text": "words allowed"})
     shown.on_result({"id": "p1", "label": "joy", "score": 0.9, "processed_at": "x"}, timestamp_ms=1)
     assert shown.recent[0]["text"] == "words allowed" and shown.snapshot()["show_text"] is True
+
+
+# -- garbage on the topics: skipped and counted, never a crash ---------------------------------
+
+TOPICS = WorkerSettings(dashboard_show_text=True)
+NESTED = b"[" * 5000 + b"]" * 5000
+GARBAGE = {
+    "nested": (NESTED, "not_json"),
+    "nested object": (b'{"a":' * 5000 + b"1" + b"}" * 5000, "not_json"),
+    "not JSON": (b"this is not json", "not_json"),
+    "huge integer": (b'{"id": "p", "text": "t", "n": ' + b"9" * 100_000 + b"}", "invalid_post"),
+    "not UTF-8": (b'{"id": "\xff\xfe"}', "not_utf8"),
+    "lone surrogate": (b'{"id": "p", "text": "\\ud800"}', "not_utf8"),
+    "tombstone": (None, "invalid_post"),
+    "too large": (b'"' + b"x" * (2 << 20) + b'"', "too_large"),
+}
+
+
+def _shown_state() -> DashboardState:
+    return DashboardState(TOPICS)
+
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+@pytest.mark.parametrize(
+    "topic", [TOPICS.aggregates_topic, TOPICS.output_topic, TOPICS.dlq_topic, TOPICS.input_topic]
+)
+def test_a_garbage_record_on_any_topic_is_skipped_and_counted_by_reason(topic, name):
+    value, reason = GARBAGE[name]
+    state = _shown_state()
+    queue: asyncio.Queue = asyncio.Queue()
+    state.subscribers.add(queue)
+    state.on_record(topic, value, int(time.time() * 1000))
+    assert state.skipped == {(topic, reason): 1}
+    assert state.read == {topic: 1}
+    assert queue.empty() and not state.recent and not state.windows and not state.texts
+    assert state.rates() == {"posts_per_s": 0.0, "dead_letters_per_s": 0.0}
+    metrics = state.metrics_text()
+    assert f'emotion_dashboard_records_skipped_total{{reason="{reason}",topic="{topic}"}} 1.0' in metrics
+    assert f'emotion_dashboard_records_total{{topic="{topic}"}} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"window_start": "not a time", "dimension": {}, "posts": 1},
+        {"window_start": "2026-11-29T20:00:00Z", "dimension": {}, "posts": 1e400},
+        ["a", "list"],
+    ],
+)
+def test_an_aggregate_the_page_cannot_chart_is_skipped(record):
+    state = _shown_state()
+    raw = json.dumps(record).encode()
+    state.on_record(TOPICS.aggregates_topic, raw, 1)
+    assert not state.windows and sum(state.skipped.values()) == 1
+    json.loads(json.dumps(state.snapshot(), allow_nan=False))  # what the page is sent stays JSON
+
+
+def test_a_result_with_a_score_that_is_not_a_finite_number_is_skipped():
+    state = _shown_state()
+    state.on_record(TOPICS.output_topic, b'{"id": "p", "label": "joy", "score": 1e999}', 1)
+    state.on_record(TOPICS.output_topic, b'{"id": "p", "label": {"a": 1}, "score": 0.5}', 1)
+    assert not state.recent and state.skipped == {(TOPICS.output_topic, "invalid_record"): 2}
+
+
+def test_good_records_pass_through_the_reader():
+    now_ms = int(time.time() * 1000)
+    state = _shown_state()
+    state.on_record(TOPICS.input_topic, b'{"id": "p1", "text": "words allowed"}', now_ms)
+    state.on_record(TOPICS.output_topic, b'{"id": "p1", "label": "joy", "score": 0.9}', now_ms)
+    state.on_record(TOPICS.dlq_topic, b'{"error": {"kind": "not_json", "message": "x"}}', now_ms)
+    state.on_record(TOPICS.aggregates_topic, json.dumps(_aggregate("2026-11-29T20:00:00Z", 5)).encode(), 1)
+    assert state.recent[0]["text"] == "words allowed" and state.windows and not state.skipped
+    assert state.rates()["dead_letters_per_s"] == 0.1
+
+
+@given(topic=st.sampled_from(["aggregates", "output", "dlq", "input"]), value=st.none() | st.binary())
+def test_arbitrary_bytes_on_any_topic_never_raise(topic, value):
+    state = _shown_state()
+    name = getattr(TOPICS, f"{topic}_topic")
+    state.on_record(name, value, int(time.time() * 1000))
+    state.on_record(name, value, -1)  # a record without a timestamp
+    assert state.read == {name: 2}
+    json.dumps(state.snapshot(), allow_nan=False)
+
+
+@given(
+    topic=st.sampled_from(["aggregates", "output", "dlq", "input"]),
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        max_leaves=20,
+    ),
+    fields=st.fixed_dictionaries(
+        {},
+        optional={
+            "id": st.text(max_size=8) | st.integers(),
+            "text": st.text(max_size=8),
+            "label": st.text(max_size=8) | st.integers(),
+            "score": st.floats() | st.text(max_size=3),
+            "window_start": st.text(max_size=30) | st.just("2026-11-29T20:00:00Z"),
+            "dimension": st.just({}) | st.dictionaries(st.text(max_size=3), st.text(max_size=3)),
+        },
+    ),
+)
+def test_arbitrary_json_on_any_topic_never_raises_and_the_page_stays_json(topic, value, fields):
+    state = _shown_state()
+    name = getattr(TOPICS, f"{topic}_topic")
+    for record in (value, {**fields, "extra": value}):
+        state.on_record(name, json.dumps(record).encode(), int(time.time() * 1000))
+    json.loads(json.dumps(state.snapshot(), allow_nan=False))
