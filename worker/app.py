@@ -158,6 +158,8 @@ class EmotionStream:
             self.desk = ClassifyDesk(settings.classify_max_texts, settings.classify_max_concurrent, token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publishing: list[asyncio.Future] = []
+        self._stopping = False
+        """Set on a graceful stop: no new batch enters the model, the ones in it are finished."""
         self._send_errors_counted = 0
         self.app = self._build_app()
 
@@ -266,6 +268,12 @@ class EmotionStream:
                 if in_model is not None:
                     await asyncio.shield(in_model)  # the model is free again
                 await self._room_to_publish()
+                if self._stopping:
+                    # Stopping: this batch stays unacked and is read again after a restart;
+                    # nothing of it is published after the final commit.
+                    if requests and self.desk is not None:
+                        self.desk.fail(requests, RuntimeError("the worker is stopping"))
+                    break
                 in_model = asyncio.ensure_future(self.run_model(prepared, len(events)))
                 if requests:
                     in_model.add_done_callback(partial(self._answer, requests))
@@ -464,10 +472,26 @@ class EmotionStream:
     async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
         self.watchdog.stop()  # a graceful stop waits for the batches in flight, not for the watchdog
         self.metrics.ready.set(0)
+        await self._finish_in_flight()
         log.info(
             "stopped consuming; in-flight batches finished and committed",
             **self.metrics.totals(),
         )
+
+    async def _finish_in_flight(self) -> None:
+        """Let the batches already in the model be published and acked, start no other, then
+        commit: nothing is published after the final commit, so a restart labels nothing twice.
+        Faust's own wait for unacked messages does not cover this: on a stop it may give up
+        before the agent's batches are done."""
+        self._stopping = True
+        pending = [f for f in self._publishing if not f.done()]
+        if pending:
+            bound = self._model_bound() + self.settings.send_timeout_s
+            await asyncio.wait(pending, timeout=bound)
+        try:
+            await self.app.consumer.commit()
+        except Exception as exc:  # the broker is away: what was acked is re-read, never lost
+            log.warning("the final commit failed; the last batches will be read again", error=repr(exc))
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         self.watchdog.joining()

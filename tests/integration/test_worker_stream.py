@@ -267,3 +267,28 @@ def test_the_batch_wait_counts_from_when_a_post_was_produced(broker, topics, wor
         assert result_ids(seen[topics.output]) == [old[0].decode()]  # the fresh one is still waiting
     finally:
         assert worker.stop() == 0, (tmp_path / "worker.log").read_text()
+
+
+def test_sigterm_mid_stream_publishes_nothing_after_its_final_commit(broker, topics, worker_env, tmp_path):
+    posts = make_posts(20_000)
+    produce_sync(broker, topics.input, posts)
+    env = {**worker_env, "EMOTION_MODEL": "keywords:"}
+
+    first = WorkerProcess(env, log_path=tmp_path / "first.log").start()
+    try:
+        first.wait_ready(timeout=90)
+        collect(broker, [topics.output], lambda s: len(s[topics.output]) >= 2_300, timeout=90)
+    finally:
+        assert first.stop() == 0  # SIGTERM mid-stream: finish what is in flight, commit, exit
+
+    second = WorkerProcess(env, log_path=tmp_path / "second.log").start()
+    try:
+        second.wait_ready(timeout=90)
+        seen = collect(broker, [topics.output], lambda s: len(s[topics.output]) >= len(posts), timeout=180)
+        time.sleep(3)
+        seen = collect(broker, [topics.output], lambda s: False, timeout=5)
+    finally:
+        assert second.stop() == 0
+    ids = result_ids(seen[topics.output])
+    assert set(ids) == {k.decode() for k, _ in posts}
+    assert len(ids) - len(set(ids)) == 0, f"{len(ids) - len(set(ids))} posts were labelled twice"
