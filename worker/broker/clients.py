@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from worker.broker.profiles import profile_for
+from worker.codec import Unreadable, read_json
 
 
 def line_to_message(line: str) -> tuple[bytes | None, bytes]:
@@ -27,11 +28,12 @@ def line_to_message(line: str) -> tuple[bytes | None, bytes]:
     stripped = line.strip()
     if stripped.startswith("{"):
         try:
-            obj = json.loads(stripped)
-        except ValueError:
+            obj = read_json(stripped, what="line")
+        except Unreadable:  # sent as it is: the worker dead-letters it with the reason
             obj = None
         key = obj.get("id") if isinstance(obj, dict) else None
-        return (str(key).encode("utf-8") if key is not None else None), stripped.encode("utf-8")
+        usable = isinstance(key, (str, int)) and not isinstance(key, bool)
+        return (str(key).encode("utf-8") if usable else None), stripped.encode("utf-8")
     post_id = uuid.uuid4().hex
     return post_id.encode(), json.dumps({"id": post_id, "text": stripped}).encode("utf-8")
 

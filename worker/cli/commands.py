@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from schemas.model_directory import looks_like_directory
 from worker.cli.usage import UsageError, load_settings, model_missing_message
@@ -190,11 +191,21 @@ def run_broker(args: argparse.Namespace) -> int:
 
 
 def _lines(path: str) -> Iterator[str]:
-    if path == "-":
-        yield from (line for line in sys.stdin if line.strip())
-        return
-    with open(path, encoding="utf-8") as stream:
-        yield from (line for line in stream if line.strip())
+    """The non-blank lines of ``path`` (``-``: stdin), each strictly UTF-8: a post's bytes are
+    never guessed at, nor passed on as escapes of bytes that are not text."""
+    with contextlib.ExitStack() as stack:
+        stream = sys.stdin.buffer if path == "-" else stack.enter_context(open(path, "rb"))
+        for number, raw in enumerate(stream, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                where = "stdin" if path == "-" else path
+                raise UsageError(
+                    f"{where}, line {number}: not UTF-8 ({exc.reason} at byte {exc.start}); "
+                    "convert the file to UTF-8 (for example with iconv) and send it again"
+                ) from None
+            if line.strip():
+                yield line
 
 
 def run_produce(args: argparse.Namespace) -> int:
@@ -214,19 +225,57 @@ def run_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _field(value: Any, *path: str, width: int = 0) -> str:
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    text = "" if value is None else str(value)
+    return text[:width] if width else text
+
+
 def format_result_row(value: dict) -> str:
-    model = value.get("model", {})
+    score = value.get("score")
+    shown = f"{score:>5.2f}" if isinstance(score, (int, float)) and not isinstance(score, bool) else "    -"
     return (
-        f"{value.get('id', '?')[:24]:<24}  {value.get('label', '?'):<9} {value.get('score', 0):>5.2f}  "
-        f"{model.get('name', '?')}@{model.get('version', '?')}  {value.get('processed_at', '')}"
+        f"{_field(value, 'id', width=24):<24}  {_field(value, 'label', width=9):<9} {shown}  "
+        f"{_field(value, 'model', 'name')}@{_field(value, 'model', 'version')}  "
+        f"{_field(value, 'processed_at')}"
     )
 
 
 def format_dead_letter_row(value: dict) -> str:
-    src = value.get("source", {})
-    err = value.get("error", {})
-    where = f"{src.get('topic')}[{src.get('partition')}]@{src.get('offset')}"
-    return f"{where}  {err.get('kind')}: {err.get('message')}"
+    where = (
+        f"{_field(value, 'source', 'topic')}[{_field(value, 'source', 'partition')}]"
+        f"@{_field(value, 'source', 'offset')}"
+    )
+    return f"{where}  {_field(value, 'error', 'kind')}: {_field(value, 'error', 'message', width=500)}"
+
+
+def format_aggregate_row(value: dict) -> str:
+    counts = value.get("counts") if isinstance(value.get("counts"), dict) else {}
+    mix = " ".join(f"{label}={_field(counts, label)}" for label in counts)
+    dimension = json.dumps(value.get("dimension"), sort_keys=True, separators=(",", ":"))[:60]
+    closed = "closed" if value.get("closed") is True else "open"
+    return (
+        f"{_field(value, 'window_start')}  {dimension}  posts={_field(value, 'posts')} {mix}  "
+        f"dead_letters={_field(value, 'dead_letters')}  {closed}"
+    )
+
+
+def format_row(raw: bytes | None) -> str:
+    """One record of any of the project's topics as a table row, whatever its bytes."""
+    from worker.codec import Unreadable, read_object
+
+    try:
+        value = read_object(raw, what="record")
+    except Unreadable as exc:
+        return f"(unreadable record: {exc.kind}: {exc})"
+    if "error" in value and "payload" in value:
+        return format_dead_letter_row(value)
+    if "window_start" in value:
+        return format_aggregate_row(value)
+    if "label" in value:
+        return format_result_row(value)
+    return json.dumps(value, separators=(",", ":"))[:200]
 
 
 def run_consume(args: argparse.Namespace) -> int:
@@ -237,10 +286,9 @@ def run_consume(args: argparse.Namespace) -> int:
     guard_consumers(settings)
     topic = args.topic or (settings.dlq_topic if args.dead_letters else settings.output_topic)
     as_table = sys.stdout.isatty() and not args.json
-    row = format_dead_letter_row if args.dead_letters else format_result_row
 
     async def loop() -> None:
-        if as_table and not args.dead_letters:
+        if as_table and topic == settings.output_topic:
             print(f"{'id':<24}  {'label':<9} {'score':>5}  model  processed_at")
         async for record in follow(
             settings.bootstrap_servers,
@@ -249,14 +297,10 @@ def run_consume(args: argparse.Namespace) -> int:
             backend=settings.broker_backend,
             security=settings.security().aiokafka(),
         ):
-            text = (record.value or b"").decode("utf-8", errors="replace")
             if as_table:
-                try:
-                    print(row(json.loads(text)), flush=True)
-                except (ValueError, AttributeError):
-                    print(text, flush=True)
+                print(format_row(record.value), flush=True)
             else:
-                print(text, flush=True)
+                print((record.value or b"").decode("utf-8", errors="replace"), flush=True)
 
     asyncio.run(loop())
     return 0
@@ -265,6 +309,8 @@ def run_consume(args: argparse.Namespace) -> int:
 def run_schemas_export(args: argparse.Namespace) -> int:
     from schemas.export import export_json_schemas
 
+    if Path(args.directory).exists() and not Path(args.directory).is_dir():
+        raise UsageError(f"{args.directory} exists and is not a directory: give a directory for the schemas")
     for path in export_json_schemas(Path(args.directory)):
         print(path)
     return 0
