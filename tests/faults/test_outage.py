@@ -93,3 +93,31 @@ def test_an_outage_longer_than_the_send_timeout_ends_the_worker_and_a_restart_an
     assert "EMOTION_SEND_TIMEOUT_S" in first_log or "EMOTION_COMMIT_TIMEOUT_S" in first_log, first_log[-3000:]
 
     restart_answers_everything(broker, topics, env, tmp_path / "second.log", posts)
+
+
+def test_a_10_second_cut_with_the_default_timeouts_does_not_restart_the_worker(
+    cuttable_broker, topics, tiny_model, tmp_path
+):
+    broker, proxy = cuttable_broker
+    # Enough posts, in small batches, that the cut catches sends in flight.
+    before, after = make_posts(3000, "before"), make_posts(300, "after")
+    produce_sync(broker, topics.input, before)
+    env = _env(broker, topics, tiny_model, EMOTION_BATCH_SIZE="8")
+    worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(timeout=90)
+        collect(broker, [topics.output], lambda s: len(s[topics.output]) >= 100, timeout=60)
+        proxy.cut()
+        time.sleep(10)
+        proxy.restore()
+        produce_sync(broker, topics.input, after)
+        wanted = {k.decode() for k, _ in before + after}
+        seen = collect(
+            broker, [topics.output], lambda s: wanted <= set(result_ids(s[topics.output])), timeout=120
+        )
+        assert worker.process.poll() is None, "a 10 s cut restarted the worker"
+    finally:
+        code = worker.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert wanted - set(result_ids(seen[topics.output])) == set(), log[-3000:]
+    assert code == 0, log[-3000:]
