@@ -5,7 +5,15 @@ One table, one place; `docs/architecture.md` carries the same table for readers.
 | what happens                                 | what the worker does                              | commit |
 |----------------------------------------------|---------------------------------------------------|--------|
 | input over `EMOTION_MAX_MESSAGE_BYTES`       | dead letter `too_large` (prefix, size, SHA-256)   | yes    |
+| (value, key and headers together)            |                                                   |        |
 | not UTF-8, not JSON, not a valid post        | dead letter `not_utf8`, `not_json`, `invalid_post` | yes    |
+| JSON past the reader's limits (64 levels,    | dead letter `not_json` or `invalid_post`; a lone  | yes    |
+| 128-digit integers, lone surrogates)         | surrogate is `not_utf8`                           |        |
+| a record batch that decompresses past        | one dead letter `undecodable` for the batch,      | yes    |
+| `EMOTION_MAX_INFLIGHT_BYTES`, or that cannot | naming its offsets; the consumer moves past it    |        |
+| be decoded (unknown codec, corrupt data)     |                                                   |        |
+| trace headers not in the W3C format, a       | dropped from what answers the post (never an      | yes    |
+| repeated one, a propagated header over 8 KiB | error: a bad header does not make a bad post)     |        |
 | a dead letter that would exceed the bound    | payload cut to a prefix (size, SHA-256 kept)      | yes    |
 | model fails a batch, the probe passes        | bisect; a post failing alone twice is dead        | yes    |
 |                                              | lettered `processing_failed`, the rest answered   |        |
