@@ -10,6 +10,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
+EXTRAS = ("model",)  # the image serves a real model
 APART = {"torch", "triton"}  # installed by the image from the PyTorch index, with its own dependencies
 
 
@@ -18,7 +19,9 @@ def runtime_closure() -> set[str]:
     seen: set[str] = set()
     while stack:
         requirement = stack.pop()
-        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+        if requirement.marker and not any(
+            requirement.marker.evaluate({"extra": extra}) for extra in ("", *EXTRAS)
+        ):
             continue
         name = canonicalize_name(requirement.name)
         if name in seen:

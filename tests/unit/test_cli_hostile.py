@@ -114,3 +114,17 @@ def test_consume_prints_any_record_without_failing(raw):
     from worker.cli.commands import format_row
 
     assert isinstance(format_row(raw), str)
+
+
+def test_a_real_model_without_torch_says_exactly_what_to_install(monkeypatch):
+    from worker.cli import commands
+    from worker.cli.usage import UsageError
+
+    monkeypatch.setattr(commands, "_installed", lambda name: name not in ("torch", "transformers"))
+    with pytest.raises(UsageError) as caught:
+        commands.check_model_packages("artifacts/model")
+    message = str(caught.value)
+    assert "torch, transformers" in message and "emotion-stream[model]" in message
+    assert "keywords:" in message
+    monkeypatch.setattr(commands, "_installed", lambda name: True)
+    commands.check_model_packages("artifacts/model")  # everything there: no complaint

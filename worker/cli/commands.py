@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import sys
 import time
@@ -83,6 +84,28 @@ def check_broker(settings: WorkerSettings) -> None:
         raise UsageError(str(exc)) from None
 
 
+MODEL_PACKAGES = ("torch", "transformers", "safetensors", "numpy")
+"""What a real model needs beyond the base install (the `model` extra)."""
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None  # looks, never imports
+
+
+def check_model_packages(model: str) -> None:
+    """A real model without torch or transformers installed: say exactly what to install."""
+    missing = [name for name in MODEL_PACKAGES if not _installed(name)]
+    if missing:
+        raise UsageError(
+            f"EMOTION_MODEL={model} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            "not installed. Install the model extra, torch from the CPU index first unless this host "
+            "has a GPU:\n"
+            "    pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu\n"
+            "    pip install 'emotion-stream[model]'\n"
+            "or set EMOTION_MODEL=keywords: for the keyword stand-in (tests, no torch)."
+        )
+
+
 def start_model(settings: WorkerSettings):
     """The model runner the settings ask for: in a process of its own (torch never loads in
     this one) or in this process. A model that cannot load is a usage error."""
@@ -92,6 +115,7 @@ def start_model(settings: WorkerSettings):
     try:
         if is_keywords(settings.model):  # the stand-in for other teams' tests: no torch, no weights
             return KeywordModel(settings.model)
+        check_model_packages(settings.model)
         if settings.model_process:
             from worker.model.process import ModelProcess
 
