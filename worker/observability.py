@@ -24,6 +24,43 @@ _SHARED_PROCESSORS: list[Any] = [
 ]
 
 
+LIBRARY_LOGGERS = ("aiokafka", "faust", "mode", "kafka")
+
+
+class RepeatedLibraryLines(logging.Filter):
+    """Lets a library's log line through at most once per ``every_s`` seconds.
+
+    While the broker is away the Kafka clients retry in a loop and log every attempt: a 10 s
+    cut wrote about 570 identical "Unable connect to node" lines. The first line of a kind
+    passes, the repeats within the interval are counted, and the next one that passes says how
+    many were held back. A line's kind is its logger and message template, not its arguments.
+    """
+
+    def __init__(self, every_s: float = 10.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], list] = {}  # kind -> [time let through, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(LIBRARY_LOGGERS):
+            return True
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.every_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = (
+                f"{record.msg} (and {seen[1]} more like it held back in the last {now - seen[0]:.0f} s)"
+            )
+        if len(self._seen) > 1000:  # a bound on the kinds remembered, whatever the libraries log
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        return True
+
+
 def logging_config(level: str = "INFO", fmt: str = "json") -> dict:
     """A ``logging.config.dictConfig`` that renders every record with structlog."""
     renderer = (
@@ -43,10 +80,12 @@ def logging_config(level: str = "INFO", fmt: str = "json") -> dict:
                 "foreign_pre_chain": _SHARED_PROCESSORS,
             }
         },
+        "filters": {"repeats": {"()": RepeatedLibraryLines}},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "structlog",
+                "filters": ["repeats"],
                 "stream": "ext://sys.stderr",
             }
         },

@@ -124,3 +124,30 @@ def test_a_join_error_the_consumer_cannot_get_past_is_reported_at_once():
     _beating(watchdog, clock, 20)
     watchdog.check()
     assert len(dead) == 1 and "InconsistentGroupProtocolError" in dead[0]
+
+
+def test_a_library_line_repeated_in_a_retry_loop_is_let_through_once_per_interval():
+    import logging
+
+    from worker.observability import RepeatedLibraryLines
+
+    now = [0.0]
+    repeats = RepeatedLibraryLines(every_s=10.0, clock=lambda: now[0])
+
+    def line(name="aiokafka", node=111):
+        return logging.LogRecord(
+            name, logging.ERROR, "", 0, "Unable connect to node with id %s", (node,), None
+        )
+
+    passed = []
+    for i in range(570):
+        now[0] = i * 0.0175  # 570 attempts in 10 s, as a broker cut gave
+        record = line(node=i)
+        if repeats.filter(record):
+            passed.append(record)
+    assert len(passed) == 1
+    now[0] = 10.5
+    record = line()
+    assert repeats.filter(record) and "569 more like it" in record.getMessage()
+    own = logging.LogRecord("worker.app", logging.INFO, "", 0, "batch done", (), None)
+    assert all(repeats.filter(own) for _ in range(5))  # the worker's own lines are never held back
