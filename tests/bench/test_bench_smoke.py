@@ -131,3 +131,25 @@ def test_the_kills_benchmark_counts_duplicates_per_kill_for_both_commit_interval
     assert set(report) == {"commit interval 2800 ms", "commit interval 100 ms"}
     for row in report.values():
         assert row["missing"] == 0 and row["posts"] == 320 and row["duplicates per kill"] >= 0
+
+
+@pytest.mark.integration
+def test_the_fuzz_benchmark_runs_the_mix_through_all_three_components(tmp_path, monkeypatch):
+    import json
+
+    import bench.faults as faults
+
+    monkeypatch.setattr(faults, "OUT", tmp_path)
+    assert faults.main(["fuzz", "--minutes", "0.1", "--rate", "60", "--model", "keywords:"]) == 0
+    report = json.loads((tmp_path / "faults-fuzz.json").read_text())
+    for field in ("messages sent", "sent by kind", "results", "dead letters by kind", "components"):
+        assert field in report
+    assert set(report["components"]) == {"worker", "aggregator", "dashboard"}
+    for component in report["components"].values():
+        assert component["restarts"] == 0 and component["exit code at stop"] == 0
+        assert component["peak RSS MiB"] > 0
+    assert report["records with no answer"] == 0
+    assert report["valid posts"]["balanced"] and report["aggregates"]["balanced"]
+    assert report["sent by kind"]["valid"] > 0 and any(
+        k.startswith("gzip bomb") for k in report["sent by kind"]
+    )
