@@ -139,12 +139,12 @@ class Aggregator:
             self.windows.restore(value)
         return self.windows.recovered["restored"]
 
-    def count(self, topic: str, value: bytes | None, timestamp_ms: Any = None) -> bool:
+    def count(self, topic: str, value: bytes | None, timestamp_ms: Any = None, headers: Any = ()) -> bool:
         """Count one record of the output or dead-letter topic; True when it counted in a window."""
         dead_letter = topic == self.settings.dlq_topic
         self.read[DEAD_LETTERS if dead_letter else RESULTS] += 1
         try:
-            message = read_object(value, self.limits, what="record")
+            message = read_object(value, self.limits, what="record", headers=headers)
         except Unreadable as exc:
             self.skipped[exc.kind] += 1
             log.debug("unreadable record skipped", topic=topic, error=exc.kind)
@@ -210,7 +210,7 @@ class Aggregator:
                     self.watchdog.events_arrived()
                 for records in batch.values():
                     for record in records:
-                        self.count(record.topic, record.value, record.timestamp)
+                        self.count(record.topic, record.value, record.timestamp, record.headers)
                 if time.monotonic() - last_lag >= LAG_INTERVAL_S:
                     await self._measure_lag(consumer)
                     last_lag = time.monotonic()

@@ -103,8 +103,28 @@ def _has_surrogate(text: str) -> bool:
     return not text.isascii() and _SURROGATE.search(text) is not None
 
 
-def read_json(raw: bytes | str | None, limits: Limits = DEFAULT_LIMITS, *, what: str = "value") -> Any:
-    """``raw`` as JSON under ``limits``; raises :class:`Unreadable` (and nothing else) for bad input."""
+def undecodable_reason(headers: Iterable[tuple[str, bytes]] | None) -> str | None:
+    """Why the consumer could not decode the record batch this record stands for, when it is
+    such a record (see :data:`UNDECODABLE_HEADER`)."""
+    for name, value in headers or ():
+        if name == UNDECODABLE_HEADER:
+            return bytes(value or b"").decode("utf-8", "replace")
+    return None
+
+
+def read_json(
+    raw: bytes | str | None,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    what: str = "value",
+    headers: Iterable[tuple[str, bytes]] | None = None,
+) -> Any:
+    """``raw`` as JSON under ``limits``; raises :class:`Unreadable` (and nothing else) for bad
+    input. With the record's ``headers``, a record standing for an undecodable batch is told
+    apart from a tombstone."""
+    reason = undecodable_reason(headers)
+    if reason is not None:
+        raise Unreadable("undecodable", reason)
     if raw is None:
         raise Unreadable("invalid_post", f"message has no {what} (tombstone)")
     size = len(raw)
@@ -135,9 +155,15 @@ def read_json(raw: bytes | str | None, limits: Limits = DEFAULT_LIMITS, *, what:
     return value
 
 
-def read_object(raw: bytes | str | None, limits: Limits = DEFAULT_LIMITS, *, what: str = "value") -> dict:
+def read_object(
+    raw: bytes | str | None,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    what: str = "value",
+    headers: Iterable[tuple[str, bytes]] | None = None,
+) -> dict:
     """Like :func:`read_json`, for readers that expect a JSON object."""
-    value = read_json(raw, limits, what=what)
+    value = read_json(raw, limits, what=what, headers=headers)
     if not isinstance(value, dict):
         raise Unreadable("invalid_post", f"expected a JSON object, got {type(value).__name__}")
     return value

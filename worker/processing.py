@@ -25,7 +25,7 @@ import structlog
 
 from schemas import SCHEMA_VERSION, DeadLetter, DeadLetterSource, ErrorInfo, ModelInfo, Payload, Post
 from worker import policy
-from worker.codec import UNDECODABLE_HEADER, Limits, Rejected, decode_post, headers_size, passed_on_headers
+from worker.codec import Limits, Rejected, decode_post, headers_size, passed_on_headers, undecodable_reason
 from worker.model.api import ModelFailing, ModelUnavailable, Prediction
 
 log = structlog.get_logger(__name__)
@@ -208,8 +208,8 @@ class BatchProcessor:
         the ``requested`` ones."""
         batch = PreparedBatch(outcome=BatchOutcome(), valid=[], requested=list(requested))
         for record in records:
-            if record.headers and record.headers[0][0] == UNDECODABLE_HEADER:
-                reason = record.headers[0][1].decode("utf-8", "replace")
+            reason = undecodable_reason(record.headers)
+            if reason is not None:
                 self._reject(batch.outcome, record, ErrorInfo(kind="undecodable", message=reason))
                 continue
             sizes = (len(record.value or b""), len(record.key or b""), headers_size(record.headers))

@@ -240,3 +240,15 @@ def test_the_aggregator_serves_health_ready_and_metrics_and_turns_unhealthy_with
     assert wall - 1 <= float(clock.split()[1]) <= time.time()
     assert seen["stalled"][0] == 503 and "event loop" in seen["stalled"][1]["problems"][0]
     assert seen["consumer"][0] == 503 and "5 messages waiting" in seen["consumer"][1]["problems"][0]
+
+
+def test_the_aggregator_counts_a_record_standing_for_an_undecodable_batch_as_such():
+    from worker.aggregator import Aggregator
+    from worker.codec import UNDECODABLE_HEADER
+    from worker.settings import WorkerSettings
+
+    aggregator = Aggregator(WorkerSettings())
+    assert not aggregator.count("post-emotions", None, None, [(UNDECODABLE_HEADER, b"offsets 1..2")])
+    assert aggregator.skipped["undecodable"] == 1
+    assert not aggregator.count("post-emotions", None, None, [("other", b"x")])
+    assert aggregator.skipped["invalid_post"] == 1  # a plain tombstone

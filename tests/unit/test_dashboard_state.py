@@ -161,3 +161,16 @@ def test_arbitrary_json_on_any_topic_never_raises_and_the_page_stays_json(topic,
     for record in (value, {**fields, "extra": value}):
         state.on_record(name, json.dumps(record).encode(), int(time.time() * 1000))
     json.loads(json.dumps(state.snapshot(), allow_nan=False))
+
+
+@pytest.mark.parametrize(
+    "topic", [TOPICS.aggregates_topic, TOPICS.output_topic, TOPICS.dlq_topic, TOPICS.input_topic]
+)
+def test_a_record_standing_for_an_undecodable_batch_is_counted_as_such_not_as_a_tombstone(topic):
+    from worker.codec import UNDECODABLE_HEADER
+
+    state = _shown_state()
+    state.on_record(
+        topic, None, int(time.time() * 1000), [(UNDECODABLE_HEADER, b"record batch at offsets 4..9")]
+    )
+    assert state.skipped == {(topic, "undecodable"): 1}

@@ -285,12 +285,12 @@ def format_aggregate_row(value: dict) -> str:
     )
 
 
-def format_row(raw: bytes | None) -> str:
+def format_row(raw: bytes | None, headers: Any = ()) -> str:
     """One record of any of the project's topics as a table row, whatever its bytes."""
     from worker.codec import Unreadable, read_object
 
     try:
-        value = read_object(raw, what="record")
+        value = read_object(raw, what="record", headers=headers)
     except Unreadable as exc:
         return f"(unreadable record: {exc.kind}: {exc})"
     if "error" in value and "payload" in value:
@@ -322,7 +322,7 @@ def run_consume(args: argparse.Namespace) -> int:
             security=settings.security().aiokafka(),
         ):
             if as_table:
-                print(format_row(record.value), flush=True)
+                print(format_row(record.value, record.headers), flush=True)
             else:
                 print((record.value or b"").decode("utf-8", errors="replace"), flush=True)
 

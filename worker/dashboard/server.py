@@ -34,7 +34,7 @@ from prometheus_client import Counter as PromCounter
 
 from schemas.labels import LABELS
 from worker.broker.profiles import profile_for
-from worker.codec import Rejected, Unreadable, decode_post, read_object
+from worker.codec import Rejected, Unreadable, decode_post, read_object, undecodable_reason
 from worker.health import BrokerProbe, Watchdog, stop_worker
 from worker.settings import WorkerSettings
 
@@ -160,11 +160,14 @@ class DashboardState:
 
     # -- every record, whatever it holds ------------------------------------------------------
 
-    def on_record(self, topic: str, value: bytes | None, timestamp_ms: int | None) -> None:
+    def on_record(self, topic: str, value: bytes | None, timestamp_ms: int | None, headers: Any = ()) -> None:
         """One record of ``topic``: shown, or skipped and counted by reason; never raises."""
         self.read[topic] += 1
         self.metrics.records.labels(topic=topic).inc()
         try:
+            reason = undecodable_reason(headers)
+            if reason is not None:
+                raise Unreadable("undecodable", reason)
             self._dispatch(topic, value, timestamp_ms if isinstance(timestamp_ms, int) else -1)
         except Unreadable as exc:
             self._skip(topic, exc.kind, str(exc))
@@ -321,7 +324,7 @@ async def _follow_topics(state: DashboardState) -> None:
             batch = await consumer.getmany(timeout_ms=1000, max_records=500)
             records = sorted((r for rs in batch.values() for r in rs), key=lambda r: r.timestamp)
             for record in records:
-                state.on_record(record.topic, record.value, record.timestamp)
+                state.on_record(record.topic, record.value, record.timestamp, record.headers)
             if records:
                 state.watchdog.records_read()
             state.watchdog.reader_polled(lag=await _waiting(consumer))
