@@ -35,7 +35,7 @@ from bench.measure import best_model_rate
 from bench.models import build_distilbert_architecture, read_split
 from bench.run import CACHE, HALF_RATE_POSTS, _burst, _started, _stream_env, histogram_median, worker_metrics
 from bench.streaming import INFRASTRUCTURE_NICE, BenchStream, StreamRun, as_posts
-from worker.settings import WorkerSettings
+from emotion_stream.worker.settings import WorkerSettings
 
 CLASSIFY_ENV = {"EMOTION_CLASSIFY": "true", "EMOTION_CLASSIFY_MAX_CONCURRENT": "64"}
 """64 requests in progress at most: 32 clients are never refused."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from schemas import LABELS, ModelInfo
-from worker.model.api import Prediction
+from emotion_stream.schemas import LABELS, ModelInfo
+from emotion_stream.worker.model.api import Prediction
 
 FIXED = Prediction(label="joy", score=1.0, scores={name: float(name == "joy") for name in LABELS})
 
@@ -21,11 +21,11 @@ def constant_predict(texts):
 def main() -> int:
     import faust
 
-    from worker.app import EmotionStream
-    from worker.cli.usage import load_settings
-    from worker.observability import configure_logging
-    from worker.processing import BatchProcessor
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.app import EmotionStream
+    from emotion_stream.worker.cli.usage import load_settings
+    from emotion_stream.worker.observability import configure_logging
+    from emotion_stream.worker.processing import BatchProcessor
+    from emotion_stream.worker.settings import WorkerSettings
 
     settings = load_settings(WorkerSettings)
     log_config = configure_logging(settings.log_level, settings.log_format)

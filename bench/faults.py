@@ -30,11 +30,11 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from schemas.model_directory import DEFAULT_MODEL_DIR
-from worker.broker.clients import follow
-from worker.broker.embedded import EmbeddedBroker, free_port
-from worker.broker.profiles import profile_for
-from worker.cli.worker_process import WorkerProcess
+from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
+from emotion_stream.worker.broker.clients import follow
+from emotion_stream.worker.broker.embedded import EmbeddedBroker, free_port
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 
 OUT = Path("artifacts/bench")
 
@@ -116,7 +116,7 @@ class Stream:
         worker = WorkerProcess(
             settings,
             log_path=self.log_dir / f"faults-{self.suffix}-{name}.log",
-            command=[sys.executable, "-m", "worker.cli.main", command],
+            command=[sys.executable, "-m", "emotion_stream.worker.cli.main", command],
         )
         self.workers.append(worker)
         return worker.start()
@@ -552,7 +552,7 @@ def _wait_aggregator(process: WorkerProcess, results: int, letters: int, restart
 def fuzz(args: argparse.Namespace) -> dict:
     """Valid posts mixed with hostile messages through a worker, the aggregator and the live page."""
     from bench.hostile import LETTER, RESULT, Mix
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.settings import WorkerSettings
 
     max_message_bytes = WorkerSettings.model_fields["max_message_bytes"].default
     with Stream(args.model) as stream:

@@ -90,7 +90,7 @@ def model_section(
 
 def e2e_section(path: Path, best: dict, stream_texts: list[str], device: str, quick: bool) -> dict:
     from bench.run import ceiling, end_to_end
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.settings import WorkerSettings
 
     rate = ModelRate(best["window"], best["model_batch"], "auto", best["rate"])
     n = 600 if quick else min(len(stream_texts), 20_000)

@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from schemas.model_directory import DEFAULT_MODEL_DIR
+from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
 
 
 def add_data_and_model(parser: argparse.ArgumentParser) -> None:

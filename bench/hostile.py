@@ -130,7 +130,7 @@ class Mix:
     valid posts' ``created_at`` is the wall clock at the draw)."""
 
     def __init__(self, prefix: str, max_message_bytes: int, *, seed: int = 1, pool: int = 200) -> None:
-        from worker.model.keywords import DEFAULT_TABLE
+        from emotion_stream.worker.model.keywords import DEFAULT_TABLE
 
         self.prefix = prefix
         self.max_message_bytes = max_message_bytes

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.model.api import ModelOptions
-from worker.model.runner import EmotionClassifier
+from emotion_stream.worker.model.api import ModelOptions
+from emotion_stream.worker.model.runner import EmotionClassifier
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas import ID2LABEL, LABEL2ID
+from emotion_stream.schemas import ID2LABEL, LABEL2ID
 
 
 def offline_tokenizer_dir() -> Path:

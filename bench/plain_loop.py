@@ -14,14 +14,14 @@ import sys
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.constant_worker import constant_predict
-from schemas import ModelInfo
-from worker.broker.profiles import profile_for
-from worker.processing import BatchProcessor, InboundRecord
+from emotion_stream.schemas import ModelInfo
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.processing import BatchProcessor, InboundRecord
 
 
 async def run() -> None:
-    from worker.cli.usage import load_settings
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.cli.usage import load_settings
+    from emotion_stream.worker.settings import WorkerSettings
 
     settings = load_settings(WorkerSettings)
     profile = profile_for(settings.broker_backend)

@@ -36,10 +36,10 @@ from bench.host import machine, save_report
 from bench.models import read_split
 from bench.run import CACHE, _burst, _started
 from bench.streaming import BenchStream
-from schemas import LABELS
-from schemas.model_directory import DEFAULT_MODEL_DIR, model_info, read_identity
-from training.metrics import expected_calibration_error
-from worker.model.verify import WINDOW, macro_f1, timed_predictions
+from emotion_stream.schemas import LABELS
+from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR, model_info, read_identity
+from emotion_stream.training.metrics import expected_calibration_error
+from emotion_stream.worker.model.verify import WINDOW, macro_f1, timed_predictions
 
 QUICK_TEXTS = 512
 """Validation posts a --quick run classifies (a smoke run: its figures mean nothing)."""

@@ -31,7 +31,7 @@ from bench.host import add_data_and_model, machine
 from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline, on_and_off
 from bench.models import build_distilbert_architecture, read_split
 from bench.streaming import BenchStream, as_posts
-from worker.settings import WorkerSettings
+from emotion_stream.worker.settings import WorkerSettings
 
 CACHE = Path("artifacts/bench")
 SMALL_WINDOWS = (8, 16, 32)

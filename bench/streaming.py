@@ -25,10 +25,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from worker.broker.clients import follow, produce
-from worker.broker.embedded import EmbeddedBroker
-from worker.broker.profiles import profile_for
-from worker.cli.worker_process import WorkerProcess
+from emotion_stream.worker.broker.clients import follow, produce
+from emotion_stream.worker.broker.embedded import EmbeddedBroker
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 
 # The embedded broker holds every fetch for its full wait: a throughput reader polls it at
 # this interval, which adds at most this much to a run of many seconds.
@@ -76,7 +76,7 @@ class BenchStream:
     def __init__(
         self,
         env: dict[str, str],
-        module: str = "worker.cli.main",
+        module: str = "emotion_stream.worker.cli.main",
         args: Sequence[str] = ("worker",),
         log: Path | None = None,
     ) -> None:

@@ -4,8 +4,8 @@ Shared by the worker, the training module and the teams that produce to or consu
 the topics. Knows nothing of Kafka, torch or Faust.
 """
 
-from schemas.labels import ID2LABEL, LABEL2ID, LABELS, Emotion, parse_label
-from schemas.messages import (
+from emotion_stream.schemas.labels import ID2LABEL, LABEL2ID, LABELS, Emotion, parse_label
+from emotion_stream.schemas.messages import (
     MAX_FIELD_CHARS,
     MAX_METADATA_BYTES,
     MAX_TEXT_CHARS,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas.aggregates import AGGREGATE_SCHEMA_VERSION, EmotionAggregate
-from schemas.messages import SCHEMA_VERSION, DeadLetter, EmotionResult, Post
+from emotion_stream.schemas.aggregates import AGGREGATE_SCHEMA_VERSION, EmotionAggregate
+from emotion_stream.schemas.messages import SCHEMA_VERSION, DeadLetter, EmotionResult, Post
 
 SCHEMAS = {
     "post": Post,

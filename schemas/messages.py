@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.labels import LABELS, Emotion
+from emotion_stream.schemas.labels import LABELS, Emotion
 
 MAX_TEXT_CHARS = 5000
 """Longest accepted post text. Tweets are far shorter; the bound keeps one message from

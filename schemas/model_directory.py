@@ -16,7 +16,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from schemas.messages import ModelInfo
+from emotion_stream.schemas.messages import ModelInfo
 
 DEFAULT_MODEL_DIR = Path("artifacts/model")
 """Where training writes a model and the worker looks for one, unless told otherwise."""

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from worker.broker.embedded import free_port
+from emotion_stream.worker.broker.embedded import free_port
 
 BINARIES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

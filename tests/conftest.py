@@ -53,7 +53,7 @@ def _docker_reachable() -> bool:
 def broker() -> Iterator[TestBroker]:
     given = os.environ.get("EMOTION_TEST_BOOTSTRAP")
     if given:
-        from worker.settings import WorkerSettings
+        from emotion_stream.worker.settings import WorkerSettings
 
         security = WorkerSettings().security().aiokafka()
         yield TestBroker(given, os.environ.get("EMOTION_TEST_BROKER_BACKEND", "kafka"), "given", security)
@@ -64,7 +64,7 @@ def broker() -> Iterator[TestBroker]:
         with KafkaContainer().with_kraft() as kafka:
             yield TestBroker(kafka.get_bootstrap_server(), "kafka", "testcontainers")
         return
-    from worker.broker.embedded import EmbeddedBroker
+    from emotion_stream.worker.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker() as embedded:
         yield TestBroker(embedded.bootstrap, "embedded", "embedded")

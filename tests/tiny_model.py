@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from schemas import ID2LABEL, LABEL2ID
+from emotion_stream.schemas import ID2LABEL, LABEL2ID
 
 
 def offline_vocab_dir() -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from training.errors import TrainingError
+from emotion_stream.training.errors import TrainingError
 
 DEFAULT_BASE_MODEL = "distilbert-base-uncased"
 FALLBACK_PRESET = "minilm-l6"

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from schemas import LABELS
-from training.data import LabeledTexts
+from emotion_stream.schemas import LABELS
+from emotion_stream.training.data import LabeledTexts
 
 BASELINE_NAME = "tfidf-logreg"
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.head import DEFAULT_REFIT, HeadRefit, UnknownHead, refit_head
-from training.metrics import ECE_BINS, full_report, softmax
-from training.plots import save_figure
-from training.predict import predict_proba
+from emotion_stream.training.head import DEFAULT_REFIT, HeadRefit, UnknownHead, refit_head
+from emotion_stream.training.metrics import ECE_BINS, full_report, softmax
+from emotion_stream.training.plots import save_figure
+from emotion_stream.training.predict import predict_proba
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
@@ -236,10 +236,15 @@ def calibrate_directory(
     import json
     from datetime import datetime, timezone
 
-    from schemas.model_directory import WEIGHTS_GLOB, new_version, read_identity, write_identity
-    from training.card import model_card
-    from training.data import load_emotion_data
-    from training.predict import load_emotion_model
+    from emotion_stream.schemas.model_directory import (
+        WEIGHTS_GLOB,
+        new_version,
+        read_identity,
+        write_identity,
+    )
+    from emotion_stream.training.card import model_card
+    from emotion_stream.training.data import load_emotion_data
+    from emotion_stream.training.predict import load_emotion_model
 
     model_dir = Path(model_dir)
     tokenizer, model, columns = load_emotion_model(model_dir)

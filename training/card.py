@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas import LABELS
-from training.metrics import REPORTED, fmt, per_class_markdown
+from emotion_stream.schemas import LABELS
+from emotion_stream.training.metrics import REPORTED, fmt, per_class_markdown
 
 
 def model_card(identity: dict, record: dict, metrics: dict) -> str:

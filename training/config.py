@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas.model_directory import DEFAULT_MODEL_DIR
-from training.base_models import DEFAULT_BASE_MODEL
-from training.errors import TrainingError
+from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
+from emotion_stream.training.base_models import DEFAULT_BASE_MODEL
+from emotion_stream.training.errors import TrainingError
 
 DEFAULT_OUTPUT_DIR = DEFAULT_MODEL_DIR
 DEFAULT_TUNE_STORAGE = "sqlite:///artifacts/tune/optuna.db"

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import ID2LABEL, parse_label
-from training.errors import TrainingError
+from emotion_stream.schemas import ID2LABEL, parse_label
+from emotion_stream.training.errors import TrainingError
 
 HUB_DATASET = "dair-ai/emotion"
 SPLITS = ("train", "validation", "test")

@@ -22,11 +22,16 @@ import torch.nn.functional as F
 import transformers
 from transformers import Trainer
 
-from training.config import DISTILL_RECIPE, DistillOptions, Hyperparameters
-from training.errors import TrainingError
-from training.export import export_model
-from training.prepare import prepare_run
-from training.trainer import RemainingTimeCallback, build_trainer, class_weights, training_arguments
+from emotion_stream.training.config import DISTILL_RECIPE, DistillOptions, Hyperparameters
+from emotion_stream.training.errors import TrainingError
+from emotion_stream.training.export import export_model
+from emotion_stream.training.prepare import prepare_run
+from emotion_stream.training.trainer import (
+    RemainingTimeCallback,
+    build_trainer,
+    class_weights,
+    training_arguments,
+)
 
 
 def _layer_stack(model) -> tuple[torch.nn.ModuleList, str]:
@@ -78,7 +83,7 @@ class DistillationTrainer(Trainer):
 
 def teacher_log_probs(teacher_dir: Path, texts, max_length: int) -> np.ndarray:
     """The teacher's log-probabilities (its logits up to a per-post constant) for ``texts``."""
-    from training.predict import load_emotion_model, predict_proba
+    from emotion_stream.training.predict import load_emotion_model, predict_proba
 
     tokenizer, teacher, columns = load_emotion_model(teacher_dir)
     teacher.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,7 +95,7 @@ def distill(options: DistillOptions, hp: Hyperparameters = DISTILL_RECIPE):
     """Train the student and export it; returns the training result (see :func:`training.train.train`)."""
     from transformers import AutoModelForSequenceClassification
 
-    from training.train import TrainResult, finish_training, training_record
+    from emotion_stream.training.train import TrainResult, finish_training, training_record
 
     transformers.set_seed(options.seed)
     teacher_dir = Path(options.base_model)
@@ -170,6 +175,6 @@ def distill(options: DistillOptions, hp: Hyperparameters = DISTILL_RECIPE):
 
 
 def _identity(directory: Path) -> dict:
-    from schemas.model_directory import read_identity
+    from emotion_stream.schemas.model_directory import read_identity
 
     return read_identity(directory) or {}

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas import LABELS
-from schemas.model_directory import read_identity
-from training.baseline import BASELINE_NAME, baseline_proba, fit_baseline
-from training.calibration import reliability_bins, save_reliability_diagram
-from training.data import LabeledTexts, load_emotion_data
-from training.metrics import REPORTED, fmt, full_report, per_class_markdown
-from training.plots import save_confusion_matrix
-from training.predict import load_emotion_model, predict_proba
+from emotion_stream.schemas import LABELS
+from emotion_stream.schemas.model_directory import read_identity
+from emotion_stream.training.baseline import BASELINE_NAME, baseline_proba, fit_baseline
+from emotion_stream.training.calibration import reliability_bins, save_reliability_diagram
+from emotion_stream.training.data import LabeledTexts, load_emotion_data
+from emotion_stream.training.metrics import REPORTED, fmt, full_report, per_class_markdown
+from emotion_stream.training.plots import save_confusion_matrix
+from emotion_stream.training.predict import load_emotion_model, predict_proba
 
 SUMMARY_METRICS = (*REPORTED, "mean_confidence")
 

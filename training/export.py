@@ -12,11 +12,11 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from schemas import ID2LABEL, LABEL2ID
-from schemas.model_directory import WEIGHTS_GLOB, model_name, new_version, write_identity
-from training.calibration import save_reliability_diagram
-from training.card import model_card
-from training.plots import save_confusion_matrix
+from emotion_stream.schemas import ID2LABEL, LABEL2ID
+from emotion_stream.schemas.model_directory import WEIGHTS_GLOB, model_name, new_version, write_identity
+from emotion_stream.training.calibration import save_reliability_diagram
+from emotion_stream.training.card import model_card
+from emotion_stream.training.plots import save_confusion_matrix
 
 
 def export_model(

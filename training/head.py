@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.metrics import full_report, softmax
-from training.predict import first_token_states
+from emotion_stream.training.metrics import full_report, softmax
+from emotion_stream.training.predict import first_token_states
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from schemas import LABELS
+from emotion_stream.schemas import LABELS
 
 SELECTION_METRIC = "f1_weighted"
 REPORTED = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from schemas import LABELS
+from emotion_stream.schemas import LABELS
 
 
 def save_confusion_matrix(

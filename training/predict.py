@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from schemas import LABEL2ID, LABELS
-from training.errors import TrainingError
+from emotion_stream.schemas import LABEL2ID, LABELS
+from emotion_stream.training.errors import TrainingError
 
 
 class ModelDirError(TrainingError):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from training.base_models import BaseModel, resolve_base_model
-from training.config import RunOptions
-from training.data import EmotionData, LabeledTexts, load_emotion_data
-from training.sampling import carve_dev_split, stratified_sample
+from emotion_stream.training.base_models import BaseModel, resolve_base_model
+from emotion_stream.training.config import RunOptions
+from emotion_stream.training.data import EmotionData, LabeledTexts, load_emotion_data
+from emotion_stream.training.sampling import carve_dev_split, stratified_sample
 
 
 @dataclass
@@ -54,7 +54,7 @@ def select_splits(data: EmotionData, options: RunOptions) -> tuple[LabeledTexts,
 def prepare_run(options: RunOptions, data: EmotionData | None = None) -> PreparedRun:
     from transformers import AutoTokenizer
 
-    from training.trainer import tokenized_dataset
+    from emotion_stream.training.trainer import tokenized_dataset
 
     if not options.progress:
         from datasets.utils.logging import disable_progress_bar

@@ -10,7 +10,7 @@ import random
 from collections import defaultdict
 from itertools import cycle
 
-from training.data import DataError, LabeledTexts
+from emotion_stream.training.data import DataError, LabeledTexts
 
 
 def stratified_indices(labels: list[int], n: int, seed: int) -> list[int]:

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from schemas.model_directory import IDENTITY_FILE
-from training.calibration import calibrate_model
-from training.data import load_emotion_data
-from training.errors import TrainingError
-from training.export import export_model
-from training.head import DEFAULT_REFIT, HeadRefit
-from training.metrics import full_report
-from training.predict import load_emotion_model, predict_proba
+from emotion_stream.schemas.model_directory import IDENTITY_FILE
+from emotion_stream.training.calibration import calibrate_model
+from emotion_stream.training.data import load_emotion_data
+from emotion_stream.training.errors import TrainingError
+from emotion_stream.training.export import export_model
+from emotion_stream.training.head import DEFAULT_REFIT, HeadRefit
+from emotion_stream.training.metrics import full_report
+from emotion_stream.training.predict import load_emotion_model, predict_proba
 
 
 class SoupError(TrainingError):

@@ -19,16 +19,16 @@ import numpy as np
 import torch
 import transformers
 
-from training.base_models import DEFAULT_BASE_MODEL, BaseModel
-from training.calibration import calibrate_model
-from training.config import DEMO_RECIPE, Hyperparameters, TrainOptions
-from training.export import export_model
-from training.head import HeadRefit
-from training.metrics import full_report, softmax
-from training.predict import label_columns
-from training.prepare import PreparedRun, prepare_run
-from training.settings import TrainingSettings, resolve_data_dir
-from training.trainer import (
+from emotion_stream.training.base_models import DEFAULT_BASE_MODEL, BaseModel
+from emotion_stream.training.calibration import calibrate_model
+from emotion_stream.training.config import DEMO_RECIPE, Hyperparameters, TrainOptions
+from emotion_stream.training.export import export_model
+from emotion_stream.training.head import HeadRefit
+from emotion_stream.training.metrics import full_report, softmax
+from emotion_stream.training.predict import label_columns
+from emotion_stream.training.prepare import PreparedRun, prepare_run
+from emotion_stream.training.settings import TrainingSettings, resolve_data_dir
+from emotion_stream.training.trainer import (
     RemainingTimeCallback,
     build_trainer,
     model_factory,

@@ -24,10 +24,10 @@ from transformers import (
     TrainingArguments,
 )
 
-from schemas import ID2LABEL, LABEL2ID, LABELS
-from training.config import Hyperparameters
-from training.data import LabeledTexts
-from training.metrics import SELECTION_METRIC, compute_metrics
+from emotion_stream.schemas import ID2LABEL, LABEL2ID, LABELS
+from emotion_stream.training.config import Hyperparameters
+from emotion_stream.training.data import LabeledTexts
+from emotion_stream.training.metrics import SELECTION_METRIC, compute_metrics
 
 
 def tokenized_dataset(tokenizer, split: LabeledTexts, max_length: int, *, sort_by_length: bool = False):

@@ -18,9 +18,14 @@ from pathlib import Path
 import optuna
 from transformers import TrainerCallback
 
-from training.config import DEFAULT_PARAMS_FILE, DEFAULT_TUNE_STORAGE, Hyperparameters, RunOptions
-from training.errors import TrainingError
-from training.metrics import SELECTION_METRIC
+from emotion_stream.training.config import (
+    DEFAULT_PARAMS_FILE,
+    DEFAULT_TUNE_STORAGE,
+    Hyperparameters,
+    RunOptions,
+)
+from emotion_stream.training.errors import TrainingError
+from emotion_stream.training.metrics import SELECTION_METRIC
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -72,7 +77,7 @@ class PruningCallback(TrainerCallback):
 
 def tune(options: TuneOptions) -> dict:
     """Run the missing trials of the study; write and return the best hyperparameters."""
-    from training.prepare import prepare_run
+    from emotion_stream.training.prepare import prepare_run
 
     run = prepare_run(options)
     study = open_study(options)
@@ -122,7 +127,7 @@ def _trial_count(options: TuneOptions) -> int:
 
 
 def _objective(trial: optuna.Trial, run, options: TuneOptions) -> float:
-    from training.trainer import build_trainer, model_factory, training_arguments
+    from emotion_stream.training.trainer import build_trainer, model_factory, training_arguments
 
     hp = Hyperparameters(**{**options.fixed.model_dump(), **options.space.sample(trial)})
     callback = PruningCallback(trial)

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from schemas.aggregates import AGGREGATE_SCHEMA_VERSION, aggregate_key
-from schemas.labels import LABELS
+from emotion_stream.schemas.aggregates import AGGREGATE_SCHEMA_VERSION, aggregate_key
+from emotion_stream.schemas.labels import LABELS
 
 MAX_TIME_CHARS = 64
 """Longest time string read (ISO 8601 needs about 35 characters)."""

@@ -38,11 +38,11 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from worker.aggregation import Windows
-from worker.broker.profiles import profile_for
-from worker.codec import Limits, Unreadable, read_object
-from worker.health import BrokerProbe, Watchdog, stop_worker
-from worker.settings import WorkerSettings
+from emotion_stream.worker.aggregation import Windows
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.codec import Limits, Unreadable, read_object
+from emotion_stream.worker.health import BrokerProbe, Watchdog, stop_worker
+from emotion_stream.worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +119,7 @@ class Aggregator:
 
     async def recover(self) -> int:
         """Read the aggregates topic back; returns the records restored."""
-        from worker.broker.clients import follow
+        from emotion_stream.worker.broker.clients import follow
 
         s = self.settings
         async for record in follow(

@@ -28,19 +28,19 @@ import structlog
 from faust.web import View
 from prometheus_client import generate_latest
 
-from worker import policy
-from worker.batching import ByteBudget, MicroBatcher
-from worker.broker.profiles import profile_for
-from worker.classify import ClassifyDesk, ClassifyRejected
-from worker.health import BrokerProbe, Watchdog, stop_worker
-from worker.heap import freeze_startup_objects
-from worker.model.api import ModelUnavailable
-from worker.observability import WorkerMetrics, WorkerSensor
-from worker.pacing import FetchPacer
-from worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
-from worker.publishing import Publisher
-from worker.settings import WorkerSettings
-from worker.transport import EmotionApp, guard_record_batches
+from emotion_stream.worker import policy
+from emotion_stream.worker.batching import ByteBudget, MicroBatcher
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.classify import ClassifyDesk, ClassifyRejected
+from emotion_stream.worker.health import BrokerProbe, Watchdog, stop_worker
+from emotion_stream.worker.heap import freeze_startup_objects
+from emotion_stream.worker.model.api import ModelUnavailable
+from emotion_stream.worker.observability import WorkerMetrics, WorkerSensor
+from emotion_stream.worker.pacing import FetchPacer
+from emotion_stream.worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
+from emotion_stream.worker.publishing import Publisher
+from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.transport import EmotionApp, guard_record_batches
 
 log = structlog.get_logger(__name__)
 
@@ -571,7 +571,7 @@ class EmotionStream:
             )
 
         if self.desk is not None:
-            from worker.openapi import classify_openapi
+            from emotion_stream.worker.openapi import classify_openapi
 
             description = classify_openapi(self.desk.max_texts, self.desk.max_chars, self.desk.max_body_bytes)
 

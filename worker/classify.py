@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from schemas.messages import MAX_TEXT_CHARS, SCHEMA_VERSION
-from worker.codec import DEFAULT_LIMITS, Limits, Unreadable, read_json
-from worker.model.api import Prediction
+from emotion_stream.schemas.messages import MAX_TEXT_CHARS, SCHEMA_VERSION
+from emotion_stream.worker.codec import DEFAULT_LIMITS, Limits, Unreadable, read_json
+from emotion_stream.worker.model.api import Prediction
 
 ESCAPED_CHAR_BYTES = 12
 """Most bytes one character of a text can take in a JSON body: an astral character written as

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas import ErrorInfo, ErrorKind, Post
+from emotion_stream.schemas import ErrorInfo, ErrorKind, Post
 
 UNDECODABLE_HEADER = f"emotion-stream-undecodable-{secrets.token_hex(8)}"
 """The header of the record the consumer puts in place of a record batch it could not decode

@@ -95,7 +95,14 @@ def logging_config(level: str = "INFO", fmt: str = "json") -> dict:
         # Faust's app and consumer classes, whose services log under that name).
         "loggers": {
             name: {"level": level if level == "DEBUG" else "WARNING"}
-            for name in ("aiokafka", "faust", "mode", "kafka", "worker.transport", "worker.observability")
+            for name in (
+                "aiokafka",
+                "faust",
+                "mode",
+                "kafka",
+                "emotion_stream.worker.transport",
+                "emotion_stream.worker.observability",
+            )
         },
     }
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.labels import LABELS
-from schemas.messages import MAX_TEXT_CHARS
+from emotion_stream.schemas.labels import LABELS
+from emotion_stream.schemas.messages import MAX_TEXT_CHARS
 
 API_VERSION = "1"
 """Of this HTTP API (the messages' own schema version is in each result)."""

@@ -23,10 +23,25 @@ from typing import Any
 
 import structlog
 
-from schemas import SCHEMA_VERSION, DeadLetter, DeadLetterSource, ErrorInfo, ModelInfo, Payload, Post
-from worker import policy
-from worker.codec import Limits, Rejected, decode_post, headers_size, passed_on_headers, undecodable_reason
-from worker.model.api import ModelFailing, ModelUnavailable, Prediction
+from emotion_stream.schemas import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    DeadLetterSource,
+    ErrorInfo,
+    ModelInfo,
+    Payload,
+    Post,
+)
+from emotion_stream.worker import policy
+from emotion_stream.worker.codec import (
+    Limits,
+    Rejected,
+    decode_post,
+    headers_size,
+    passed_on_headers,
+    undecodable_reason,
+)
+from emotion_stream.worker.model.api import ModelFailing, ModelUnavailable, Prediction
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from worker.processing import BatchOutcome, OutboundMessage, refused_as_too_large
+from emotion_stream.worker.processing import BatchOutcome, OutboundMessage, refused_as_too_large
 
 log = structlog.get_logger(__name__)
 

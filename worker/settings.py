@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.model_directory import DEFAULT_MODEL_DIR
-from worker.broker.security import KafkaSecurity
-from worker.model.api import ModelOptions
+from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
+from emotion_stream.worker.broker.security import KafkaSecurity
+from emotion_stream.worker.model.api import ModelOptions
 
 
 def _loopback(host: str) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli.worker_process import WorkerProcess
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 
 
 @dataclass

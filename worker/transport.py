@@ -45,8 +45,8 @@ from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
-from worker.codec import UNDECODABLE_HEADER
-from worker.pacing import FetchPacer
+from emotion_stream.worker.codec import UNDECODABLE_HEADER
+from emotion_stream.worker.pacing import FetchPacer
 
 log = structlog.get_logger(__name__)
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from emotion_stream.worker.broker.embedded import EmbeddedBroker, free_port
 from tests.conftest import TestBroker
 from tests.faults.proxy import TcpProxy
-from worker.broker.embedded import EmbeddedBroker, free_port
 
 
 @pytest.fixture

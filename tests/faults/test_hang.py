@@ -11,13 +11,13 @@ import urllib.request
 
 import pytest
 
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.integration.helpers import (
     collect,
     make_posts,
     produce_sync,
     restart_answers_everything,
 )
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from schemas import DeadLetter
+from emotion_stream.schemas import DeadLetter
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.integration.helpers import collect, create_topic, make_posts, produce_in_order, result_ids
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -6,6 +6,7 @@ import urllib.request
 
 import pytest
 
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.conftest import worker_settings
 from tests.integration.helpers import (
     collect,
@@ -14,7 +15,6 @@ from tests.integration.helpers import (
     restart_answers_everything,
     result_ids,
 )
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.integration.helpers import collect, create_topic, make_posts, produce_sync, result_ids
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

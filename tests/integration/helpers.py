@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker.broker.clients import follow, produce
+from emotion_stream.worker.broker.clients import follow, produce
 
 
 def make_posts(n: int, prefix: str = "p") -> list[tuple[bytes, bytes]]:
@@ -59,7 +59,7 @@ def produce_in_order(broker, topic: str, messages) -> None:
     next: in order, whatever their size (up to 4 MiB)."""
     from aiokafka import AIOKafkaProducer
 
-    from worker.broker.profiles import profile_for
+    from emotion_stream.worker.broker.profiles import profile_for
 
     async def run() -> None:
         producer = AIOKafkaProducer(
@@ -112,7 +112,7 @@ def result_ids(records) -> list[str]:
 
 def restart_answers_everything(broker, topics, env: dict, log_path, posts) -> None:
     """A new worker with ``env`` labels every one of ``posts`` (after the one before it failed)."""
-    from worker.cli.worker_process import WorkerProcess
+    from emotion_stream.worker.cli.worker_process import WorkerProcess
 
     restarted = WorkerProcess(env, log_path=log_path).start()
     wanted = {k.decode() for k, _ in posts}
@@ -131,7 +131,7 @@ def start_command(command: str, env: dict, started: str, timeout: float = 60) ->
     returned once its output shows ``started``; its output lines gather in ``.output``."""
     full = {**{k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}, **env}
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli.main", command],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", command],
         env=full,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schemas.aggregates import EmotionAggregate
-from schemas.labels import LABELS
+from emotion_stream.schemas.aggregates import EmotionAggregate
+from emotion_stream.schemas.labels import LABELS
 from tests.integration.helpers import collect, produce_sync, start_command, stop_command
 
 pytestmark = pytest.mark.integration
@@ -198,8 +198,8 @@ def test_a_restart_carries_on_from_the_published_state_and_a_crash_loses_nothing
 def test_posts_labelled_by_a_worker_give_exactly_their_known_counts(broker, topics, aggregate_env, tmp_path):
     """End to end: posts whose labels the keyword stand-in decides, through a worker and the
     aggregator, counted per window of their `created_at` and per source."""
-    from worker.cli.worker_process import WorkerProcess
-    from worker.model.keywords import DEFAULT_TABLE
+    from emotion_stream.worker.cli.worker_process import WorkerProcess
+    from emotion_stream.worker.model.keywords import DEFAULT_TABLE
 
     posts, known = [], []
     for i in range(60):
@@ -268,8 +268,8 @@ def test_posts_from_the_year_2999_and_9999_neither_stop_nor_bend_the_aggregator(
     (a window ending in the year 10000) or move its clock so that every later result was too
     late. Through a real worker, it now counts at its record's timestamp, the normal posts keep
     counting in the current window, and the aggregator stays up and answers its probes."""
-    from worker.cli.worker_process import WorkerProcess
-    from worker.model.keywords import DEFAULT_TABLE
+    from emotion_stream.worker.cli.worker_process import WorkerProcess
+    from emotion_stream.worker.model.keywords import DEFAULT_TABLE
 
     at = time.time() - 1  # the normal posts: all in the current window
     created = _iso(datetime.fromtimestamp(at, timezone.utc))

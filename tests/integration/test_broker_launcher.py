@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker.broker.embedded import api_versions_ok, free_port
+from emotion_stream.worker.broker.embedded import api_versions_ok, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def _env() -> dict[str, str]:
 
 
 def _launch(args: list[str], log: Path, ignore_sigint: bool = False, **kwargs) -> subprocess.Popen:
-    command = [sys.executable, "-m", "worker.cli.main", *args]
+    command = [sys.executable, "-m", "emotion_stream.worker.cli.main", *args]
     if ignore_sigint:
         # What a non-interactive shell does to a background job: SIGINT ignored, kept across exec.
         command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
@@ -179,7 +179,16 @@ def test_the_advertised_port_defaults_to_the_listening_one(tmp_path):
 
 def test_an_advertised_address_without_a_valid_port_is_a_usage_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "broker", "--port", "0", "--advertise", "host:http"],
+        [
+            sys.executable,
+            "-m",
+            "emotion_stream.worker.cli.main",
+            "broker",
+            "--port",
+            "0",
+            "--advertise",
+            "host:http",
+        ],
         env=_env(),
         capture_output=True,
         text=True,

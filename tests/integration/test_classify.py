@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from schemas.labels import LABELS
+from emotion_stream.schemas.labels import LABELS
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.integration.helpers import collect, produce_sync
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +149,7 @@ def test_classify_on_an_open_address_without_a_token_stops_the_worker_at_start(w
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}
     env.update({**worker_env, "EMOTION_CLASSIFY": "true", "EMOTION_WEB_HOST": "0.0.0.0"})
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "worker"],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", "worker"],
         env=env,
         capture_output=True,
         text=True,

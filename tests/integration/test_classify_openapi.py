@@ -17,11 +17,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from schemas.messages import MAX_TEXT_CHARS
+from emotion_stream.schemas.messages import MAX_TEXT_CHARS
+from emotion_stream.worker.classify import ClassifyDesk
+from emotion_stream.worker.cli.worker_process import WorkerProcess
+from emotion_stream.worker.openapi import classify_openapi
 from tests.conftest import Topics, worker_settings
-from worker.classify import ClassifyDesk
-from worker.cli.worker_process import WorkerProcess
-from worker.openapi import classify_openapi
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,9 @@ from collections import Counter
 
 import pytest
 
-from schemas.labels import LABELS
+from emotion_stream.schemas.labels import LABELS
+from emotion_stream.worker.broker.embedded import free_port
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.browser import HeadlessChromium, find_chromium
 from tests.integration.helpers import (
     MALFORMED,
@@ -19,8 +21,6 @@ from tests.integration.helpers import (
     start_command,
     stop_command,
 )
-from worker.broker.embedded import free_port
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ def test_the_demo_labels_every_sample_post_and_dead_letters_the_malformed_ones(t
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}
     env.update(EMOTION_MODEL=str(tiny_model), EMOTION_TORCH_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "demo", "--timeout", "120"],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", "demo", "--timeout", "120"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

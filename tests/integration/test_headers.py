@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from schemas import SCHEMA_VERSION
+from emotion_stream.schemas import SCHEMA_VERSION
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.integration.helpers import collect, produce_in_order
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

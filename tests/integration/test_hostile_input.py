@@ -10,9 +10,9 @@ import urllib.request
 
 import pytest
 
-from schemas import DeadLetter, EmotionResult
+from emotion_stream.schemas import DeadLetter, EmotionResult
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.integration.helpers import collect, make_posts, produce_in_order
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def produce_compressed(broker, topic: str, compression: str, messages, max_reque
     """Send ``messages`` as record batches compressed with ``compression``."""
     from aiokafka import AIOKafkaProducer
 
-    from worker.broker.profiles import profile_for
+    from emotion_stream.worker.broker.profiles import profile_for
 
     async def run() -> None:
         producer = AIOKafkaProducer(

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from emotion_stream.worker.broker.embedded import EmbeddedBroker, free_port
 from tests.faults.proxy import TcpProxy
 from tests.faults.sasl import SaslListener
-from worker.broker.embedded import EmbeddedBroker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def _cli(args, env, timeout=120, stdin=None):
     full = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}
     full.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", *args],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", *args],
         env=full,
         capture_output=True,
         text=True,
@@ -96,7 +96,7 @@ def _tls_env(url: str, ca: Path, topics, **extra) -> dict:
 def _consume_while_a_worker_runs(env: dict, tiny_model, tmp_path, **extra):
     """Start a worker with ``env``, read its output topic with `consume` once it is ready, stop
     it: (its exit code, the consume run, its log)."""
-    from worker.cli.worker_process import WorkerProcess
+    from emotion_stream.worker.cli.worker_process import WorkerProcess
 
     log = tmp_path / "worker.log"
     worker_env = {**os.environ, **env, "EMOTION_MODEL": str(tiny_model), "EMOTION_TORCH_THREADS": "1"}
@@ -248,7 +248,7 @@ def test_inconsistent_security_settings_stop_the_program_naming_the_variables(tm
 
 
 def test_the_settings_and_the_security_object_never_show_the_password(monkeypatch):
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.settings import WorkerSettings
 
     for name, value in {
         "EMOTION_SECURITY_PROTOCOL": "SASL_SSL",

@@ -14,9 +14,9 @@ import urllib.request
 
 import pytest
 
-from schemas import LABELS, DeadLetter, EmotionResult
+from emotion_stream.schemas import LABELS, DeadLetter, EmotionResult
+from emotion_stream.worker.cli.worker_process import WorkerProcess
 from tests.integration.helpers import MALFORMED, collect, make_posts, produce_sync, result_ids
-from worker.cli.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -215,7 +215,7 @@ def test_worker_refuses_bad_settings_with_a_clear_message(worker_env, tmp_path):
 
     env = {**worker_env, "EMOTION_BATCH_SIZE": "0", "EMOTION_DEVICE": "tpu"}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "worker"],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", "worker"],
         env={**__import__("os").environ, **env},
         capture_output=True,
         text=True,
@@ -232,7 +232,7 @@ def _produce_at(broker, topic, messages, timestamp_ms):
 
     from aiokafka import AIOKafkaProducer
 
-    from worker.broker.profiles import profile_for
+    from emotion_stream.worker.broker.profiles import profile_for
 
     async def run():
         producer = AIOKafkaProducer(

@@ -59,7 +59,7 @@ def emotion_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_cli(*argv: str) -> int:
     """Run a subcommand in this process exactly as `emotion-stream` does; returns its exit code."""
-    from worker.cli.main import main
+    from emotion_stream.worker.cli.main import main
 
     return main([str(a) for a in argv])
 

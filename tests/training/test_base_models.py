@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from emotion_stream.training.base_models import FALLBACK_PRESET, BaseModelError, resolve_base_model
 from tests.tiny_model import offline_vocab_dir
-from training.base_models import FALLBACK_PRESET, BaseModelError, resolve_base_model
 
 
 def test_preset_and_local_directory(tiny_model: Path) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas import LABELS
+from emotion_stream.schemas import LABELS
+from emotion_stream.training.calibration import fit_temperature, fold_temperature, reliability_bins
+from emotion_stream.training.metrics import brier_score, expected_calibration_error, softmax
 from tests.training.conftest import run_cli
-from training.calibration import fit_temperature, fold_temperature, reliability_bins
-from training.metrics import brier_score, expected_calibration_error, softmax
 
 
 def test_ece_and_brier_on_hand_computed_cases():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import ConfigError, Hyperparameters, resolve_hyperparameters
+from emotion_stream.training.config import ConfigError, Hyperparameters, resolve_hyperparameters
 
 
 def test_defaults_then_file_then_flags(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas import LABEL2ID
-from training.data import DataError, load_emotion_data, load_hub, read_split_file
-from training.sampling import carve_dev_split, stratified_sample
-from training.settings import resolve_data_dir
+from emotion_stream.schemas import LABEL2ID
+from emotion_stream.training.data import DataError, load_emotion_data, load_hub, read_split_file
+from emotion_stream.training.sampling import carve_dev_split, stratified_sample
+from emotion_stream.training.settings import resolve_data_dir
 
 
 def write(path: Path, text: str) -> Path:

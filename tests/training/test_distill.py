@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from emotion_stream.training.distill import drop_top_layers
+from emotion_stream.training.errors import TrainingError
 from tests.tiny_model import build_tiny_model
 from tests.training.conftest import run_cli
-from training.distill import drop_top_layers
-from training.errors import TrainingError
 
 
 @pytest.mark.parametrize("architecture", ["bert", "distilbert"])

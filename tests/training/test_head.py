@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from emotion_stream.training.calibration import calibrate_model
+from emotion_stream.training.head import HeadRefit, head_layers, mixup_train, refit_head
+from emotion_stream.training.predict import first_token_states, label_columns, load_emotion_model
 from tests.tiny_model import build_tiny_model
-from training.calibration import calibrate_model
-from training.head import HeadRefit, head_layers, mixup_train, refit_head
-from training.predict import first_token_states, label_columns, load_emotion_model
 
 TEXTS = ["i feel so happy today", "so scared of it", "i adore you", "why am i so furious", "wow"]
 
@@ -20,7 +20,7 @@ TEXTS = ["i feel so happy today", "so scared of it", "i adore you", "why am i so
 def _roberta(directory: Path) -> Path:
     from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
 
-    from schemas import ID2LABEL, LABEL2ID
+    from emotion_stream.schemas import ID2LABEL, LABEL2ID
     from tests.tiny_model import offline_vocab_dir
 
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def test_mixup_scores_a_post_between_two_emotions_as_between_them(alpha, quarter
 
 @pytest.fixture
 def model_and_data(tiny_model: Path, emotion_data: Path):
-    from training.data import load_emotion_data
+    from emotion_stream.training.data import load_emotion_data
 
     tokenizer, model, columns = load_emotion_model(tiny_model)
     data = load_emotion_data(emotion_data)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from schemas import LABELS
+from emotion_stream.schemas import LABELS
 from tests.tiny_model import build_tiny_model
 from tests.training.conftest import run_cli
 

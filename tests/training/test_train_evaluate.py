@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import LABELS
+from emotion_stream.schemas import LABELS
 from tests.training.conftest import run_cli
 
 
@@ -102,10 +102,10 @@ def test_a_model_exported_in_shards_has_one_version_on_its_card_and_in_the_resul
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from schemas.model_directory import IDENTITY_FILE
-    from training.export import export_model
-    from worker.model.api import ModelOptions
-    from worker.model.runner import EmotionClassifier
+    from emotion_stream.schemas.model_directory import IDENTITY_FILE
+    from emotion_stream.training.export import export_model
+    from emotion_stream.worker.model.api import ModelOptions
+    from emotion_stream.worker.model.runner import EmotionClassifier
 
     model = AutoModelForSequenceClassification.from_pretrained(trained)
     model.save_pretrained = functools.partial(model.save_pretrained, max_shard_size="200KB")
@@ -241,8 +241,8 @@ def test_dev_fraction_selects_on_a_dev_split_and_still_reports_validation(
 def test_train_default_reads_the_data_dir_from_the_environment(
     emotion_data: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.config import Hyperparameters
-    from training.train import train_default
+    from emotion_stream.training.config import Hyperparameters
+    from emotion_stream.training.train import train_default
 
     monkeypatch.setenv("EMOTION_DATA_DIR", str(emotion_data))
     result = train_default(

@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from emotion_stream.training.config import resolve_hyperparameters
+from emotion_stream.training.tune import PruningCallback
 from tests.training.conftest import run_cli
-from training.config import resolve_hyperparameters
-from training.tune import PruningCallback
 
 
 def tune_args(storage: str, out: Path, data: Path, base: Path, trials: int) -> list:

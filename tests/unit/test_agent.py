@@ -6,11 +6,11 @@ import threading
 import time
 from types import SimpleNamespace
 
-from schemas import LABELS, ModelInfo
-from worker.app import EmotionStream
-from worker.model.api import Prediction
-from worker.processing import BatchProcessor
-from worker.settings import WorkerSettings
+from emotion_stream.schemas import LABELS, ModelInfo
+from emotion_stream.worker.app import EmotionStream
+from emotion_stream.worker.model.api import Prediction
+from emotion_stream.worker.processing import BatchProcessor
+from emotion_stream.worker.settings import WorkerSettings
 
 
 class Event:

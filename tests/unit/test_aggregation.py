@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from schemas.aggregates import EmotionAggregate, aggregate_key
-from schemas.labels import LABELS
-from worker.aggregation import Windows
+from emotion_stream.schemas.aggregates import EmotionAggregate, aggregate_key
+from emotion_stream.schemas.labels import LABELS
+from emotion_stream.worker.aggregation import Windows
 
 
 def _result(label: str, at: str, score: float = 0.9, **dimensions) -> dict:
@@ -191,8 +191,8 @@ def test_the_aggregator_serves_health_ready_and_metrics_and_turns_unhealthy_with
 
     from aiohttp.test_utils import TestClient, TestServer
 
-    from worker.aggregator import Aggregator
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.aggregator import Aggregator
+    from emotion_stream.worker.settings import WorkerSettings
 
     now = [1000.0]
     aggregator = Aggregator(
@@ -243,9 +243,9 @@ def test_the_aggregator_serves_health_ready_and_metrics_and_turns_unhealthy_with
 
 
 def test_the_aggregator_counts_a_record_standing_for_an_undecodable_batch_as_such():
-    from worker.aggregator import Aggregator
-    from worker.codec import UNDECODABLE_HEADER
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.aggregator import Aggregator
+    from emotion_stream.worker.codec import UNDECODABLE_HEADER
+    from emotion_stream.worker.settings import WorkerSettings
 
     aggregator = Aggregator(WorkerSettings())
     assert not aggregator.count("post-emotions", None, None, [(UNDECODABLE_HEADER, b"offsets 1..2")])

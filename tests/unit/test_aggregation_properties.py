@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.aggregates import EmotionAggregate
-from schemas.labels import LABELS
-from worker.aggregation import Windows
+from emotion_stream.schemas.aggregates import EmotionAggregate
+from emotion_stream.schemas.labels import LABELS
+from emotion_stream.worker.aggregation import Windows
 
 # At least 150 examples: the calendar's edges and garbage are a small share of the draws. A
 # longer profile (HYPOTHESIS_PROFILE) searches longer.
@@ -216,8 +216,8 @@ raw_values = st.one_of(
     )
 )
 def test_any_bytes_on_the_aggregators_topics_are_read_counted_or_skipped_never_raised(records):
-    from worker.aggregator import Aggregator
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.aggregator import Aggregator
+    from emotion_stream.worker.settings import WorkerSettings
 
     aggregator = Aggregator(WorkerSettings(output_topic="out", dlq_topic="dlq", _env_file=None))
     for topic, value, timestamp_ms in records:

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from worker.batching import MicroBatcher
+from emotion_stream.worker.batching import MicroBatcher
 
 
 async def _source(items, delays=None):
@@ -160,7 +160,7 @@ async def test_without_a_creation_time_the_whole_wait_counts_from_arrival():
 
 
 async def test_the_byte_budget_holds_the_source_back_until_bytes_are_given_back():
-    from worker.batching import ByteBudget
+    from emotion_stream.worker.batching import ByteBudget
 
     budget = ByteBudget(100)
 
@@ -179,7 +179,7 @@ async def test_the_byte_budget_holds_the_source_back_until_bytes_are_given_back(
 
 
 async def test_one_item_larger_than_the_budget_still_passes_alone():
-    from worker.batching import ByteBudget
+    from emotion_stream.worker.batching import ByteBudget
 
     budget = ByteBudget(100)
     await budget.acquire(500)

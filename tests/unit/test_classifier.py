@@ -7,11 +7,11 @@ import threading
 import pytest
 import torch
 
-from schemas import LABELS
-from worker.model.api import ModelLoadError, ModelOptions
-from worker.model.loading import select_device
-from worker.model.planning import plan_sub_batches, split_threads
-from worker.model.runner import EmotionClassifier
+from emotion_stream.schemas import LABELS
+from emotion_stream.worker.model.api import ModelLoadError, ModelOptions
+from emotion_stream.worker.model.loading import select_device
+from emotion_stream.worker.model.planning import plan_sub_batches, split_threads
+from emotion_stream.worker.model.runner import EmotionClassifier
 
 TEXTS = [
     "i feel wonderful",
@@ -190,7 +190,7 @@ def test_the_cost_of_a_pass_is_measured_when_the_model_loads(tiny_model):
 def test_a_pass_cost_the_clock_cannot_see_is_planned_as_large_as_allowed(tiny_model, monkeypatch):
     # A GPU runs one post and a padded sub-batch in the same time: the fixed cost is then all
     # there is, and the planner must cut as few sub-batches as it can, not as many.
-    import worker.model.runner as classifier_module
+    import emotion_stream.worker.model.runner as classifier_module
 
     ticks = iter(range(10_000))
     monkeypatch.setattr(classifier_module.time, "perf_counter", lambda: float(next(ticks)))
@@ -289,7 +289,7 @@ def test_more_passes_than_threads_is_refused_with_what_to_do(tiny_model, two_thr
 def test_a_hub_model_is_loaded_at_the_pinned_revision_and_a_directory_refuses_one(tiny_model, monkeypatch):
     import transformers
 
-    from worker.model.loading import load_pretrained
+    from emotion_stream.worker.model.loading import load_pretrained
 
     with pytest.raises(ModelLoadError, match="EMOTION_MODEL_REVISION=abc123 pins a hub model"):
         EmotionClassifier(str(tiny_model), ModelOptions(device="cpu", revision="abc123"))

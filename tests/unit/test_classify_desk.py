@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.messages import MAX_TEXT_CHARS
-from worker.classify import ClassifyDesk, ClassifyRejected
+from emotion_stream.schemas.messages import MAX_TEXT_CHARS
+from emotion_stream.worker.classify import ClassifyDesk, ClassifyRejected
 
 
 def _desk(**options) -> ClassifyDesk:

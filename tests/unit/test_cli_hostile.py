@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from worker.cli.main import main
+from emotion_stream.worker.cli.main import main
 
 
 def _clean_env(monkeypatch):
@@ -39,7 +39,7 @@ def test_a_misspelt_variable_stops_the_program_and_says_which_was_meant(monkeypa
 
 
 def test_variables_of_the_training_commands_and_the_tests_are_not_misspellings(monkeypatch):
-    from worker.cli.usage import unknown_variables
+    from emotion_stream.worker.cli.usage import unknown_variables
 
     _clean_env(monkeypatch)
     monkeypatch.setenv("EMOTION_TEST_BOOTSTRAP", "127.0.0.1:9092")
@@ -58,7 +58,7 @@ def _produce(path: str, stdin: bytes | None = None, env: dict | None = None):
     full = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}
     full.update(env or {}, EMOTION_BROKER="kafka://127.0.0.1:1")
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "produce", path],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", "produce", path],
         input=stdin,
         capture_output=True,
         env=full,
@@ -81,7 +81,7 @@ def test_produce_refuses_non_utf8_on_stdin_instead_of_sending_surrogate_escapes(
 
 
 def test_produce_sends_a_deeply_nested_or_huge_number_line_as_it_is(tmp_path):
-    from worker.broker.clients import line_to_message
+    from emotion_stream.worker.broker.clients import line_to_message
 
     nested = "{" + '"a":[' * 5000 + "]" * 5000 + "}"
     key, value = line_to_message(nested)
@@ -103,7 +103,7 @@ def test_consume_prints_aggregates_as_aggregate_rows():
         "closed": False,
         "updated_at": "2026-12-06T10:00:30Z",
     }
-    from worker.cli.commands import format_row
+    from emotion_stream.worker.cli.commands import format_row
 
     row = format_row(json.dumps(record).encode())
     assert "2026-12-06T10:00:00Z" in row and "joy=3" in row and "?" not in row
@@ -111,14 +111,14 @@ def test_consume_prints_aggregates_as_aggregate_rows():
 
 @pytest.mark.parametrize("raw", [b"\xff", b"[" * 5000, b"9" * 5000, b'{"id": [1, 2]}', b"null", None])
 def test_consume_prints_any_record_without_failing(raw):
-    from worker.cli.commands import format_row
+    from emotion_stream.worker.cli.commands import format_row
 
     assert isinstance(format_row(raw), str)
 
 
 def test_a_real_model_without_torch_says_exactly_what_to_install(monkeypatch):
-    from worker.cli import commands
-    from worker.cli.usage import UsageError
+    from emotion_stream.worker.cli import commands
+    from emotion_stream.worker.cli.usage import UsageError
 
     monkeypatch.setattr(commands, "_installed", lambda name: name not in ("torch", "transformers"))
     with pytest.raises(UsageError) as caught:

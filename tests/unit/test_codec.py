@@ -1,7 +1,7 @@
 import pytest
 
-from schemas import Post
-from worker.codec import Rejected, decode_post
+from emotion_stream.schemas import Post
+from emotion_stream.worker.codec import Rejected, decode_post
 
 
 def test_valid_post_decodes():

@@ -12,10 +12,17 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import LABELS, DeadLetter, EmotionResult, ModelInfo, Post
-from worker.codec import Limits, Rejected, Unreadable, decode_post, passed_on_headers, read_json
-from worker.model.api import Prediction
-from worker.processing import BatchProcessor, InboundRecord, output_headers
+from emotion_stream.schemas import LABELS, DeadLetter, EmotionResult, ModelInfo, Post
+from emotion_stream.worker.codec import (
+    Limits,
+    Rejected,
+    Unreadable,
+    decode_post,
+    passed_on_headers,
+    read_json,
+)
+from emotion_stream.worker.model.api import Prediction
+from emotion_stream.worker.processing import BatchProcessor, InboundRecord, output_headers
 
 LIMITS = Limits(max_bytes=1 << 16, max_depth=16, max_int_digits=32)
 

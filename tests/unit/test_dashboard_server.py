@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
-from worker.dashboard.server import DashboardState, PageWatchdog, build_app
-from worker.settings import WorkerSettings
+from emotion_stream.worker.dashboard.server import DashboardState, PageWatchdog, build_app
+from emotion_stream.worker.settings import WorkerSettings
 
 
 class Clock:
@@ -113,7 +113,7 @@ def test_the_dashboard_command_refuses_to_start_with_exit_code_2_and_says_what_t
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_")}
     env.update({"EMOTION_DASHBOARD_SHOW_TEXT": "true", "EMOTION_DASHBOARD_HOST": "0.0.0.0"})
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "dashboard"],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", "dashboard"],
         env=env,
         capture_output=True,
         text=True,

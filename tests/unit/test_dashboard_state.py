@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.dashboard.server import DashboardState
-from worker.settings import WorkerSettings
+from emotion_stream.worker.dashboard.server import DashboardState
+from emotion_stream.worker.settings import WorkerSettings
 
 
 def _aggregate(start: str, posts: int, dimension=None) -> dict:
@@ -167,7 +167,7 @@ def test_arbitrary_json_on_any_topic_never_raises_and_the_page_stays_json(topic,
     "topic", [TOPICS.aggregates_topic, TOPICS.output_topic, TOPICS.dlq_topic, TOPICS.input_topic]
 )
 def test_a_record_standing_for_an_undecodable_batch_is_counted_as_such_not_as_a_tombstone(topic):
-    from worker.codec import UNDECODABLE_HEADER
+    from emotion_stream.worker.codec import UNDECODABLE_HEADER
 
     state = _shown_state()
     state.on_record(

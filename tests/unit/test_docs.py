@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from worker.cli.reference import settings_reference
+from emotion_stream.worker.cli.reference import settings_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,8 +19,8 @@ def test_the_readme_configuration_table_is_the_settings_own():
 
 
 def test_every_setting_says_what_it_does():
-    from training.settings import TrainingSettings
-    from worker.settings import WorkerSettings
+    from emotion_stream.training.settings import TrainingSettings
+    from emotion_stream.worker.settings import WorkerSettings
 
     for settings in (WorkerSettings, TrainingSettings):
         for name, field in settings.model_fields.items():

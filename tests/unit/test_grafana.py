@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from worker.observability import WorkerMetrics
+from emotion_stream.worker.observability import WorkerMetrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "emotion-stream.json"
 GRID_COLUMNS = 24

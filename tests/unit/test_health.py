@@ -1,6 +1,6 @@
 """The watchdog: what counts as no progress, the grace period, and the verdict."""
 
-from worker.health import Watchdog
+from emotion_stream.worker.health import Watchdog
 
 
 class Clock:
@@ -129,7 +129,7 @@ def test_a_join_error_the_consumer_cannot_get_past_is_reported_at_once():
 def test_a_library_line_repeated_in_a_retry_loop_is_let_through_once_per_interval():
     import logging
 
-    from worker.observability import RepeatedLibraryLines
+    from emotion_stream.worker.observability import RepeatedLibraryLines
 
     now = [0.0]
     repeats = RepeatedLibraryLines(every_s=10.0, clock=lambda: now[0])

@@ -4,7 +4,7 @@ import gc
 
 import pytest
 
-from worker.heap import freeze_startup_objects
+from emotion_stream.worker.heap import freeze_startup_objects
 
 
 @pytest.fixture

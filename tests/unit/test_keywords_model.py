@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from schemas import LABELS
-from worker.model.api import ModelLoadError
-from worker.model.keywords import KeywordModel
+from emotion_stream.schemas import LABELS
+from emotion_stream.worker.model.api import ModelLoadError
+from emotion_stream.worker.model.keywords import KeywordModel
 
 
 def test_the_builtin_table_labels_by_the_first_keyword_and_defaults_to_joy():

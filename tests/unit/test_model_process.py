@@ -8,10 +8,10 @@ import numpy
 import pytest
 import torch
 
-from worker.model.api import ModelLoadError, ModelOptions, ModelUnavailable
-from worker.model.process import ModelProcess
-from worker.model.runner import EmotionClassifier
-from worker.processing import BatchProcessor, InboundRecord
+from emotion_stream.worker.model.api import ModelLoadError, ModelOptions, ModelUnavailable
+from emotion_stream.worker.model.process import ModelProcess
+from emotion_stream.worker.model.runner import EmotionClassifier
+from emotion_stream.worker.processing import BatchProcessor, InboundRecord
 
 TEXTS = [
     "i feel wonderful",

@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from worker.model.loading import choose_numeric, cpu_runs
+from emotion_stream.worker.model.loading import choose_numeric, cpu_runs
 
 FP32 = {
     "accuracy": 0.936,
@@ -52,10 +52,10 @@ def test_bf16_needs_avx512_bf16_or_amx():
 
 
 def test_verification_on_the_tiny_model_is_recorded_and_read_by_auto(tiny_model, tmp_path):
-    from schemas.model_directory import model_info, read_identity
-    from worker.model.api import ModelOptions
-    from worker.model.runner import EmotionClassifier
-    from worker.model.verify import record_numeric_modes, verify_numeric_modes
+    from emotion_stream.schemas.model_directory import model_info, read_identity
+    from emotion_stream.worker.model.api import ModelOptions
+    from emotion_stream.worker.model.runner import EmotionClassifier
+    from emotion_stream.worker.model.verify import record_numeric_modes, verify_numeric_modes
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
@@ -92,8 +92,8 @@ def test_verification_on_the_tiny_model_is_recorded_and_read_by_auto(tiny_model,
 
 
 def test_a_model_with_no_record_runs_fp32_under_auto(tiny_model):
-    from worker.model.api import ModelOptions
-    from worker.model.runner import EmotionClassifier
+    from emotion_stream.worker.model.api import ModelOptions
+    from emotion_stream.worker.model.runner import EmotionClassifier
 
     classifier = EmotionClassifier(
         str(tiny_model), ModelOptions(device="cpu", numeric="auto", torch_threads=1)
@@ -108,7 +108,7 @@ def test_int8_quantizes_every_linear_layer_with_a_scale_per_output_channel(tiny_
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from worker.model.loading import apply_numeric
+    from emotion_stream.worker.model.loading import apply_numeric
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
     linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())

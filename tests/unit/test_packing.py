@@ -5,12 +5,12 @@ import random
 import pytest
 import torch
 
+from emotion_stream.worker.model.api import ModelOptions
+from emotion_stream.worker.model.packing import PACK_ROWS_PER_PASS, pack_rows
+from emotion_stream.worker.model.planning import share_out
+from emotion_stream.worker.model.runner import EmotionClassifier
 from tests.tiny_model import build_tiny_model
 from tests.tiny_model import random_posts as _posts
-from worker.model.api import ModelOptions
-from worker.model.packing import PACK_ROWS_PER_PASS, pack_rows
-from worker.model.planning import share_out
-from worker.model.runner import EmotionClassifier
 
 
 @pytest.fixture(

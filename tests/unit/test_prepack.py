@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from emotion_stream.worker.model.api import ModelOptions
+from emotion_stream.worker.model.prepack import PrepackedLinear, prepack_linears
+from emotion_stream.worker.model.runner import EmotionClassifier
+from emotion_stream.worker.settings import WorkerSettings
 from tests.tiny_model import build_tiny_model
 from tests.tiny_model import random_posts as _posts
-from worker.model.api import ModelOptions
-from worker.model.prepack import PrepackedLinear, prepack_linears
-from worker.model.runner import EmotionClassifier
-from worker.settings import WorkerSettings
 
 
 @pytest.fixture(scope="module", params=["bert", "distilbert"])

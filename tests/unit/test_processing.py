@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from schemas import LABELS, DeadLetter, EmotionResult, ModelInfo
-from worker.model.api import Prediction
-from worker.processing import BatchProcessor, InboundRecord
+from emotion_stream.schemas import LABELS, DeadLetter, EmotionResult, ModelInfo
+from emotion_stream.worker.model.api import Prediction
+from emotion_stream.worker.processing import BatchProcessor, InboundRecord
 
 MODEL = ModelInfo(name="m", version="1")
 
@@ -104,7 +104,7 @@ def test_a_post_the_preparation_fails_on_is_dead_lettered_and_the_rest_classifie
 def test_a_model_that_fails_on_every_post_stops_the_batch_instead_of_dead_lettering_it():
     # Out of memory, a broken model file: not the posts' fault. Dead-lettering them would
     # commit their offsets and lose valid posts from the output topic.
-    from worker.model.api import ModelFailing
+    from emotion_stream.worker.model.api import ModelFailing
 
     def broken(texts):
         raise RuntimeError("CUDA out of memory")
@@ -165,7 +165,7 @@ def test_a_model_that_recovers_within_its_retries_answers_the_whole_batch():
 
 
 def test_a_model_that_breaks_while_a_batch_is_bisected_stops_it():
-    from worker.model.api import ModelFailing
+    from emotion_stream.worker.model.api import ModelFailing
 
     calls = []
 
@@ -215,7 +215,7 @@ def test_optional_fields_are_bounded_too():
 
 
 def test_outputs_carry_the_schema_version_and_their_posts_tracing_headers():
-    from schemas import SCHEMA_VERSION
+    from emotion_stream.schemas import SCHEMA_VERSION
 
     trace = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
     headers = (trace, ("x-request-id", b"r-1"), ("x-private", b"no"))

@@ -6,9 +6,9 @@ import json
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
-from schemas import DeadLetter
-from worker.processing import BatchOutcome, InboundRecord, OutboundMessage
-from worker.publishing import Publisher, SendFailed
+from emotion_stream.schemas import DeadLetter
+from emotion_stream.worker.processing import BatchOutcome, InboundRecord, OutboundMessage
+from emotion_stream.worker.publishing import Publisher, SendFailed
 
 SOURCE = InboundRecord("posts", 3, 41, b"k", b'{"id": "k", "text": "fine"}')
 

@@ -3,8 +3,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from schemas import LABELS, DeadLetter, EmotionResult, Payload, Post, parse_label
-from schemas.export import export_json_schemas
+from emotion_stream.schemas import LABELS, DeadLetter, EmotionResult, Payload, Post, parse_label
+from emotion_stream.schemas.export import export_json_schemas
 
 
 def test_labels_are_in_dair_ai_order():

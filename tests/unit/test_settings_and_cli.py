@@ -5,9 +5,9 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from worker.broker.clients import line_to_message
-from worker.broker.profiles import profile_for
-from worker.settings import WorkerSettings
+from emotion_stream.worker.broker.clients import line_to_message
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.settings import WorkerSettings
 
 
 def test_defaults(monkeypatch):
@@ -67,7 +67,7 @@ def test_produce_lines():
 def test_cli_reports_a_missing_model_with_what_to_do(tmp_path):
     env = {**__import__("os").environ, "EMOTION_MODEL": str(tmp_path / "absent")}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "worker"],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", "worker"],
         env=env,
         capture_output=True,
         text=True,
@@ -79,7 +79,7 @@ def test_cli_reports_a_missing_model_with_what_to_do(tmp_path):
 
 def test_cli_schemas_export(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "schemas", "export", str(tmp_path)],
+        [sys.executable, "-m", "emotion_stream.worker.cli.main", "schemas", "export", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,

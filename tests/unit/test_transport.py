@@ -5,9 +5,15 @@ import pytest
 from aiokafka.consumer.fetcher import Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from worker.broker.profiles import profile_for
-from worker.pacing import FetchPacer
-from worker.transport import PINNED, RELIED_ON, ConsumerThread, pace_fetcher, private_api_changes
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.pacing import FetchPacer
+from emotion_stream.worker.transport import (
+    PINNED,
+    RELIED_ON,
+    ConsumerThread,
+    pace_fetcher,
+    private_api_changes,
+)
 
 
 def test_pacer_waits_the_floor_when_idle_and_until_the_model_is_free_when_busy():
@@ -49,11 +55,11 @@ def test_the_pins_in_pyproject_are_the_transports():
 
 
 def test_a_changed_private_api_is_reported_and_the_app_falls_back_to_fausts_transport(monkeypatch):
-    import worker.transport as transport
-    from schemas import ModelInfo
-    from worker.app import EmotionStream
-    from worker.processing import BatchProcessor
-    from worker.settings import WorkerSettings
+    import emotion_stream.worker.transport as transport
+    from emotion_stream.schemas import ModelInfo
+    from emotion_stream.worker.app import EmotionStream
+    from emotion_stream.worker.processing import BatchProcessor
+    from emotion_stream.worker.settings import WorkerSettings
 
     def transport_class():
         return type(
@@ -118,7 +124,7 @@ def test_only_brokers_that_hold_fetches_get_a_pacer():
 def test_bounded_decoders_read_what_kafka_clients_write_and_refuse_a_bomb(codec):
     from aiokafka import codec as kafka_codec
 
-    from worker.transport import BatchTooLarge, bounded_decoders
+    from emotion_stream.worker.transport import BatchTooLarge, bounded_decoders
 
     encode = getattr(kafka_codec, f"{codec}_encode")
     decode = bounded_decoders(1 << 20)[f"{codec}_decode"]
@@ -134,8 +140,8 @@ def test_a_batch_that_cannot_be_decoded_becomes_one_marked_record_and_the_fetch_
     from aiokafka.record.memory_records import MemoryRecords
     from aiokafka.structs import TopicPartition
 
-    from worker.codec import UNDECODABLE_HEADER
-    from worker.transport import guard_record_batches
+    from emotion_stream.worker.codec import UNDECODABLE_HEADER
+    from emotion_stream.worker.transport import guard_record_batches
 
     def batch(base: int, compression: int, values: list[bytes]) -> bytes:
         builder = DefaultRecordBatchBuilder(2, compression, 0, -1, -1, -1, 1 << 30)

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from worker.broker.profiles import profile_for
-from worker.codec import Unreadable, read_json
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.codec import Unreadable, read_json
 
 
 def line_to_message(line: str) -> tuple[bytes | None, bytes]:

@@ -17,21 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from schemas.model_directory import looks_like_directory
-from worker.cli.usage import UsageError, load_settings, model_missing_message
-from worker.settings import WorkerSettings
+from emotion_stream.schemas.model_directory import looks_like_directory
+from emotion_stream.worker.cli.usage import UsageError, load_settings, model_missing_message
+from emotion_stream.worker.settings import WorkerSettings
 
 
 def run_worker(args: argparse.Namespace) -> int:
     settings = load_settings(WorkerSettings)
-    from worker.observability import configure_logging
+    from emotion_stream.worker.observability import configure_logging
 
     log_config = configure_logging(settings.log_level, settings.log_format)
 
     import faust
 
-    from worker.app import EmotionStream
-    from worker.processing import BatchProcessor
+    from emotion_stream.worker.app import EmotionStream
+    from emotion_stream.worker.processing import BatchProcessor
 
     if (
         not settings.model.startswith("keywords:")
@@ -76,7 +76,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def check_broker(settings: WorkerSettings) -> None:
     """Connect and log in once before anything else: a wrong CA, address or password is a
     usage error at start, not a client retrying for ever."""
-    from worker.broker.security import BrokerConnectionError, preflight
+    from emotion_stream.worker.broker.security import BrokerConnectionError, preflight
 
     try:
         asyncio.run(preflight(settings.bootstrap_servers, settings.security()))
@@ -109,15 +109,15 @@ def check_model_packages(model: str) -> None:
 def start_model(settings: WorkerSettings):
     """The model runner the settings ask for: in a process of its own (torch never loads in
     this one) or in this process. A model that cannot load is a usage error."""
-    from worker.model.api import ModelLoadError
-    from worker.model.keywords import KeywordModel, is_keywords
+    from emotion_stream.worker.model.api import ModelLoadError
+    from emotion_stream.worker.model.keywords import KeywordModel, is_keywords
 
     try:
         if is_keywords(settings.model):  # the stand-in for other teams' tests: no torch, no weights
             return KeywordModel(settings.model)
         check_model_packages(settings.model)
         if settings.model_process:
-            from worker.model.process import ModelProcess
+            from emotion_stream.worker.model.process import ModelProcess
 
             return ModelProcess(
                 settings.model,
@@ -125,7 +125,7 @@ def start_model(settings: WorkerSettings):
                 log_level=settings.log_level,
                 log_format=settings.log_format,
             )
-        from worker.model.runner import EmotionClassifier
+        from emotion_stream.worker.model.runner import EmotionClassifier
 
         return EmotionClassifier(settings.model, settings.model_options())
     except ModelLoadError as exc:
@@ -135,37 +135,42 @@ def start_model(settings: WorkerSettings):
 def guard_consumers(settings: WorkerSettings) -> None:
     """Every Kafka consumer of this process decompresses a record batch only up to the in-flight
     bound, and moves past one it cannot decode."""
-    from worker.transport import guard_record_batches
+    from emotion_stream.worker.transport import guard_record_batches
 
     guard_record_batches(settings.max_inflight_bytes)
 
 
 def run_aggregate(args: argparse.Namespace) -> int:
     settings = load_settings(WorkerSettings)
-    from worker.observability import configure_logging
+    from emotion_stream.worker.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     guard_consumers(settings)
     check_broker(settings)
-    from worker.aggregator import run_aggregator
+    from emotion_stream.worker.aggregator import run_aggregator
 
     return run_aggregator(settings)
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
     settings = load_settings(WorkerSettings)
-    from worker.observability import configure_logging
+    from emotion_stream.worker.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     guard_consumers(settings)
     check_broker(settings)
-    from worker.dashboard.server import run_dashboard as serve
+    from emotion_stream.worker.dashboard.server import run_dashboard as serve
 
     return serve(settings)
 
 
 def run_broker(args: argparse.Namespace) -> int:
-    from worker.broker.embedded import EmbeddedBroker, EmbeddedBrokerError, parse_address, stop_on_signals
+    from emotion_stream.worker.broker.embedded import (
+        EmbeddedBroker,
+        EmbeddedBrokerError,
+        parse_address,
+        stop_on_signals,
+    )
 
     advertised_host = advertised_port = None
     if args.advertise:
@@ -233,7 +238,7 @@ def _lines(path: str) -> Iterator[str]:
 
 
 def run_produce(args: argparse.Namespace) -> int:
-    from worker.broker.clients import line_to_message, produce
+    from emotion_stream.worker.broker.clients import line_to_message, produce
 
     settings = load_settings(WorkerSettings)
     if args.file != "-" and not Path(args.file).is_file():
@@ -287,7 +292,7 @@ def format_aggregate_row(value: dict) -> str:
 
 def format_row(raw: bytes | None, headers: Any = ()) -> str:
     """One record of any of the project's topics as a table row, whatever its bytes."""
-    from worker.codec import Unreadable, read_object
+    from emotion_stream.worker.codec import Unreadable, read_object
 
     try:
         value = read_object(raw, what="record", headers=headers)
@@ -303,7 +308,7 @@ def format_row(raw: bytes | None, headers: Any = ()) -> str:
 
 
 def run_consume(args: argparse.Namespace) -> int:
-    from worker.broker.clients import follow
+    from emotion_stream.worker.broker.clients import follow
 
     settings = load_settings(WorkerSettings)
     check_broker(settings)
@@ -331,7 +336,7 @@ def run_consume(args: argparse.Namespace) -> int:
 
 
 def run_schemas_export(args: argparse.Namespace) -> int:
-    from schemas.export import export_json_schemas
+    from emotion_stream.schemas.export import export_json_schemas
 
     if Path(args.directory).exists() and not Path(args.directory).is_dir():
         raise UsageError(f"{args.directory} exists and is not a directory: give a directory for the schemas")

@@ -18,10 +18,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from schemas.model_directory import looks_like_directory
-from worker.cli.usage import UsageError, load_settings, model_missing_message
-from worker.codec import Rejected, decode_post
-from worker.settings import WorkerSettings
+from emotion_stream.schemas.model_directory import looks_like_directory
+from emotion_stream.worker.cli.usage import UsageError, load_settings, model_missing_message
+from emotion_stream.worker.codec import Rejected, decode_post
+from emotion_stream.worker.settings import WorkerSettings
 
 BINARY_MESSAGE = b"\x89PNG\r\n\x1a\n\x00 binary bytes, not a post"
 WIDTH = 58
@@ -29,7 +29,11 @@ WIDTH = 58
 
 def sample_messages() -> list[tuple[bytes | None, bytes]]:
     """The demo's messages, as (key, value): each line of the sample file as is, plus one binary."""
-    text = resources.files("worker.demo").joinpath("sample_posts.jsonl").read_text(encoding="utf-8")
+    text = (
+        resources.files("emotion_stream.worker.demo")
+        .joinpath("sample_posts.jsonl")
+        .read_text(encoding="utf-8")
+    )
     messages: list[tuple[bytes | None, bytes]] = []
     for line in text.splitlines():
         if line.strip():
@@ -56,7 +60,7 @@ def resolve_model(settings: WorkerSettings) -> Path | str:
 def train_default_model(directory: Path) -> Path | None:
     """Train the default model into ``directory``; None when the training extra is missing."""
     try:
-        from training.train import train_default
+        from emotion_stream.training.train import train_default
     except ImportError:
         return None
     print(
@@ -65,9 +69,9 @@ def train_default_model(directory: Path) -> Path | None:
         "Data: EMOTION_DATA_DIR, else the hub dataset dair-ai/emotion.",
         flush=True,
     )
-    from training.errors import TrainingError
-    from training.settings import resolve_data_dir
-    from worker.cli.training import verify_modes
+    from emotion_stream.training.errors import TrainingError
+    from emotion_stream.training.settings import resolve_data_dir
+    from emotion_stream.worker.cli.training import verify_modes
 
     try:
         trained = train_default(directory, progress=True).output_dir
@@ -127,7 +131,7 @@ class DemoPrinter:
 
 
 async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: float) -> None:
-    from worker.broker.clients import follow
+    from emotion_stream.worker.broker.clients import follow
 
     async def reader() -> None:
         async for record in follow(broker.bootstrap, [output, dlq], backend="embedded"):
@@ -143,7 +147,7 @@ async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: f
 async def _aggregated_mix(broker, topic: str, posts: int, timeout: float = 20.0) -> dict[str, int] | None:
     """The label counts over every window of the aggregates topic's totals, once they add up to
     ``posts`` (None if they do not within ``timeout``)."""
-    from worker.broker.clients import follow
+    from emotion_stream.worker.broker.clients import follow
 
     latest: dict[str, dict] = {}
 
@@ -177,7 +181,7 @@ def _dashboard_port(wanted: int) -> int:
     """``wanted`` if it is free on 127.0.0.1, else a free port."""
     import socket
 
-    from worker.broker.embedded import free_port
+    from emotion_stream.worker.broker.embedded import free_port
 
     with socket.socket() as sock:
         try:
@@ -191,8 +195,8 @@ def _child_process(env: dict[str, str], log_path: Path, command: list[str] | Non
     """A started WorkerProcess that dies with the demo (the broker does so by itself)."""
     import subprocess
 
-    from worker.broker.embedded import die_with_parent
-    from worker.cli.worker_process import WorkerProcess
+    from emotion_stream.worker.broker.embedded import die_with_parent
+    from emotion_stream.worker.cli.worker_process import WorkerProcess
 
     child = WorkerProcess(env, log_path=log_path, command=command)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +215,7 @@ def _child_process(env: dict[str, str], log_path: Path, command: list[str] | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker.broker.embedded import stop_on_signals
+    from emotion_stream.worker.broker.embedded import stop_on_signals
 
     # SIGTERM and SIGHUP (what supervisors, `kill` and a closed terminal send) stop the demo as
     # Ctrl-C does, through the `finally` below that stops its children, the broker last.
@@ -222,8 +226,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import sys
 
-    from worker.broker.clients import produce
-    from worker.broker.embedded import EmbeddedBroker
+    from emotion_stream.worker.broker.clients import produce
+    from emotion_stream.worker.broker.embedded import EmbeddedBroker
 
     settings = load_settings(WorkerSettings)
     model = resolve_model(settings)
@@ -257,7 +261,9 @@ def _run(args: argparse.Namespace) -> int:
         worker = _child_process(env, log_path)
         helpers = [
             _child_process(
-                env, log_path.with_name(f"{name}.log"), [sys.executable, "-m", "worker.cli.main", name]
+                env,
+                log_path.with_name(f"{name}.log"),
+                [sys.executable, "-m", "emotion_stream.worker.cli.main", name],
             )
             for name in ("aggregate", "dashboard")
         ]

@@ -9,16 +9,20 @@ the user can fix ends here: one message on stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
-from worker.cli import commands
-from worker.cli.usage import UsageError
+from emotion_stream.worker.cli import commands
+from emotion_stream.worker.cli.usage import UsageError
 
 try:
-    from training.errors import TrainingError
-    from worker.cli import training
-except ImportError:  # the worker's image ships without the training module and its commands
+    from emotion_stream.training.errors import TrainingError
+    from emotion_stream.worker.cli import training
+
+    if not all(importlib.util.find_spec(name) for name in ("datasets", "torch")):
+        raise ImportError("the training extra is not installed")
+except ImportError:  # the worker's image ships without the training extra: no training commands
     training = None  # type: ignore[assignment]
 
     class TrainingError(Exception):  # type: ignore[no-redef]
@@ -26,13 +30,13 @@ except ImportError:  # the worker's image ships without the training module and 
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from worker.cli.demo import run
+    from emotion_stream.worker.cli.demo import run
 
     return run(args)
 
 
 def _run_settings(args: argparse.Namespace) -> int:
-    from worker.cli.reference import settings_reference
+    from emotion_stream.worker.cli.reference import settings_reference
 
     print(settings_reference(), end="")
     return 0

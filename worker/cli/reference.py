@@ -13,14 +13,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from worker.cli.usage import env_name
-from worker.settings import WorkerSettings
+from emotion_stream.worker.cli.usage import env_name
+from emotion_stream.worker.settings import WorkerSettings
 
 SECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("worker (`emotion-stream worker`, `produce`, `consume`, `demo`)", WorkerSettings),
 )
 try:
-    from training.settings import TrainingSettings
+    from emotion_stream.training.settings import TrainingSettings
 
     SECTIONS += (("training (`emotion-stream train`, `tune`, `soup`, `evaluate`)", TrainingSettings),)
 except ImportError:  # the worker's image ships without the training module

@@ -12,10 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.base_models import DEFAULT_BASE_MODEL, PRESETS
-from training.config import DEFAULT_OUTPUT_DIR, DEFAULT_PARAMS_FILE, DEFAULT_TUNE_STORAGE
-from training.settings import TrainingSettings
-from worker.cli.usage import UsageError, load_settings
+from emotion_stream.training.base_models import DEFAULT_BASE_MODEL, PRESETS
+from emotion_stream.training.config import DEFAULT_OUTPUT_DIR, DEFAULT_PARAMS_FILE, DEFAULT_TUNE_STORAGE
+from emotion_stream.training.settings import TrainingSettings
+from emotion_stream.worker.cli.usage import UsageError, load_settings
 
 
 def register(subparsers) -> None:
@@ -242,8 +242,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from training.config import TrainOptions, resolve_hyperparameters
-    from training.train import train
+    from emotion_stream.training.config import TrainOptions, resolve_hyperparameters
+    from emotion_stream.training.train import train
 
     hp = resolve_hyperparameters(
         args.params,
@@ -274,9 +274,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def verify_modes(model_dir: Path, data_dir: Path | None, limit: int | None = None) -> dict:
     """Measure the CPU numeric modes of an exported model on validation and record them in it."""
-    from training.data import load_emotion_data
-    from training.sampling import stratified_sample
-    from worker.model.verify import record_numeric_modes, verify_numeric_modes
+    from emotion_stream.training.data import load_emotion_data
+    from emotion_stream.training.sampling import stratified_sample
+    from emotion_stream.worker.model.verify import record_numeric_modes, verify_numeric_modes
 
     validation = load_emotion_data(data_dir).split("validation")
     if limit is not None and limit < len(validation.texts):
@@ -295,7 +295,7 @@ def verify_modes(model_dir: Path, data_dir: Path | None, limit: int | None = Non
 
 
 def _add_distill(p: argparse.ArgumentParser) -> None:
-    from training.config import DISTILL_RECIPE, DistillOptions
+    from emotion_stream.training.config import DISTILL_RECIPE, DistillOptions
 
     defaults = DistillOptions()
     p.add_argument(
@@ -342,8 +342,8 @@ def _add_distill(p: argparse.ArgumentParser) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from training.config import DISTILL_RECIPE, DistillOptions
-    from training.distill import distill
+    from emotion_stream.training.config import DISTILL_RECIPE, DistillOptions
+    from emotion_stream.training.distill import distill
 
     settings = _settings()
     overrides = {"learning_rate": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
@@ -381,7 +381,7 @@ def _add_verify_modes(p: argparse.ArgumentParser) -> None:
 
 
 def run_verify_modes(args: argparse.Namespace) -> int:
-    from worker.model.loading import choose_numeric
+    from emotion_stream.worker.model.loading import choose_numeric
 
     data_dir = args.data if args.data is not None else _settings().data_dir
     verification = verify_modes(args.model, data_dir, args.limit)
@@ -414,8 +414,8 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from training.calibration import calibrate_directory
-    from training.head import HeadRefit
+    from emotion_stream.training.calibration import calibrate_directory
+    from emotion_stream.training.head import HeadRefit
 
     data_dir = args.data if args.data is not None else _settings().data_dir
     record = calibrate_directory(
@@ -437,7 +437,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from training.tune import SearchSpace, TuneOptions, tune
+    from emotion_stream.training.tune import SearchSpace, TuneOptions, tune
 
     low, high = args.lr_range
     if not 0 < low <= high < 1:
@@ -473,8 +473,8 @@ def _add_soup(p: argparse.ArgumentParser) -> None:
 
 
 def run_soup(args: argparse.Namespace) -> int:
-    from training.head import HeadRefit
-    from training.soup import soup
+    from emotion_stream.training.head import HeadRefit
+    from emotion_stream.training.soup import soup
 
     data_dir = args.data if args.data is not None else _settings().data_dir
     soup(
@@ -491,7 +491,7 @@ def run_soup(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate
+    from emotion_stream.training.evaluate import evaluate
 
     data_dir = args.data if args.data is not None else _settings().data_dir
     evaluate(

@@ -44,11 +44,11 @@ OTHER_VARIABLES = frozenset(
 
 def known_variables() -> frozenset[str]:
     """Every ``EMOTION_*`` variable some part of the project reads."""
-    from worker.settings import WorkerSettings
+    from emotion_stream.worker.settings import WorkerSettings
 
     classes: list[type[BaseSettings]] = [WorkerSettings]
     try:
-        from training.settings import TrainingSettings
+        from emotion_stream.training.settings import TrainingSettings
     except ImportError:  # the worker's image ships without the training module
         pass
     else:

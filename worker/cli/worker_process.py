@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from worker.broker.embedded import free_port
+from emotion_stream.worker.broker.embedded import free_port
+
+
+def emotion_stream_command(*args: str) -> list[str]:
+    """The command line of ``emotion-stream ARGS``: the console script installed beside this
+    Python, else the module run with the working directory kept off the import path (a
+    project's own ``worker`` or ``schemas`` package must never be picked up instead)."""
+    script = Path(sys.executable).with_name("emotion-stream")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script), *args]
+    found = shutil.which("emotion-stream")
+    if found:
+        return [found, *args]
+    safe = ["-P"] if sys.version_info >= (3, 11) else ["-I"]
+    return [sys.executable, *safe, "-m", "emotion_stream.worker.cli.main", *args]
 
 
 class WorkerProcess:
@@ -28,7 +43,7 @@ class WorkerProcess:
     def __init__(
         self, env: Mapping[str, str], log_path: Path | None = None, command: Sequence[str] | None = None
     ) -> None:
-        self.command = list(command or [sys.executable, "-m", "worker.cli.main", "worker"])
+        self.command = list(command or emotion_stream_command("worker"))
         self.web_port = int(env.get("EMOTION_WEB_PORT") or free_port())
         self.env = {
             **os.environ,

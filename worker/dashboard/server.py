@@ -32,11 +32,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client import Counter as PromCounter
 
-from schemas.labels import LABELS
-from worker.broker.profiles import profile_for
-from worker.codec import Rejected, Unreadable, decode_post, read_object, undecodable_reason
-from worker.health import BrokerProbe, Watchdog, stop_worker
-from worker.settings import WorkerSettings
+from emotion_stream.schemas.labels import LABELS
+from emotion_stream.worker.broker.profiles import profile_for
+from emotion_stream.worker.codec import Rejected, Unreadable, decode_post, read_object, undecodable_reason
+from emotion_stream.worker.health import BrokerProbe, Watchdog, stop_worker
+from emotion_stream.worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
 

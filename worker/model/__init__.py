@@ -13,7 +13,7 @@ One concept per module:
 Only ``api`` is imported here, so ``import worker.model`` never loads torch.
 """
 
-from worker.model.api import (
+from emotion_stream.worker.model.api import (
     ModelLoadError,
     ModelOptions,
     ModelRunner,

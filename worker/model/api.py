@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from schemas import ModelInfo
+from emotion_stream.schemas import ModelInfo
 
 
 class ModelLoadError(RuntimeError):

@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from schemas import LABELS, ModelInfo
-from worker.model.api import ModelLoadError, Prediction
+from emotion_stream.schemas import LABELS, ModelInfo
+from emotion_stream.worker.model.api import ModelLoadError, Prediction
 
 PREFIX = "keywords:"
 TOP_SCORE = 0.9

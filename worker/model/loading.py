@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from schemas import LABELS, ModelInfo
-from schemas.model_directory import model_info, read_identity
-from worker.model.api import ModelLoadError
+from emotion_stream.schemas import LABELS, ModelInfo
+from emotion_stream.schemas.model_directory import model_info, read_identity
+from emotion_stream.worker.model.api import ModelLoadError
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worker.model.planning import share_out
+from emotion_stream.worker.model.planning import share_out
 
 PACKED_ROW_TOKENS = 128
 """Tokens in a packed row (or the longest post, if longer). Attention in a row costs its

@@ -39,8 +39,14 @@ from typing import Any
 
 import structlog
 
-from schemas import ModelInfo
-from worker.model.api import ModelLoadError, ModelOptions, ModelUnavailable, Prediction, to_predictions
+from emotion_stream.schemas import ModelInfo
+from emotion_stream.worker.model.api import (
+    ModelLoadError,
+    ModelOptions,
+    ModelUnavailable,
+    Prediction,
+    to_predictions,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -53,9 +59,9 @@ def _serve(
     """The model process: load the model, report, then answer requests until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from worker.heap import freeze_startup_objects
-    from worker.model.runner import EmotionClassifier
-    from worker.observability import configure_logging
+    from emotion_stream.worker.heap import freeze_startup_objects
+    from emotion_stream.worker.model.runner import EmotionClassifier
+    from emotion_stream.worker.observability import configure_logging
 
     configure_logging(*logging)
     try:

@@ -30,9 +30,9 @@ import structlog
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from worker.model.api import ModelLoadError, ModelOptions, Prediction, to_predictions
-from worker.model.loading import apply_numeric, load_pretrained, resolve_numeric, select_device
-from worker.model.packing import (
+from emotion_stream.worker.model.api import ModelLoadError, ModelOptions, Prediction, to_predictions
+from emotion_stream.worker.model.loading import apply_numeric, load_pretrained, resolve_numeric, select_device
+from emotion_stream.worker.model.packing import (
     PACK_ROWS_PER_PASS,
     PACKED_HEADS,
     PACKED_ROW_TOKENS,
@@ -41,8 +41,13 @@ from worker.model.packing import (
     pack,
     pad,
 )
-from worker.model.planning import MAX_CALL_COST_TOKENS, plan_sub_batches, share_out, split_threads
-from worker.model.prepack import prepack_linears
+from emotion_stream.worker.model.planning import (
+    MAX_CALL_COST_TOKENS,
+    plan_sub_batches,
+    share_out,
+    split_threads,
+)
+from emotion_stream.worker.model.prepack import prepack_linears
 
 log = structlog.get_logger(__name__)
 

@@ -18,10 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas import LABELS
-from schemas.model_directory import model_info, read_identity, write_identity
-from worker.model.api import ModelOptions, Prediction
-from worker.model.loading import MAX_ACCURACY_DROP, MIN_AGREEMENT, NUMERIC_MODES, cpu_flags, cpu_runs
+from emotion_stream.schemas import LABELS
+from emotion_stream.schemas.model_directory import model_info, read_identity, write_identity
+from emotion_stream.worker.model.api import ModelOptions, Prediction
+from emotion_stream.worker.model.loading import (
+    MAX_ACCURACY_DROP,
+    MIN_AGREEMENT,
+    NUMERIC_MODES,
+    cpu_flags,
+    cpu_runs,
+)
 
 WINDOW = 256
 """Posts per call, as the worker's batches hand them to the model."""
@@ -42,7 +48,7 @@ def timed_predictions(
 ) -> tuple[list[Prediction], float, str]:
     """``texts`` through the worker's model runner in ``mode``, in windows of WINDOW after a
     warm-up window: (the predictions, posts/s, the mode actually run)."""
-    from worker.model.runner import EmotionClassifier
+    from emotion_stream.worker.model.runner import EmotionClassifier
 
     classifier = EmotionClassifier(
         str(model_dir), ModelOptions(device="cpu", numeric=mode, torch_threads=threads)
