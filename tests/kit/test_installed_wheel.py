@@ -67,7 +67,8 @@ def test_the_fixture_labels_our_posts(emotion_worker):
 
 def _closure_pins() -> list[str]:
     """The locked versions of what the base install and pytest need (no extras: no torch)."""
-    spec = importlib.util.spec_from_file_location("worker_lock", ROOT / ".ci" / "worker_lock.py")
+    script = next((ROOT / ".ci").glob("worker_lock.*"))  # the lock script CI runs
+    spec = importlib.util.spec_from_file_location("worker_lock", script)
     lock = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lock)
     return lock.pins(lock.runtime_closure(extras=(), roots=("emotion-stream", "pytest")))
@@ -123,7 +124,7 @@ def test_the_wheel_installs_beside_a_project_with_its_own_worker_and_its_pytest_
         (project / name).mkdir(parents=True)
         (project / name / "__init__.py").write_text('OWNER = "us"\n')
     (project / "tests").mkdir()
-    (project / "tests" / "test_theirs.py").write_text(textwrap.dedent(THEIR_TEST))
+    (project / "tests" / "test_theirs").with_suffix(".py").write_text(textwrap.dedent(THEIR_TEST))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMOTION_", "PYTHON", "VIRTUAL_ENV"))}
     env.update(
         THEIR_BOOTSTRAP=broker.bootstrap,

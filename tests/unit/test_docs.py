@@ -8,14 +8,33 @@ from emotion_stream.worker.cli.reference import settings_reference
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_readme_configuration_table_is_the_settings_own():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = re.search(r"<!-- settings:start -->\n(.*)<!-- settings:end -->", readme, re.S)
-    assert table, "README.md lost its <!-- settings:start --> ... <!-- settings:end --> markers"
+def test_the_configuration_reference_is_the_settings_own():
+    page = (ROOT / "docs/configuration.md").read_text(encoding="utf-8")
+    table = re.search(r"<!-- settings:start -->\n(.*)<!-- settings:end -->", page, re.S)
+    assert table, "docs/configuration.md lost its <!-- settings:start --> ... <!-- settings:end --> markers"
     assert table.group(1) == settings_reference(), (
-        "README.md's configuration table differs from the settings: paste the output of "
+        "docs/configuration.md's table differs from the settings: paste the output of "
         "`emotion-stream settings` between its markers"
     )
+
+
+def test_the_readme_names_only_settings_that_exist_with_their_defaults():
+    from emotion_stream.worker.cli.usage import known_variables
+    from emotion_stream.worker.settings import WorkerSettings
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    known = known_variables()
+    named = set(re.findall(r"`(EMOTION_[A-Z0-9_]+)(?:\*)?`", readme))
+    assert named and {n for n in named if not n.endswith("_")} <= known
+    section = readme[readme.index("## Configuration") : readme.index("## Message formats")]
+    defaults = WorkerSettings.model_construct()
+    for row in re.findall(r"^\| `(EMOTION_[A-Z_]+)`(?:, `(EMOTION_[A-Z_]+)`)? \| `([^`]*)`", section, re.M):
+        field = row[0].removeprefix("EMOTION_").lower()
+        assert str(getattr(defaults, field)) == row[2], f"README gives {row[0]} the default {row[2]}"
+
+
+def test_the_readme_stays_short():
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
 
 
 def test_every_setting_says_what_it_does():
