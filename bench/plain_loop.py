@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.constant_worker import constant_predict
 from emotion_stream.schemas import ModelInfo
 from emotion_stream.worker.broker.profiles import profile_for
-from emotion_stream.worker.processing import BatchProcessor, InboundRecord
+from emotion_stream.worker.codec import InboundRecord
+from emotion_stream.worker.processing import BatchProcessor
 
 
 async def run() -> None:

@@ -32,12 +32,13 @@ from emotion_stream.worker import policy
 from emotion_stream.worker.batching import ByteBudget, MicroBatcher
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.classify import ClassifyDesk, ClassifyRejected
+from emotion_stream.worker.codec import InboundRecord
 from emotion_stream.worker.health import BrokerProbe, Watchdog, stop_worker
 from emotion_stream.worker.heap import freeze_startup_objects
 from emotion_stream.worker.model.api import ModelUnavailable
 from emotion_stream.worker.observability import WorkerMetrics, WorkerSensor
 from emotion_stream.worker.pacing import FetchPacer
-from emotion_stream.worker.processing import BatchOutcome, BatchProcessor, InboundRecord, PreparedBatch
+from emotion_stream.worker.processing import BatchOutcome, BatchProcessor, PreparedBatch
 from emotion_stream.worker.publishing import Publisher
 from emotion_stream.worker.settings import WorkerSettings
 from emotion_stream.worker.transport import EmotionApp, guard_record_batches

@@ -1,5 +1,6 @@
-"""The one way outside bytes become data: JSON read under explicit limits, posts validated,
-trace headers checked before they are passed on.
+"""The wire formats, both ways: outside bytes become data (JSON read under explicit limits,
+posts validated, trace headers checked before they are passed on), and results, dead letters
+and their headers become bytes.
 
 Every reader of bytes that come from outside (the worker's input topic, the aggregator's and
 the live page's topic readers, ``/classify``, ``produce`` and ``consume``) goes through
@@ -10,16 +11,33 @@ kind and a message, never another exception.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import ValidationError
 
-from emotion_stream.schemas import ErrorInfo, ErrorKind, Post
+from emotion_stream.schemas import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    DeadLetterSource,
+    Emotion,
+    EmotionResult,
+    ErrorInfo,
+    ErrorKind,
+    ModelInfo,
+    Payload,
+    Post,
+    ResultSource,
+)
+from emotion_stream.worker import policy
+from emotion_stream.worker.model.api import Prediction
 
 UNDECODABLE_HEADER = f"emotion-stream-undecodable-{secrets.token_hex(8)}"
 """The header of the record the consumer puts in place of a record batch it could not decode
@@ -252,3 +270,142 @@ def passed_on_headers(headers: Iterable[tuple[str, bytes]], propagate: frozenset
 def headers_size(headers: Iterable[tuple[str, bytes]]) -> int:
     """Bytes the headers take in a record (names and values; what counts toward the size limit)."""
     return sum(len(name.encode("utf-8", "surrogatepass")) + len(value or b"") for name, value in headers)
+
+
+# -- what the worker writes: results, dead letters and their headers -------------------------------
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """One message as read from the input topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int | None = None
+    """The record's Kafka timestamp, if it has one."""
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    key: bytes | None
+    value: bytes
+    source: InboundRecord | None = None
+    """The input message it answers (so a refused send can be answered by a minimal dead letter)."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+
+TRACING_HEADERS = ("traceparent", "tracestate")
+"""W3C trace context: always copied from a post to what answers it."""
+
+_OWN_HEADERS = (("content-type", b"application/json"), ("schema-version", SCHEMA_VERSION.encode()))
+
+
+def output_headers(record: InboundRecord, propagate: frozenset[str] = frozenset(TRACING_HEADERS)) -> tuple:
+    """The headers of what answers ``record``: the content type, the schema version, and the
+    record's own headers named in ``propagate`` (case-insensitive, as HTTP headers are) that
+    pass :func:`worker.codec.passed_on_headers`."""
+    return _OWN_HEADERS + passed_on_headers(record.headers, propagate)
+
+
+def dead_letter(
+    record: InboundRecord,
+    error: ErrorInfo,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    *,
+    minimal: bool = False,
+    propagate: frozenset[str] = frozenset(TRACING_HEADERS),
+) -> OutboundMessage:
+    """The dead letter of ``record``, at most ``max_bytes`` long: whole when it fits, else with a
+    prefix of the payload (its size and SHA-256 kept); ``minimal`` keeps no payload bytes at all."""
+    budget = max_bytes - policy.DEAD_LETTER_MARGIN_BYTES
+    key = record.key if record.key is None or len(record.key) <= policy.KEY_BYTES else None
+
+    def build(limit: int | None) -> bytes:
+        letter = DeadLetter(
+            error=error,
+            payload=Payload.from_bytes(record.value, limit),
+            source=DeadLetterSource(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=None if record.key is None else Payload.from_bytes(record.key, policy.KEY_BYTES),
+            ),
+        )
+        return letter.model_dump_json().encode("utf-8")
+
+    value = build(0 if minimal else None)
+    if len(value) > budget:
+        value = build(policy.PREFIX_BYTES)
+    return OutboundMessage(key=key, value=value, source=record, headers=output_headers(record, propagate))
+
+
+def refused_as_too_large(message: OutboundMessage, what: str, max_bytes: int) -> OutboundMessage:
+    """The minimal dead letter sent in place of a result or dead letter the broker refused as too large."""
+    assert message.source is not None
+    error = ErrorInfo(
+        kind="too_large",
+        message=f"the broker refused the {what} for this message as too large ({len(message.value)} "
+        f"bytes of value, {len(message.key or b'')} of key, {headers_size(message.headers)} of headers; "
+        f"SHA-256 {hashlib.sha256(message.value).hexdigest()[:16]}...); raise the topic's max.message.bytes "
+        "or lower EMOTION_MAX_MESSAGE_BYTES",
+    )
+    # Only the worker's own headers: whatever else made the original too large stays behind.
+    return dataclasses.replace(
+        dead_letter(message.source, error, max_bytes, minimal=True), headers=_OWN_HEADERS
+    )
+
+
+DIMENSIONS = ("source", "lang")
+"""The post fields a result carries as ``dimensions``: the aggregates' breakdowns."""
+
+
+def _posted_at(post: Post, record: InboundRecord) -> datetime | None:
+    if post.created_at is not None:
+        created = post.created_at
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=timezone.utc)
+        return created.astimezone(timezone.utc)
+    if record.timestamp_ms is not None and record.timestamp_ms > 0:
+        try:
+            return datetime.fromtimestamp(record.timestamp_ms / 1000, timezone.utc)
+        except (OverflowError, OSError, ValueError):  # a timestamp past the calendar's end
+            return None
+    return None
+
+
+def encode_result(
+    record: InboundRecord,
+    post: Post,
+    prediction: Prediction,
+    model: ModelInfo,
+    propagate: frozenset[str] = frozenset(TRACING_HEADERS),
+) -> OutboundMessage:
+    """The result of ``post``, built from the schema's own model: a field added to
+    :class:`EmotionResult` is written here or a test fails. Built without re-validation (every
+    value is already of its type; this runs once per post)."""
+    result = EmotionResult.model_construct(
+        schema_version=SCHEMA_VERSION,
+        id=post.id,
+        label=Emotion(prediction.label),
+        score=prediction.score,
+        scores=prediction.scores,
+        model=model,
+        source=ResultSource.model_construct(
+            topic=record.topic, partition=record.partition, offset=record.offset
+        ),
+        processed_at=datetime.now(timezone.utc),
+        posted_at=_posted_at(post, record),
+        dimensions={name: value for name in DIMENSIONS if (value := getattr(post, name))},
+    )
+    return OutboundMessage(
+        key=post.id.encode("utf-8"),
+        value=result.model_dump_json().encode("utf-8"),
+        source=record,
+        headers=output_headers(record, propagate),
+    )

@@ -1,4 +1,5 @@
-"""One batch of raw input records in, encoded results and dead letters out. No Kafka.
+"""One batch of raw input records in, encoded results and dead letters out, with failures isolated.
+No Kafka; the wire formats are :mod:`worker.codec`'s.
 
 Two stages, both run off the event loop: :meth:`BatchProcessor.prepare` bounds, decodes and
 validates the records and prepares the model's input (tokenizing, padding), and
@@ -12,61 +13,31 @@ the model's fault (retried, then :class:`~worker.model.api.ModelFailing`) from t
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import structlog
 
-from emotion_stream.schemas import (
-    SCHEMA_VERSION,
-    DeadLetter,
-    DeadLetterSource,
-    ErrorInfo,
-    ModelInfo,
-    Payload,
-    Post,
-)
+from emotion_stream.schemas import ErrorInfo, ModelInfo, Post
 from emotion_stream.worker import policy
 from emotion_stream.worker.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    TRACING_HEADERS,
+    InboundRecord,
     Limits,
+    OutboundMessage,
     Rejected,
+    dead_letter,
     decode_post,
+    encode_result,
     headers_size,
-    passed_on_headers,
     undecodable_reason,
 )
 from emotion_stream.worker.model.api import ModelFailing, ModelUnavailable, Prediction
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class InboundRecord:
-    """One message as read from the input topic."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-    timestamp_ms: int | None = None
-    """The record's Kafka timestamp, if it has one."""
-
-
-@dataclass(frozen=True)
-class OutboundMessage:
-    key: bytes | None
-    value: bytes
-    source: InboundRecord | None = None
-    """The input message it answers (so a refused send can be answered by a minimal dead letter)."""
-    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -105,88 +76,6 @@ class PreparedBatch:
         return [post.text for _, post in self.valid] + self.requested
 
 
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
-
-TRACING_HEADERS = ("traceparent", "tracestate")
-"""W3C trace context: always copied from a post to what answers it."""
-
-_OWN_HEADERS = (("content-type", b"application/json"), ("schema-version", SCHEMA_VERSION.encode()))
-
-
-def output_headers(record: InboundRecord, propagate: frozenset[str] = frozenset(TRACING_HEADERS)) -> tuple:
-    """The headers of what answers ``record``: the content type, the schema version, and the
-    record's own headers named in ``propagate`` (case-insensitive, as HTTP headers are) that
-    pass :func:`worker.codec.passed_on_headers`."""
-    return _OWN_HEADERS + passed_on_headers(record.headers, propagate)
-
-
-def dead_letter(
-    record: InboundRecord,
-    error: ErrorInfo,
-    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    *,
-    minimal: bool = False,
-    propagate: frozenset[str] = frozenset(TRACING_HEADERS),
-) -> OutboundMessage:
-    """The dead letter of ``record``, at most ``max_bytes`` long: whole when it fits, else with a
-    prefix of the payload (its size and SHA-256 kept); ``minimal`` keeps no payload bytes at all."""
-    budget = max_bytes - policy.DEAD_LETTER_MARGIN_BYTES
-    key = record.key if record.key is None or len(record.key) <= policy.KEY_BYTES else None
-
-    def build(limit: int | None) -> bytes:
-        letter = DeadLetter(
-            error=error,
-            payload=Payload.from_bytes(record.value, limit),
-            source=DeadLetterSource(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=None if record.key is None else Payload.from_bytes(record.key, policy.KEY_BYTES),
-            ),
-        )
-        return letter.model_dump_json().encode("utf-8")
-
-    value = build(0 if minimal else None)
-    if len(value) > budget:
-        value = build(policy.PREFIX_BYTES)
-    return OutboundMessage(key=key, value=value, source=record, headers=output_headers(record, propagate))
-
-
-def refused_as_too_large(message: OutboundMessage, what: str, max_bytes: int) -> OutboundMessage:
-    """The minimal dead letter sent in place of a result or dead letter the broker refused as too large."""
-    assert message.source is not None
-    error = ErrorInfo(
-        kind="too_large",
-        message=f"the broker refused the {what} for this message as too large ({len(message.value)} "
-        f"bytes of value, {len(message.key or b'')} of key, {headers_size(message.headers)} of headers; "
-        f"SHA-256 {hashlib.sha256(message.value).hexdigest()[:16]}...); raise the topic's max.message.bytes "
-        "or lower EMOTION_MAX_MESSAGE_BYTES",
-    )
-    # Only the worker's own headers: whatever else made the original too large stays behind.
-    return dataclasses.replace(
-        dead_letter(message.source, error, max_bytes, minimal=True), headers=_OWN_HEADERS
-    )
-
-
-DIMENSIONS = ("source", "lang")
-"""The post fields a result carries as ``dimensions``: the aggregates' breakdowns."""
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _posted_at(post: Post, record: InboundRecord) -> str | None:
-    if post.created_at is not None:
-        created = post.created_at
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=timezone.utc)
-        return _iso(created.astimezone(timezone.utc))
-    if record.timestamp_ms is not None and record.timestamp_ms > 0:
-        return _iso(datetime.fromtimestamp(record.timestamp_ms / 1000, timezone.utc))
-    return None
-
-
 class BatchProcessor:
     """Bounds, decodes, classifies and encodes a batch; a model failure is isolated as
     :mod:`worker.policy` says."""
@@ -207,7 +96,6 @@ class BatchProcessor:
         self._predict = predict
         self._prepare = prepare
         self.model = model
-        self._model_dict = model.model_dump()
         self.max_message_bytes = max_message_bytes
         self._limits = Limits(max_bytes=max_message_bytes)
         self._propagate = frozenset(h.lower() for h in (*TRACING_HEADERS, *propagate_headers))
@@ -367,23 +255,4 @@ class BatchProcessor:
         outcome.dead_letter_kinds.append(error.kind)
 
     def _result(self, record: InboundRecord, post: Post, prediction: Prediction) -> OutboundMessage:
-        # Built as a plain dict: this runs once per post, and every field is already of the
-        # right type (the unit and integration tests validate the output against EmotionResult).
-        result = {
-            "schema_version": SCHEMA_VERSION,
-            "id": post.id,
-            "label": prediction.label,
-            "score": prediction.score,
-            "scores": prediction.scores,
-            "model": self._model_dict,
-            "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-            "processed_at": _iso(datetime.now(timezone.utc)),
-            "posted_at": _posted_at(post, record),
-            "dimensions": {name: value for name in DIMENSIONS if (value := getattr(post, name))},
-        }
-        return OutboundMessage(
-            key=post.id.encode("utf-8"),
-            value=json.dumps(result).encode("utf-8"),
-            source=record,
-            headers=output_headers(record, self._propagate),
-        )
+        return encode_result(record, post, prediction, self.model, self._propagate)

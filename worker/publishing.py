@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from emotion_stream.worker.processing import BatchOutcome, OutboundMessage, refused_as_too_large
+from emotion_stream.worker.codec import OutboundMessage, refused_as_too_large
+from emotion_stream.worker.processing import BatchOutcome
 
 log = structlog.get_logger(__name__)
 

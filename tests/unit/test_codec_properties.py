@@ -14,15 +14,17 @@ from hypothesis import strategies as st
 
 from emotion_stream.schemas import LABELS, DeadLetter, EmotionResult, ModelInfo, Post
 from emotion_stream.worker.codec import (
+    InboundRecord,
     Limits,
     Rejected,
     Unreadable,
     decode_post,
+    output_headers,
     passed_on_headers,
     read_json,
 )
 from emotion_stream.worker.model.api import Prediction
-from emotion_stream.worker.processing import BatchProcessor, InboundRecord, output_headers
+from emotion_stream.worker.processing import BatchProcessor
 
 LIMITS = Limits(max_bytes=1 << 16, max_depth=16, max_int_digits=32)
 

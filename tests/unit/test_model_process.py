@@ -8,10 +8,11 @@ import numpy
 import pytest
 import torch
 
+from emotion_stream.worker.codec import InboundRecord
 from emotion_stream.worker.model.api import ModelLoadError, ModelOptions, ModelUnavailable
 from emotion_stream.worker.model.process import ModelProcess
 from emotion_stream.worker.model.runner import EmotionClassifier
-from emotion_stream.worker.processing import BatchProcessor, InboundRecord
+from emotion_stream.worker.processing import BatchProcessor
 
 TEXTS = [
     "i feel wonderful",

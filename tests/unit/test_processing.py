@@ -3,8 +3,9 @@ import json
 import pytest
 
 from emotion_stream.schemas import LABELS, DeadLetter, EmotionResult, ModelInfo
+from emotion_stream.worker.codec import InboundRecord
 from emotion_stream.worker.model.api import Prediction
-from emotion_stream.worker.processing import BatchProcessor, InboundRecord
+from emotion_stream.worker.processing import BatchProcessor
 
 MODEL = ModelInfo(name="m", version="1")
 
@@ -290,3 +291,23 @@ def test_results_carry_the_post_time_and_its_dimensions():
         "lang": "en",
     }
     assert second["posted_at"] == "2026-01-01T10:00:00Z" and second["dimensions"] == {}
+
+
+def test_a_result_writes_exactly_the_schemas_fields():
+    """A field added to EmotionResult and forgotten by the encoder fails here (the model fills
+    defaults and ignores extras, so validating the output alone would not tell)."""
+    outcome = BatchProcessor(fake_predict, MODEL).process(
+        [
+            InboundRecord(
+                "posts", 0, 0, b"a", b'{"id": "a", "text": "x", "lang": "en"}', (), 1_700_000_000_000
+            ),
+            InboundRecord("posts", 0, 1, b"b", b'{"id": "b", "text": "y"}'),
+        ]
+    )
+    for message in outcome.results:
+        written = json.loads(message.value)
+        assert set(written) == set(EmotionResult.model_fields)
+        assert EmotionResult.model_validate(written).model_dump(mode="json") == written
+    first = json.loads(outcome.results[0].value)
+    assert first["posted_at"] == "2023-11-14T22:13:20Z" and first["dimensions"] == {"lang": "en"}
+    assert first["processed_at"].endswith("Z")

@@ -7,7 +7,8 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
 from emotion_stream.schemas import DeadLetter
-from emotion_stream.worker.processing import BatchOutcome, InboundRecord, OutboundMessage
+from emotion_stream.worker.codec import InboundRecord, OutboundMessage
+from emotion_stream.worker.processing import BatchOutcome
 from emotion_stream.worker.publishing import Publisher, SendFailed
 
 SOURCE = InboundRecord("posts", 3, 41, b"k", b'{"id": "k", "text": "fine"}')
