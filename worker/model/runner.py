@@ -48,6 +48,7 @@ from emotion_stream.worker.model.planning import (
     split_threads,
 )
 from emotion_stream.worker.model.prepack import prepack_linears
+from emotion_stream.worker.model.threads import torch_threads
 
 log = structlog.get_logger(__name__)
 
@@ -73,8 +74,10 @@ class EmotionClassifier:
     def __init__(self, model: str, options: ModelOptions | None = None) -> None:
         options = options or ModelOptions()
         self.options = options
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
+        threads, why = torch_threads(options.torch_threads)  # the CPU quota unless configured
+        if threads:
+            torch.set_num_threads(threads)
+        log.info("torch threads", threads=torch.get_num_threads(), reason=why)
         self.device = select_device(options.device)
         self.max_length = options.max_length
         self.batch_size = options.batch_size
