@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
 from testcontainers.core.container import DockerContainer
+from testcontainers.core.wait_strategies import HttpWaitStrategy
+
+IMAGE = "emotion-stream:cpu"
+"""The tag the docs build (`docker build -f deploy/Dockerfile -t emotion-stream:cpu .`) and
+compose and Kubernetes run."""
 
 
 class EmotionStreamContainer(DockerContainer):
@@ -15,13 +19,16 @@ class EmotionStreamContainer(DockerContainer):
     ``bootstrap`` must be reachable from inside the container (for a testcontainers Kafka on
     the same Docker network, its network alias and internal port). Serves the keyword stand-in
     unless ``model`` says otherwise (a directory mounted with ``with_volume_mapping``).
+    ``image`` defaults to the tag the docs build; :meth:`start` returns once ``/ready`` answers
+    200 (testcontainers' HTTP wait strategy), or raises after ``ready_timeout`` seconds.
     """
 
     def __init__(
         self,
         bootstrap: str,
-        image: str = "emotion-stream:latest",
+        image: str = IMAGE,
         *,
+        ready_timeout: float = 120.0,
         model: str = "keywords:",
         input_topic: str = "posts",
         output_topic: str = "post-emotions",
@@ -45,21 +52,22 @@ class EmotionStreamContainer(DockerContainer):
         for name, value in env.items():
             self.with_env(name, value)
         self.with_exposed_ports(self.web_port)
+        self.waiting_for(
+            HttpWaitStrategy(self.web_port, "/ready")
+            .for_status_code(200)
+            .with_startup_timeout(int(ready_timeout))
+            .with_poll_interval(0.5)
+        )
 
     def url(self) -> str:
         return f"http://{self.get_container_host_ip()}:{self.get_exposed_port(self.web_port)}"
 
-    def wait_ready(self, timeout: float = 120.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url()}/ready", timeout=2) as response:
-                    return json.loads(response.read())
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"the emotion-stream container was not ready within {timeout:.0f} s")
+    def ready(self) -> dict:
+        """What ``/ready`` answers once the container is started: the model's name and version."""
+        with urllib.request.urlopen(f"{self.url()}/ready", timeout=5) as response:
+            return json.loads(response.read())
 
-    def start(self) -> EmotionStreamContainer:
-        super().start()
-        self.wait_ready()
-        return self
+    def wait_ready(self, timeout: float | None = None) -> dict:
+        """What ``/ready`` answers; :meth:`start` has already waited for it (kept for callers
+        from before the wait strategy)."""
+        return self.ready()

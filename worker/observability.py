@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import math
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -153,6 +157,26 @@ _SECONDS_BUCKETS = (
 )
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_usage(pid: int | None, proc: Path = Path("/proc")) -> tuple[float, float]:
+    """(resident bytes, CPU seconds used) of process ``pid``, read from ``proc``; NaNs when
+    there is no such process (or no /proc: not Linux)."""
+    if pid is None:
+        return math.nan, math.nan
+    try:
+        resident_pages = int((proc / str(pid) / "statm").read_text().split()[1])
+        stat = (proc / str(pid) / "stat").read_text()
+    except (OSError, ValueError, IndexError):
+        return math.nan, math.nan
+    # The fields after the command name, which is in parentheses and may hold spaces: utime and
+    # stime are the 14th and 15th fields of the line, the 12th and 13th after the name.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return resident_pages * _PAGE_SIZE, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
 class WorkerMetrics:
     """The worker's Prometheus metrics, in a registry of their own."""
 
@@ -233,7 +257,30 @@ class WorkerMetrics:
         self.classify_texts = Counter(
             "emotion_classify_texts", "Texts labelled through `POST /classify`.", registry=r
         )
+        # Read from /proc at each scrape (no task to keep them current): the model process is
+        # where nearly all of a worker's memory and CPU go, and its own process metrics are on
+        # no endpoint. NaN until watch_model_process names it, and once it is gone.
+        self.model_process_memory = Gauge(
+            "emotion_model_process_resident_memory_bytes",
+            "Resident memory of the process running the model (the model process, or the worker's own "
+            "when EMOTION_MODEL_PROCESS is off); NaN when there is none.",
+            registry=r,
+        )
+        self.model_process_cpu = Gauge(
+            "emotion_model_process_cpu_seconds",
+            "CPU time (user and system) the process running the model has used since it started; its "
+            "rate() is the cores it keeps busy. NaN when there is none.",
+            registry=r,
+        )
+        self._model_pid: Callable[[], int | None] = lambda: None
+        self.model_process_memory.set_function(lambda: process_usage(self._model_pid())[0])
+        self.model_process_cpu.set_function(lambda: process_usage(self._model_pid())[1])
         self._lags: dict[int, int] = {}
+
+    def watch_model_process(self, pid: int | Callable[[], int | None] | None) -> None:
+        """Report the memory and CPU time of the process ``pid`` (or of whatever pid the
+        callable returns at each scrape) as the model process's."""
+        self._model_pid = pid if callable(pid) else (lambda: pid)
 
     def set_lag(self, lags: dict[int, int]) -> None:
         for partition in set(self._lags) - set(lags):

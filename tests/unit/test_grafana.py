@@ -1,6 +1,9 @@
-"""The Grafana dashboard queries only metrics, and labels, that the worker exports."""
+"""The Grafana dashboard queries only metrics, and labels, that the worker exports (and
+kafka-exporter's lag), each scoped by the job and namespace template variables."""
 
 import json
+import math
+import os
 import re
 from itertools import combinations
 from pathlib import Path
@@ -48,6 +51,15 @@ def _exported_series() -> dict[str, tuple[str, frozenset[str]]]:
 
 EXPORTED = _exported_series()
 
+# Labels Prometheus adds to every series it scrapes (the target's; on Kubernetes the
+# PodMonitor's namespace and pod), which the panels may group by.
+TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod"})
+# Series from outside the worker that the panels read, with their labels: kafka-exporter's lag
+# (deploy/docker-compose.yml, Strimzi's kafkaExporter), which outlives the workers.
+EXTERNAL = {"kafka_consumergroup_lag": frozenset({"consumergroup", "topic", "partition"})}
+EXTERNAL_NAME = re.compile(r"\b(?:" + "|".join(EXTERNAL) + r")\b")
+SCOPE = re.compile(r'\{[^}]*job=~"\$job"[^}]*namespace=~"\$namespace"[^}]*\}')
+
 
 def _load() -> dict:
     return json.loads(DASHBOARD.read_text())
@@ -72,14 +84,21 @@ def _problems(dashboard: dict) -> list[str]:
     for panel, target in _targets(dashboard):
         expr = target.get("expr", "")
         names = set(METRIC_NAME.findall(expr))
-        if not names:
+        external = set(EXTERNAL_NAME.findall(expr))
+        if not names and not external:
             problems.append(f"{panel['title']!r}: no emotion_* metric in {expr!r}")
-        labels: set[str] = set()
+        labels: set[str] = set(TARGET_LABELS)
+        for name in sorted(external):
+            labels |= EXTERNAL[name]
         for name in sorted(names):
             if name not in EXPORTED:
                 problems.append(f"{panel['title']!r}: {name} is not exported by the worker")
             else:
                 labels |= EXPORTED[name][1]
+            # Every worker series is scoped to the chosen namespace and job.
+            for selector in re.findall(rf"\b{name}\b(\{{[^}}]*\}})?", expr):
+                if not SCOPE.fullmatch(selector):
+                    problems.append(f"{panel['title']!r}: {name} without the $job and $namespace matchers")
         used = {label.strip() for clause in BY_CLAUSE.findall(expr) for label in clause.split(",")}
         used |= set(LEGEND_LABEL.findall(target.get("legendFormat", "")))
         for label in sorted(used - {""} - labels):
@@ -113,6 +132,49 @@ def test_the_datasource_is_a_template_variable(dashboard):
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         for target in panel["targets"]:
             assert target.get("datasource", panel["datasource"])["uid"] == "${datasource}", panel["title"]
+
+
+def test_namespace_job_and_group_are_template_variables(dashboard):
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("namespace", "job"):
+        variable = variables[name]
+        assert variable["type"] == "query" and variable["datasource"]["uid"] == "${datasource}", name
+        assert f", {name})" in variable["definition"], name
+        # "All" must also match series without the label (compose has no namespace).
+        assert variable["includeAll"] and variable["allValue"] == ".*", name
+    assert variables["group"]["query"] == "emotion-stream"  # the default EMOTION_GROUP_ID
+
+
+def test_the_lag_panel_reads_the_broker_through_kafka_exporter(dashboard):
+    """The workers' own lag metric vanishes with the workers, when the backlog matters most."""
+    (panel,) = [p for p in _panels(dashboard) if p["title"] == "Consumer lag"]
+    first = panel["targets"][0]["expr"]
+    assert "kafka_consumergroup_lag" in first and 'consumergroup=~"$group"' in first
+
+
+def test_the_model_process_panels_read_its_memory_and_cpu(dashboard):
+    queried = " ".join(t["expr"] for _, t in _targets(dashboard))
+    assert "emotion_model_process_resident_memory_bytes" in queried
+    assert "rate(emotion_model_process_cpu_seconds" in queried
+
+
+def test_the_model_process_gauges_read_proc(tmp_path):
+    from emotion_stream.worker.observability import process_usage
+
+    metrics = WorkerMetrics()
+    memory = "emotion_model_process_resident_memory_bytes"
+    assert math.isnan(metrics.registry.get_sample_value(memory))  # no model process named yet
+    metrics.watch_model_process(os.getpid())
+    assert metrics.registry.get_sample_value(memory) > 10 << 20
+    assert metrics.registry.get_sample_value("emotion_model_process_cpu_seconds") > 0
+    # A fake /proc: a command name with spaces and parentheses, 250 + 50 ticks of CPU.
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42/statm").write_text("1000 300 20 1 0 50 0\n")
+    fields = ["S", *["0"] * 10, "250", "50", *["0"] * 30]
+    (tmp_path / "42/stat").write_text("42 (model (a) b) " + " ".join(fields) + "\n")
+    rss, cpu = process_usage(42, proc=tmp_path)
+    assert rss == 300 * os.sysconf("SC_PAGE_SIZE") and cpu == 300 / os.sysconf("SC_CLK_TCK")
+    assert all(math.isnan(v) for v in process_usage(43, proc=tmp_path))  # gone: no value
 
 
 def test_every_panel_has_a_title_a_unit_and_queries(dashboard):
