@@ -212,7 +212,7 @@ def _validate(manifest: dict) -> None:
 
 def test_every_setting_the_deploy_files_set_is_one_the_worker_reads():
     found = _environment_names()
-    files = (COMPOSE, K8S / "base/settings.env", K8S / "gpu/worker-gpu.yaml")
+    files = (COMPOSE, K8S / "base/settings.env", ROOT / "deploy/k8s/gpu/worker-gpu.yaml")
     assert {"Dockerfile", *(str(f.relative_to(DEPLOY)) for f in files)} <= set(found)
     for where, names in found.items():
         unknown = names - SETTINGS
@@ -295,7 +295,7 @@ def test_compose_scales_the_worker_and_checks_each_service_on_its_own_port():
 
 def test_prometheus_scrapes_the_workers_the_aggregator_the_page_and_the_lag_exporter():
     services = _compose()["services"]
-    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())["scrape_configs"]
     jobs = {job["job_name"]: job for job in scrape}
     targets = {}
     for name, job in jobs.items():
@@ -507,7 +507,7 @@ def test_the_model_needs_no_shared_volume(variant):
 def _fetch_model():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("fetch_model", K8S / "base/fetch-model.py")
+    spec = importlib.util.spec_from_file_location("fetch_model", ROOT / "deploy/k8s/base/fetch-model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
