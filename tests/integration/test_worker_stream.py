@@ -76,6 +76,9 @@ def test_valid_posts_get_results_and_malformed_ones_dead_letters(broker, topics,
     assert metrics["emotion_send_errors_total"] == 0 and metrics["emotion_rebalances_total"] >= 1
     lags = [v for k, v in metrics.items() if k.startswith("emotion_consumer_lag{")]
     assert lags and all(lag == 0 for lag in lags)  # everything read: nothing left behind any partition
+    # The model process's own figures (the tiny model runs in a process of its own here).
+    assert metrics["emotion_model_process_resident_memory_bytes"] > 20e6
+    assert metrics["emotion_model_process_cpu_seconds"] > 0
     log_text = (tmp_path / "worker.log").read_text()
     assert "worker started" in log_text and "partitions assigned" in log_text
     assert "i feel" not in log_text  # post text never reaches the logs at info level

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ def run_worker(args: argparse.Namespace) -> int:
             propagate_headers=settings.propagate_headers,
         )
         stream = EmotionStream(settings, processor, prepare_ahead=classifier.leaves_cpu_to_spare)
+        # The model's own process when it has one, else this one (the model runs in it).
+        stream.metrics.watch_model_process(lambda: getattr(classifier, "pid", None) or os.getpid())
         worker = faust.Worker(
             stream.app,
             loglevel=settings.log_level,
