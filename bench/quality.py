@@ -28,6 +28,7 @@ import argparse
 import json
 import statistics
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from bench.streaming import BenchStream
 from emotion_stream.schemas import LABELS
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR, model_info, read_identity
 from emotion_stream.training.metrics import expected_calibration_error
+from emotion_stream.worker.model.api import NumericMode
 from emotion_stream.worker.model.verify import WINDOW, macro_f1, timed_predictions
 
 QUICK_TEXTS = 512
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "--modes",
         nargs="+",
         default=["fp32", "auto"],
-        choices=["auto", "fp32", "bf16", "int8"],
+        choices=list(typing.get_args(NumericMode)),
         help="numeric modes, one row each per model (default: fp32 auto)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads, here and in the worker (2)")

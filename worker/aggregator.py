@@ -41,7 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from emotion_stream.worker.aggregation import Windows
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.codec import Limits, Unreadable, read_object
-from emotion_stream.worker.health import BrokerProbe, Watchdog, stop_worker
+from emotion_stream.worker.health import BrokerProbe, Watchdog, start_site, stop_worker
 from emotion_stream.worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
@@ -313,16 +313,10 @@ class Aggregator:
         s = self.settings
         runner = web.AppRunner(self.web_app(), access_log=None)
         await runner.setup()
-        try:
-            await web.TCPSite(runner, s.aggregate_host, s.aggregate_port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise RuntimeError(
-                f"cannot serve /health on {s.aggregate_host}:{s.aggregate_port} ({exc.strerror}): "
-                "set EMOTION_AGGREGATE_HOST or EMOTION_AGGREGATE_PORT"
-            ) from exc
-        host, port = runner.addresses[0][:2]
-        return runner, (host, port)
+        address = await start_site(
+            runner, s.aggregate_host, s.aggregate_port, "EMOTION_AGGREGATE_HOST or EMOTION_AGGREGATE_PORT"
+        )
+        return runner, address
 
 
 class _Collector:

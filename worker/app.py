@@ -41,7 +41,7 @@ from emotion_stream.worker.pacing import FetchPacer
 from emotion_stream.worker.processing import BatchOutcome, BatchProcessor, PreparedBatch
 from emotion_stream.worker.publishing import Publisher
 from emotion_stream.worker.settings import WorkerSettings
-from emotion_stream.worker.transport import EmotionApp, guard_record_batches
+from emotion_stream.worker.transport import EmotionApp, guard_record_batches, pending_join_error
 
 log = structlog.get_logger(__name__)
 
@@ -514,11 +514,7 @@ class EmotionStream:
         it for a poll that the framework does not make while it has no partitions, so without
         this the worker would wait for ever (an assignment protocol another member of the group
         does not share, a session timeout the broker refuses, no rights on the group)."""
-        try:
-            consumer = self.app.consumer._thread._ensure_consumer()
-            error = consumer._coordinator._pending_exception
-        except Exception:  # not started, or the client's internals moved: the time bound still holds
-            return None
+        error = pending_join_error(self.app)
         if error is None:
             return None
         hint = JOIN_ERROR_HINTS.get(type(error).__name__, "")

@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 
@@ -236,3 +237,20 @@ class BrokerProbe:
         if self.reachable:
             log.warning("the broker does not answer", error=repr(exc))
         self.reachable, self.last_error = False, repr(exc)
+
+
+class CannotServe(RuntimeError):
+    """A component's health port cannot be opened (in use, or an address it may not bind); the
+    message names the settings to change."""
+
+
+async def start_site(runner: Any, host: str, port: int, settings_hint: str) -> tuple[str, int]:
+    """Open ``runner``'s HTTP site on host:port (port 0: any free one); the address it got."""
+    from aiohttp import web
+
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CannotServe(f"cannot serve on {host}:{port} ({exc.strerror}): set {settings_hint}") from None
+    return tuple(runner.addresses[0][:2])  # type: ignore[return-value]

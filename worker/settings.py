@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
 from emotion_stream.worker.broker.security import KafkaSecurity
-from emotion_stream.worker.model.api import ModelOptions
+from emotion_stream.worker.model.api import ModelOptions, NumericMode
 
 
 def _loopback(host: str) -> bool:
@@ -95,7 +95,7 @@ class WorkerSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the model runs; auto picks CUDA when there is one."
     )
-    numeric: Literal["auto", "fp32", "bf16", "int8"] = Field(
+    numeric: NumericMode = Field(
         default="auto",
         description="Numeric mode: auto (mixed precision on CUDA; on the CPU the fastest mode the model "
         "directory records as verified for this model, within 0.002 accuracy and 99% label agreement of "

@@ -184,6 +184,16 @@ class Consumer(faust_aiokafka.Consumer):
             self._read_offset[tp] = message.offset
 
 
+def pending_join_error(app: Any) -> BaseException | None:
+    """The error that stopped the consumer's group join, if one did. aiokafka keeps it for a
+    poll that Faust does not make while it has no partitions, so it is read where it waits."""
+    try:
+        consumer = app.consumer._thread._ensure_consumer()
+        return consumer._coordinator._pending_exception
+    except Exception:  # not started, or the client's internals moved: the join's time bound still holds
+        return None
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
 

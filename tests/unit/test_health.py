@@ -1,5 +1,7 @@
 """The watchdog: what counts as no progress, the grace period, and the verdict."""
 
+import pytest
+
 from emotion_stream.worker.health import Watchdog
 
 
@@ -151,3 +153,25 @@ def test_a_library_line_repeated_in_a_retry_loop_is_let_through_once_per_interva
     assert repeats.filter(record) and "569 more like it" in record.getMessage()
     own = logging.LogRecord("worker.app", logging.INFO, "", 0, "batch done", (), None)
     assert all(repeats.filter(own) for _ in range(5))  # the worker's own lines are never held back
+
+
+async def test_a_health_port_in_use_is_a_clear_error_naming_the_settings():
+    import socket
+
+    from aiohttp import web
+
+    from emotion_stream.worker.health import CannotServe, start_site
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        runner = web.AppRunner(web.Application())
+        await runner.setup()
+        with pytest.raises(CannotServe, match=f"127.0.0.1:{port}.*EMOTION_AGGREGATE_PORT"):
+            await start_site(runner, "127.0.0.1", port, "EMOTION_AGGREGATE_HOST or EMOTION_AGGREGATE_PORT")
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    host, free = await start_site(runner, "127.0.0.1", 0, "X")
+    assert host == "127.0.0.1" and free > 0
+    await runner.cleanup()

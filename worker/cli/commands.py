@@ -151,8 +151,12 @@ def run_aggregate(args: argparse.Namespace) -> int:
     guard_consumers(settings)
     check_broker(settings)
     from emotion_stream.worker.aggregator import run_aggregator
+    from emotion_stream.worker.health import CannotServe
 
-    return run_aggregator(settings)
+    try:
+        return run_aggregator(settings)
+    except CannotServe as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
@@ -163,8 +167,12 @@ def run_dashboard(args: argparse.Namespace) -> int:
     guard_consumers(settings)
     check_broker(settings)
     from emotion_stream.worker.dashboard.server import run_dashboard as serve
+    from emotion_stream.worker.health import CannotServe
 
-    return serve(settings)
+    try:
+        return serve(settings)
+    except CannotServe as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_broker(args: argparse.Namespace) -> int:

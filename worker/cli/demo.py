@@ -177,7 +177,7 @@ def _print_mix(mix: dict[str, int], source: str) -> None:
         print(f"  {label:<9}{count:>4}  {share:>4.0%}  {'#' * round(share * 40)}")
 
 
-def _dashboard_port(wanted: int) -> int:
+def _port_or_free(wanted: int) -> int:
     """``wanted`` if it is free on 127.0.0.1, else a free port."""
     import socket
 
@@ -254,7 +254,8 @@ def _run(args: argparse.Namespace) -> int:
             "EMOTION_DLQ_TOPIC": topics["dlq"],
             "EMOTION_AGGREGATES_TOPIC": topics["aggregates"],
             "EMOTION_AGGREGATE_UPDATE_S": "1",
-            "EMOTION_DASHBOARD_PORT": str(_dashboard_port(settings.dashboard_port)),
+            "EMOTION_DASHBOARD_PORT": str(_port_or_free(settings.dashboard_port)),
+            "EMOTION_AGGREGATE_PORT": str(_port_or_free(settings.aggregate_port)),
             "EMOTION_LOG_FORMAT": "console",
         }
         dashboard_url = f"http://127.0.0.1:{env['EMOTION_DASHBOARD_PORT']}/"

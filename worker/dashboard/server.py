@@ -35,7 +35,7 @@ from prometheus_client import Counter as PromCounter
 from emotion_stream.schemas.labels import LABELS
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.codec import Rejected, Unreadable, decode_post, read_object, undecodable_reason
-from emotion_stream.worker.health import BrokerProbe, Watchdog, stop_worker
+from emotion_stream.worker.health import BrokerProbe, Watchdog, start_site, stop_worker
 from emotion_stream.worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
@@ -456,9 +456,13 @@ async def serve(settings: WorkerSettings, ready: asyncio.Event | None = None) ->
     state.broker_probe = BrokerProbe(settings.bootstrap_servers, security=settings.security().aiokafka())
     runner = web.AppRunner(build_app(state), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.dashboard_host, settings.dashboard_port)
-    await site.start()
-    log.info("dashboard serving", url=f"http://{settings.dashboard_host}:{settings.dashboard_port}/")
+    host, port = await start_site(
+        runner,
+        settings.dashboard_host,
+        settings.dashboard_port,
+        "EMOTION_DASHBOARD_HOST or EMOTION_DASHBOARD_PORT",
+    )
+    log.info("dashboard serving", url=f"http://{host}:{port}/")
     if ready is not None:
         ready.set()
     tasks = [

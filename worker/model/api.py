@@ -9,9 +9,10 @@ whose model runs in a separate process never loads torch itself.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from emotion_stream.schemas import ModelInfo
 
@@ -48,6 +49,15 @@ def to_predictions(rows: Sequence[Sequence[float]], columns: Sequence[str]) -> l
     return out
 
 
+NumericMode = Literal["auto", "fp32", "bf16", "int8"]
+"""How the model computes: ``auto`` (mixed precision on CUDA; on the CPU the fastest mode
+verified for the model), ``fp32``, ``bf16`` or ``int8`` (CPU only). The one declaration, used by
+the settings, the loader, the verification and the command line."""
+
+NUMERIC_MODES: tuple[str, ...] = tuple(mode for mode in typing.get_args(NumericMode) if mode != "auto")
+"""The concrete modes, ``auto`` aside."""
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     """How to load and run a model: what crosses to the model process, typed.
@@ -58,8 +68,8 @@ class ModelOptions:
 
     device: str = "auto"
     """``auto`` (CUDA when there is one), ``cpu`` or ``cuda``."""
-    numeric: str = "auto"
-    """``auto`` (mixed precision on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``int8`` (CPU only)."""
+    numeric: NumericMode = "auto"
+    """See :data:`NumericMode`."""
     max_length: int = 128
     """Token limit per post; longer posts are truncated."""
     batch_size: int = 32

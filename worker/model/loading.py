@@ -15,7 +15,7 @@ import torch
 
 from emotion_stream.schemas import LABELS, ModelInfo
 from emotion_stream.schemas.model_directory import model_info, read_identity
-from emotion_stream.worker.model.api import ModelLoadError
+from emotion_stream.worker.model.api import NUMERIC_MODES, ModelLoadError, NumericMode
 
 
 @dataclass
@@ -89,7 +89,6 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-NUMERIC_MODES = ("fp32", "bf16", "int8")
 MAX_ACCURACY_DROP = 0.002
 """A faster mode is verified for a model when its validation accuracy is at most this far below
 fp32's ..."""
@@ -142,7 +141,9 @@ def choose_numeric(verification: dict | None, flags: set[str] | None = None) -> 
     )
 
 
-def resolve_numeric(numeric: str, device: torch.device, verification: dict | None = None) -> tuple[str, str]:
+def resolve_numeric(
+    numeric: NumericMode, device: torch.device, verification: dict | None = None
+) -> tuple[str, str]:
     """``numeric`` made concrete, and why: ``auto`` is mixed precision on a GPU and, on the CPU,
     the fastest mode verified for this model (:func:`choose_numeric`)."""
     if numeric == "auto":
@@ -150,8 +151,11 @@ def resolve_numeric(numeric: str, device: torch.device, verification: dict | Non
             return "bf16", "auto on CUDA: mixed precision"
         mode, reason = choose_numeric(verification)
         return mode, f"auto: {reason}"
-    if numeric not in ("fp32", "bf16", "int8"):
-        raise ModelLoadError(f"unknown numeric mode {numeric!r}: use auto, fp32, bf16 or int8")
+    if numeric not in NUMERIC_MODES:
+        raise ModelLoadError(
+            f"unknown numeric mode {numeric!r}: "
+            f"use auto, {', '.join(NUMERIC_MODES[:-1])} or {NUMERIC_MODES[-1]}"
+        )
     if numeric == "int8" and device.type == "cuda":
         raise ModelLoadError("EMOTION_NUMERIC=int8 is a CPU mode: use auto, fp32 or bf16 on CUDA")
     return numeric, "EMOTION_NUMERIC"

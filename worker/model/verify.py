@@ -20,14 +20,8 @@ import numpy as np
 
 from emotion_stream.schemas import LABELS
 from emotion_stream.schemas.model_directory import model_info, read_identity, write_identity
-from emotion_stream.worker.model.api import ModelOptions, Prediction
-from emotion_stream.worker.model.loading import (
-    MAX_ACCURACY_DROP,
-    MIN_AGREEMENT,
-    NUMERIC_MODES,
-    cpu_flags,
-    cpu_runs,
-)
+from emotion_stream.worker.model.api import NUMERIC_MODES, ModelOptions, Prediction
+from emotion_stream.worker.model.loading import MAX_ACCURACY_DROP, MIN_AGREEMENT, cpu_flags, cpu_runs
 
 WINDOW = 256
 """Posts per call, as the worker's batches hand them to the model."""
