@@ -109,5 +109,4 @@ def worker_settings(broker: TestBroker, tiny_model: Path, topics: Topics) -> dic
         "EMOTION_LOG_FORMAT": "console",
         "EMOTION_TORCH_THREADS": "1",
         "EMOTION_AGGREGATE_PORT": "0",  # tests run side by side: never the fixed default
-        "EMOTION_DASHBOARD_PORT": "0",
     }
