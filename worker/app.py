@@ -485,6 +485,8 @@ class EmotionStream:
         Faust's own wait for unacked messages does not cover this: on a stop it may give up
         before the agent's batches are done."""
         self._stopping = True
+        if self.failure is not None:
+            return  # a failed stop waits for nothing: what is in flight stays uncommitted, re-read later
         pending = [f for f in self._publishing if not f.done()]
         if pending:
             bound = self._model_bound() + self.settings.send_timeout_s
