@@ -136,10 +136,9 @@ def test_the_kills_benchmark_counts_duplicates_per_kill_for_both_commit_interval
 @pytest.mark.integration
 def test_the_fuzz_benchmark_runs_the_mix_through_all_three_components(tmp_path, monkeypatch):
     import json
+    import signal
 
     import bench.faults as faults
-
-    import signal
 
     monkeypatch.setattr(faults, "OUT", tmp_path)
     # The bench's entry point sets these for its own process: keep them from leaking into the
