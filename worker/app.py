@@ -1,26 +1,22 @@
-"""The Faust app: a thin agent around the micro-batcher, the batch processor and the publisher.
+"""The Faust app: the wiring around the stream's pipeline (:mod:`worker.pipeline`), its pages
+(health, readiness, metrics, /classify), lag and group-join probing, and its stops.
 
 Delivery is at-least-once and nothing is lost: the agent's stream never acks on its own;
 a batch's input events are acked only after every result and dead letter of that batch has
 been acknowledged by the broker, and Faust commits only acked offsets (every
 ``EMOTION_COMMIT_INTERVAL_MS``). A crash between the two re-reads the batch (duplicates,
-keyed by post id, are possible; gaps are not). On SIGTERM/SIGINT Faust stops the consumer
-first and waits for unacked events, so the batch in progress and the ones already gathered
-finish, are flushed and are committed.
+keyed by post id, are possible; gaps are not). On SIGTERM/SIGINT no batch enters the model
+any more, the ones in it are published and acked, and the worker commits before it exits:
+nothing is published after the final commit.
 
-Memory is bounded under any backlog: the bytes of the messages between the consumer and the
-broker's acknowledgement are bounded (``EMOTION_MAX_INFLIGHT_BYTES``), and so is the number of
-batches being published, which holds the fetch back when the broker is slow. A watchdog
-(:mod:`worker.health`) stops a worker that makes no progress.
+Memory is bounded under any backlog (see the pipeline), and a watchdog (:mod:`worker.health`)
+stops a worker that makes no progress.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import faust
@@ -28,17 +24,15 @@ import structlog
 from faust.web import View
 from prometheus_client import generate_latest
 
-from emotion_stream.worker import policy
-from emotion_stream.worker.batching import ByteBudget, MicroBatcher
+from emotion_stream.worker.batching import ByteBudget
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.classify import ClassifyDesk, ClassifyRejected
-from emotion_stream.worker.codec import InboundRecord
 from emotion_stream.worker.health import BrokerProbe, Watchdog, stop_worker
 from emotion_stream.worker.heap import freeze_startup_objects
-from emotion_stream.worker.model.api import ModelUnavailable
 from emotion_stream.worker.observability import WorkerMetrics, WorkerSensor
 from emotion_stream.worker.pacing import FetchPacer
-from emotion_stream.worker.processing import BatchOutcome, BatchProcessor, PreparedBatch
+from emotion_stream.worker.pipeline import Pipeline
+from emotion_stream.worker.processing import BatchProcessor
 from emotion_stream.worker.publishing import Publisher
 from emotion_stream.worker.settings import WorkerSettings
 from emotion_stream.worker.transport import EmotionApp, guard_record_batches, pending_join_error
@@ -54,32 +48,6 @@ JOIN_ERROR_HINTS = {
     "(group.min/max.session.timeout.ms)",
     "InvalidGroupIdError": "the broker refuses the group id (EMOTION_GROUP_ID)",
 }
-
-
-PUBLISHING_BATCHES = 2
-"""Batches whose outputs may await the broker's acknowledgement at once; the next one waits."""
-
-FIRST_BATCHES_MODEL_TIMEOUT_S = 300.0
-"""The model's bound before its speed is measured (the first batches warm it up)."""
-
-
-def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
-    """A record's headers as (name, value) pairs, whichever form Faust hands them in."""
-    if not headers:
-        return ()
-    pairs = headers.items() if hasattr(headers, "items") else headers
-    return tuple((str(name), bytes(value or b"")) for name, value in pairs)
-
-
-def _timestamp_ms(message: Any) -> int | None:
-    """The Kafka timestamp of a Faust message (which keeps it in seconds), in milliseconds."""
-    timestamp = message.timestamp
-    return int(timestamp * 1000) if timestamp and timestamp > 0 else None
-
-
-def _message_size(event: Any) -> int:
-    message = event.message
-    return len(message.value or b"") + len(message.key or b"")
 
 
 async def _channel_events(stream: Any, on_events: Callable[[], None]) -> AsyncIterator[Any]:
@@ -124,15 +92,11 @@ class EmotionStream:
         self.prepare_ahead = prepare_ahead
         self.processor = processor
         self.metrics = metrics or WorkerMetrics()
-        # One thread each: the model is the bottleneck, and batches must finish in order.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._assigned = False
         self.failure: BaseException | None = None
         """What stopped the worker, if a batch failed in a way that must not be skipped."""
         self.on_fatal: Callable[[BaseException], None] | None = None
         """Called after such a failure, to stop the whole process (the CLI stops its Faust worker)."""
-        self._seconds_per_post: float | None = None  # running estimate, for the fetch pacer
         self._failing: asyncio.Future | None = None
         self.budget = ByteBudget(settings.max_inflight_bytes)
         # A compressed batch counts against the same bound once decompressed.
@@ -158,10 +122,20 @@ class EmotionStream:
             token = settings.classify_token.get_secret_value() if settings.classify_token else None
             self.desk = ClassifyDesk(settings.classify_max_texts, settings.classify_max_concurrent, token)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._publishing: list[asyncio.Future] = []
-        self._stopping = False
-        """Set on a graceful stop: no new batch enters the model, the ones in it are finished."""
-        self._send_errors_counted = 0
+        self.pipeline = Pipeline(
+            processor,
+            self.publisher,
+            self.metrics,
+            self.watchdog,
+            self.budget,
+            batch_size=settings.batch_size,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+            model_timeout_s=settings.model_timeout_s,
+            desk=self.desk,
+            prepare_ahead=prepare_ahead,
+            pacer=lambda: self.app.fetch_pacer,
+            on_failure=self._failed_task,
+        )
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -234,9 +208,10 @@ class EmotionStream:
         beating = asyncio.ensure_future(self._heartbeat())
         beating.add_done_callback(self._crash_on_failure)
         if self.desk is not None:
-            serving = asyncio.ensure_future(self._serve_quiet_requests())
+            # The quiet-topic poll follows the batch wait: a request waits no longer than a post.
+            serving = asyncio.ensure_future(self.pipeline.serve_quiet_requests(s.batch_wait_ms / 1000))
             serving.add_done_callback(self._crash_on_failure)
-        self.watchdog.watch_consumer(lag=self._total_lag, idle=self._pipeline_idle)
+        self.watchdog.watch_consumer(lag=self._total_lag, idle=self.pipeline.idle)
         conf = self.app.conf
         self.watchdog.watch_join(
             f"group {s.group_id}",
@@ -244,66 +219,12 @@ class EmotionStream:
             self._join_error,
         )
         self.watchdog.start()
-        # The wait counts from each post's Kafka timestamp (see MicroBatcher); the bytes of
-        # every message count against the in-flight budget until its batch is acknowledged.
-        batches = MicroBatcher(
-            _channel_events(stream, self.watchdog.events_arrived),
-            s.batch_size,
-            s.batch_wait_ms / 1000,
-            born=lambda e: e.message.timestamp,
-            budget=self.budget,
-            size=_message_size,
-        )
-        # A batch goes through three stages: prepare (decode, tokenize) in one thread, the
-        # model in another, then publish on the event loop. Batch N is published while N+1
-        # is in the model, and with prepare_ahead a waiting full batch N+1 is prepared while
-        # N is in the model; batches leave each stage in order, so acks (and commits)
-        # never overtake a send.
-        in_model: asyncio.Future | None = None
-        publishing: asyncio.Future | None = None
         try:
-            async for events in batches:
-                started = time.perf_counter()
-                requests = self.desk.take(s.batch_size) if self.desk is not None else []
-                prepared = await self.prepare(events, requests)
-                if in_model is not None:
-                    await asyncio.shield(in_model)  # the model is free again
-                await self._room_to_publish()
-                if self._stopping:
-                    # Stopping: this batch stays unacked and is read again after a restart;
-                    # nothing of it is published after the final commit.
-                    if requests and self.desk is not None:
-                        self.desk.fail(requests, RuntimeError("the worker is stopping"))
-                    break
-                in_model = asyncio.ensure_future(self.run_model(prepared, len(events)))
-                if requests:
-                    in_model.add_done_callback(partial(self._answer, requests))
-                publishing = asyncio.ensure_future(self._publish_after(events, in_model, publishing, started))
-                publishing.add_done_callback(self._crash_on_failure)
-                self._publishing.append(publishing)
-                if not (self.prepare_ahead and batches.full_batch_waiting()):
-                    # A partial batch is taken only once the model is free, so it gathers
-                    # everything that arrives meanwhile (bigger batches cost less per post);
-                    # a full one is taken at once and prepared while this one runs, when
-                    # the model leaves CPU to spare for that.
-                    await asyncio.wait([in_model])
-            if publishing is not None:
-                await asyncio.shield(publishing)
+            await self.pipeline.run(_channel_events(stream, self.watchdog.events_arrived))
         except Exception as exc:
             await self._fail(exc)
         finally:
             self.watchdog.stop()  # the agent is done: nothing left for it to watch
-
-    async def _room_to_publish(self) -> None:
-        """Wait while too many batches await the broker: a slow broker holds the fetch back."""
-        self._publishing = [f for f in self._publishing if not f.done()]
-        while len(self._publishing) >= PUBLISHING_BATCHES:
-            await asyncio.wait([self._publishing[0]])  # wait only: its failure is handled by its callback
-            self._publishing = [f for f in self._publishing if not f.done()]
-
-    def _pipeline_idle(self) -> bool:
-        """Nothing holds the consumer back: no batch in the model or awaiting the broker."""
-        return self.budget.items == 0
 
     def _total_lag(self) -> int:
         return int(sum(self.metrics.lag_by_partition().values()))
@@ -332,138 +253,6 @@ class EmotionStream:
         if not task.cancelled() and task.exception() is not None:
             self._failed_task(task.exception())  # held: a task may be collected
 
-    async def _publish_after(
-        self,
-        events: Sequence[Any],
-        in_model: asyncio.Future,
-        previous: asyncio.Future | None,
-        started: float,
-    ) -> None:
-        outcome = await in_model
-        if previous is not None:
-            await previous  # the batch before this one is acked first
-        await self.publish(events, outcome, started)
-
-    def _answer(self, requests: list, in_model: asyncio.Future) -> None:
-        """Hand the requested texts' predictions to the /classify requests that wait for them."""
-        assert self.desk is not None
-        if in_model.cancelled():
-            self.desk.fail(requests, asyncio.CancelledError())
-        elif in_model.exception() is not None:
-            self.desk.fail(requests, in_model.exception())
-        else:
-            self.desk.answer(requests, in_model.result().answers)
-
-    async def _serve_quiet_requests(self) -> None:
-        """Run /classify requests on their own, through the same model thread, when the input
-        topic is quiet (no post in flight) and no batch took them within the batch wait."""
-        assert self.desk is not None
-        loop = asyncio.get_running_loop()
-        wait = self.settings.batch_wait_ms / 1000
-        while True:
-            await self.desk.wait_for_work()
-            await asyncio.sleep(wait)
-            while self.desk.waiting:
-                if not self._pipeline_idle():
-                    # Posts are on their way through: the stream's next batch takes the
-                    # requests, at no extra model call (a call of their own would hold that
-                    # batch back).
-                    await asyncio.sleep(wait)
-                    continue
-                requests = self.desk.take(self.settings.batch_size)
-                try:
-                    prepared = await loop.run_in_executor(
-                        self._prepare_executor, self.processor.prepare, [], self.desk.texts_of(requests)
-                    )
-                    outcome = await loop.run_in_executor(self._executor, self.processor.finish, prepared)
-                except ModelUnavailable as exc:
-                    self.desk.fail(requests, exc)
-                    raise
-                except Exception as exc:
-                    self.desk.fail(requests, exc)
-                else:
-                    self.desk.answer(requests, outcome.answers)
-
-    async def prepare(self, events: Sequence[Any], requests: Sequence[Any] = ()) -> PreparedBatch:
-        """Decode the events and prepare the model's input (with the texts of ``requests``,
-        waiting /classify requests), off the event loop."""
-        records = [
-            InboundRecord(
-                m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers), _timestamp_ms(m)
-            )
-            for m in (e.message for e in events)
-        ]
-        self.metrics.posts_in.inc(len(records))
-        self.metrics.batch_size.observe(len(records))
-        loop = asyncio.get_running_loop()
-        texts = ClassifyDesk.texts_of(list(requests))
-        return await loop.run_in_executor(self._prepare_executor, self.processor.prepare, records, texts)
-
-    async def run_model(self, prepared: PreparedBatch, posts: int) -> BatchOutcome:
-        """Run a prepared batch through the model and encode its results, off the event loop."""
-        loop = asyncio.get_running_loop()
-        pacer = self.app.fetch_pacer
-        if pacer is not None and self._seconds_per_post is not None:
-            # A little under the expected model time: a fetch that comes back early costs
-            # one more request, one that comes back late delays the next batch.
-            pacer.busy_for(0.8 * self._seconds_per_post * posts)
-        self.watchdog.model_started(self._model_bound())
-        try:
-            outcome = await loop.run_in_executor(self._executor, self.processor.finish, prepared)
-        finally:
-            self.watchdog.model_finished()
-            if pacer is not None:
-                pacer.idle()
-        if outcome.model_seconds and posts:
-            per_post = outcome.model_seconds / posts
-            previous = self._seconds_per_post
-            self._seconds_per_post = per_post if previous is None else 0.8 * previous + 0.2 * per_post
-        return outcome
-
-    def _model_bound(self) -> float:
-        """How long a full batch may stay in the model (EMOTION_MODEL_TIMEOUT_S, else measured)."""
-        if self.settings.model_timeout_s is not None:
-            return self.settings.model_timeout_s
-        if self._seconds_per_post is None:
-            return FIRST_BATCHES_MODEL_TIMEOUT_S
-        # The bisection of a failed batch and the model's retries run inside the bound too.
-        return max(
-            60.0, 20 * self._seconds_per_post * self.settings.batch_size + sum(policy.MODEL_RETRY_DELAYS)
-        )
-
-    async def publish(self, events: Sequence[Any], outcome: BatchOutcome, started: float) -> None:
-        """Send a batch's results and dead letters; once the broker has them all, ack its events."""
-        await self.publisher.publish(outcome)
-        now = time.time()
-        for event in events:
-            event.ack()
-            timestamp = event.message.timestamp
-            if timestamp and timestamp > 0:
-                self.metrics.latency.observe(max(0.0, now - timestamp))
-        self.watchdog.acked()
-        await self.budget.release(sum(_message_size(e) for e in events), len(events))
-        self._record(outcome, time.perf_counter() - started)
-
-    def _record(self, outcome: BatchOutcome, seconds: float) -> None:
-        m = self.metrics
-        m.results_out.inc(len(outcome.results) - outcome.refused_results)
-        m.send_errors.inc(self.publisher.send_errors - self._send_errors_counted)
-        self._send_errors_counted = self.publisher.send_errors
-        for label in outcome.labels:
-            m.labels.labels(label=label).inc()
-        for kind in outcome.dead_letter_kinds:
-            m.dead_letters.labels(kind=kind).inc()
-        m.batch_seconds.observe(seconds)
-        if outcome.model_seconds:
-            m.model_seconds.observe(outcome.model_seconds)
-        log.debug(
-            "batch done",
-            results=len(outcome.results),
-            dead_letters=len(outcome.dead_letters),
-            model_ms=round(outcome.model_seconds * 1000, 1),
-            batch_ms=round(seconds * 1000, 1),
-        )
-
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self.watchdog.joined()
         self._assigned = True
@@ -484,13 +273,10 @@ class EmotionStream:
         commit: nothing is published after the final commit, so a restart labels nothing twice.
         Faust's own wait for unacked messages does not cover this: on a stop it may give up
         before the agent's batches are done."""
-        self._stopping = True
         if self.failure is not None:
+            self.pipeline.stopping = True
             return  # a failed stop waits for nothing: what is in flight stays uncommitted, re-read later
-        pending = [f for f in self._publishing if not f.done()]
-        if pending:
-            bound = self._model_bound() + self.settings.send_timeout_s
-            await asyncio.wait(pending, timeout=bound)
+        await self.pipeline.finish_in_flight()
         try:
             await self.app.consumer.commit()
         except Exception as exc:  # the broker is away: what was acked is re-read, never lost

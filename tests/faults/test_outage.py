@@ -100,7 +100,7 @@ def test_a_10_second_cut_with_the_default_timeouts_does_not_restart_the_worker(
 ):
     broker, proxy = cuttable_broker
     # Enough posts, in small batches, that the cut catches sends in flight.
-    before, after = make_posts(3000, "before"), make_posts(300, "after")
+    before, after = make_posts(1200, "before"), make_posts(100, "after")
     produce_sync(broker, topics.input, before)
     env = _env(broker, topics, tiny_model, EMOTION_BATCH_SIZE="8")
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()

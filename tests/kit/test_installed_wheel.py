@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -83,6 +84,12 @@ def _run(command: list[str], cwd: Path, env: dict | None = None, timeout: float 
 def test_the_wheel_installs_beside_a_project_with_its_own_worker_and_its_pytest_uses_the_fixture(
     broker, tmp_path
 ):
+    # Built from a copy of what the distribution is made of: the build leaves nothing in the checkout.
+    source = tmp_path / "source"
+    for name in ("worker", "training", "schemas"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     _run(
         [
@@ -95,9 +102,9 @@ def test_the_wheel_installs_beside_a_project_with_its_own_worker_and_its_pytest_
             "--no-build-isolation",
             "-w",
             str(wheels),
-            str(ROOT),
+            str(source),
         ],
-        ROOT,
+        source,
     )
     (wheel,) = wheels.glob("emotion_stream-*.whl")
 
