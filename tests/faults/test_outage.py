@@ -67,7 +67,7 @@ def test_an_outage_longer_than_the_send_timeout_ends_the_worker_and_a_restart_an
     cuttable_broker, topics, tiny_model, tmp_path
 ):
     broker, proxy = cuttable_broker
-    posts = make_posts(3000)
+    posts = make_posts(2000)
     produce_sync(broker, topics.input, posts)
     env = _env(
         broker,
