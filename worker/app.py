@@ -16,7 +16,9 @@ stops a worker that makes no progress.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -145,6 +147,9 @@ class EmotionStream:
             broker=s.faust_broker,
             autodiscover=False,
             store="memory://",
+            # Faust makes its data directory at start even with nothing to store: keep it out of
+            # the working directory (another team's project, when the test kit starts a worker).
+            datadir=str(Path(tempfile.gettempdir()) / "emotion-stream-{conf.name}-data"),
             web_enabled=s.web_enabled,
             web_bind=s.web_host,
             web_host=s.web_host,

@@ -140,3 +140,6 @@ def test_the_wheel_installs_beside_a_project_with_its_own_worker_and_its_pytest_
     )
     out = _run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], project, env=env)
     assert "2 passed" in out, out
+    assert sorted(p.name for p in project.iterdir()) == ["schemas", "tests", "training", "worker"], (
+        "the fixture left files in the project it ran in"
+    )
