@@ -78,14 +78,7 @@ class Aggregator:
         self.lag = 0
         self._stopping = asyncio.Event()
         self.on_publish: Callable[[list[dict[str, Any]]], None] | None = None
-        self.watchdog = Watchdog(
-            loop_stall_s=10.0,
-            consumer_stall_s=60.0,
-            commit_timeout_s=settings.commit_timeout_s,
-            grace_s=settings.unhealthy_grace_s,
-            on_dead=self._on_dead,
-            clock=clock,
-        )
+        self.watchdog = Watchdog.for_settings(settings, self._on_dead, clock)
         self.watchdog.watch_consumer(lag=lambda: self.lag, idle=lambda: True)
         self.broker_probe = BrokerProbe(settings.bootstrap_servers, security=self.security)
         self.registry = CollectorRegistry()

@@ -110,13 +110,7 @@ class EmotionStream:
             settings.max_message_bytes,
             settings.send_timeout_s,
         )
-        self.watchdog = Watchdog(
-            loop_stall_s=10.0,
-            consumer_stall_s=60.0,
-            commit_timeout_s=settings.commit_timeout_s,
-            grace_s=settings.unhealthy_grace_s,
-            on_dead=self._on_dead,
-        )
+        self.watchdog = Watchdog.for_settings(settings, self._on_dead)
         self.security = settings.security()  # read once: the password file, the TLS files
         self.broker_probe = BrokerProbe(settings.bootstrap_servers, security=self.security.aiokafka())
         self.desk: ClassifyDesk | None = None

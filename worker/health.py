@@ -35,6 +35,22 @@ log = structlog.get_logger(__name__)
 
 
 class Watchdog:
+    @classmethod
+    def for_settings(
+        cls, settings: Any, on_dead: Callable[[str], None], clock: Callable[[], float] = time.monotonic
+    ) -> Watchdog:
+        """The watchdog of a Kafka consumer (the worker, the aggregator): a 10 s stalled event
+        loop, a consumer idle 60 s with records waiting, commits and the grace period from the
+        settings (EMOTION_COMMIT_TIMEOUT_S, EMOTION_UNHEALTHY_GRACE_S)."""
+        return cls(
+            loop_stall_s=10.0,
+            consumer_stall_s=60.0,
+            commit_timeout_s=settings.commit_timeout_s,
+            grace_s=settings.unhealthy_grace_s,
+            on_dead=on_dead,
+            clock=clock,
+        )
+
     def __init__(
         self,
         *,
