@@ -125,7 +125,7 @@ class EmotionStream:
             self.watchdog,
             self.budget,
             batch_size=settings.batch_size,
-            batch_wait_s=settings.batch_wait_ms / 1000,
+            batch_wait_s=settings.batch_wait_s,
             model_timeout_s=settings.model_timeout_s,
             desk=self.desk,
             prepare_ahead=prepare_ahead,
@@ -155,7 +155,7 @@ class EmotionStream:
             producer_max_request_size=s.max_message_bytes + (64 << 10),
             producer_request_timeout=s.send_timeout_s,
             consumer_max_fetch_size=max(4 << 20, 2 * s.max_message_bytes),
-            broker_commit_interval=s.commit_interval_ms / 1000,
+            broker_commit_interval=s.commit_interval_s,
             # Faust's own pages (routing, tables, stats, graphs) are not this worker's API.
             web_router_enabled=False,
             web_tables_enabled=False,
@@ -208,7 +208,7 @@ class EmotionStream:
         beating.add_done_callback(self._crash_on_failure)
         if self.desk is not None:
             # The quiet-topic poll follows the batch wait: a request waits no longer than a post.
-            serving = asyncio.ensure_future(self.pipeline.serve_quiet_requests(s.batch_wait_ms / 1000))
+            serving = asyncio.ensure_future(self.pipeline.serve_quiet_requests(s.batch_wait_s))
             serving.add_done_callback(self._crash_on_failure)
         self.watchdog.watch_consumer(lag=self._total_lag, idle=self.pipeline.idle)
         conf = self.app.conf

@@ -285,8 +285,8 @@ class InboundRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
-    timestamp_ms: int | None = None
-    """The record's Kafka timestamp, if it has one."""
+    timestamp_s: float | None = None
+    """The record's Kafka timestamp in seconds (as Faust gives it), if it has one."""
 
 
 @dataclass(frozen=True)
@@ -371,9 +371,9 @@ def _posted_at(post: Post, record: InboundRecord) -> datetime | None:
         if created.tzinfo is None:
             created = created.replace(tzinfo=timezone.utc)
         return created.astimezone(timezone.utc)
-    if record.timestamp_ms is not None and record.timestamp_ms > 0:
+    if record.timestamp_s is not None and record.timestamp_s > 0:
         try:
-            return datetime.fromtimestamp(record.timestamp_ms / 1000, timezone.utc)
+            return datetime.fromtimestamp(record.timestamp_s, timezone.utc)
         except (OverflowError, OSError, ValueError):  # a timestamp past the calendar's end
             return None
     return None

@@ -48,12 +48,6 @@ def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
     return tuple((str(name), bytes(value or b"")) for name, value in pairs)
 
 
-def _timestamp_ms(message: Any) -> int | None:
-    """The Kafka timestamp of a message (kept in seconds), in milliseconds."""
-    timestamp = message.timestamp
-    return int(timestamp * 1000) if timestamp and timestamp > 0 else None
-
-
 def message_size(event: Any) -> int:
     message = event.message
     return len(message.value or b"") + len(message.key or b"")
@@ -67,7 +61,7 @@ def inbound_record(message: Any) -> InboundRecord:
         message.key,
         message.value,
         _headers(message.headers),
-        _timestamp_ms(message),
+        message.timestamp if message.timestamp and message.timestamp > 0 else None,
     )
 
 

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
 from emotion_stream.worker.broker.security import KafkaSecurity
-from emotion_stream.worker.model.api import ModelOptions, NumericMode
+from emotion_stream.worker.model.api import ModelOptions, ModelSource, NumericMode, model_source
 
 
 def _loopback(host: str) -> bool:
@@ -23,8 +23,9 @@ def _loopback(host: str) -> bool:
         return False
 
 
-class WorkerSettings(BaseSettings):
-    """Everything the worker can be told. Each field is read from ``EMOTION_<NAME>``."""
+class ConnectionSettings(BaseSettings):
+    """What every program reads: the broker and how to reach it, the topics, the size limits,
+    how long it may stay unhealthy, and its logs. Each field is read from ``EMOTION_<NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix="EMOTION_", extra="ignore", protected_namespaces=())
 
@@ -66,11 +67,6 @@ class WorkerSettings(BaseSettings):
     ssl_check_hostname: bool = Field(
         default=True, description="Check that the broker's certificate names the host connected to."
     )
-    group_id: str = Field(
-        default="emotion-stream",
-        description="Consumer group (and Faust app id): workers with the same group share the input "
-        "partitions.",
-    )
     input_topic: str = Field(default="posts", min_length=1, description="Posts to label.")
     output_topic: str = Field(
         default="post-emotions", min_length=1, description="One result per post, key = post id."
@@ -81,6 +77,139 @@ class WorkerSettings(BaseSettings):
         description="Dead letters: messages that could not be labelled, with the reason.",
     )
 
+    aggregates_topic: str = Field(
+        default="post-emotions-1m",
+        min_length=1,
+        description="`emotion-stream aggregate` publishes windowed counts here; key = window start and "
+        "dimension (the latest record per key is the current state).",
+    )
+    max_message_bytes: int = Field(
+        default=1 << 20,
+        ge=64 << 10,
+        le=64 << 20,
+        description="Largest message read or written. A larger input is dead-lettered as `too_large` with a "
+        "prefix of its bytes, its size and its SHA-256; a dead letter that would be larger carries such a "
+        "prefix "
+        "instead of the whole payload. Keep it at or below the topics' `max.message.bytes`.",
+    )
+    max_inflight_bytes: int = Field(
+        default=64 << 20,
+        ge=1 << 20,
+        description="Most bytes of input messages held between the consumer and the model; beyond it the "
+        "worker stops fetching until batches are done (with EMOTION_BATCH_SIZE, what bounds memory under a "
+        "backlog).",
+    )
+    commit_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Longest acknowledged batches may wait for a commit before the worker counts as "
+        "unhealthy.",
+    )
+    unhealthy_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long the worker may stay unhealthy (no progress: model, event loop, consumer, "
+        "commits) before it exits with code 1 for its supervisor to restart it.",
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe log level written (post text never appears above DEBUG)."
+    )
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="`json` for machines, `console` for humans."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        for part in value.split(";"):
+            part = part.strip()
+            host_port = part.split("://", 1)[1] if "://" in part else part
+            scheme = part.split("://", 1)[0] if "://" in part else "kafka"
+            if scheme != "kafka" or ":" not in host_port or not host_port.rsplit(":", 1)[1].isdigit():
+                raise ValueError(
+                    f"{part!r} is not a broker address: use kafka://host:port (several separated by ';')"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> ConnectionSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        problems = []
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username):
+            problems.append(
+                f"EMOTION_SECURITY_PROTOCOL={self.security_protocol} needs EMOTION_SASL_MECHANISM and "
+                "EMOTION_SASL_USERNAME"
+            )
+        if sasl and (self.sasl_password is None) == (self.sasl_password_file is None):
+            problems.append("SASL needs exactly one of EMOTION_SASL_PASSWORD and EMOTION_SASL_PASSWORD_FILE")
+        if not sasl and any(
+            v is not None
+            for v in (self.sasl_mechanism, self.sasl_username, self.sasl_password, self.sasl_password_file)
+        ):
+            problems.append(
+                f"EMOTION_SASL_* settings are given but EMOTION_SECURITY_PROTOCOL={self.security_protocol}: "
+                "use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if not tls and any(v is not None for v in (self.ssl_ca_file, self.ssl_cert_file, self.ssl_key_file)):
+            problems.append(
+                f"EMOTION_SSL_* files are given but EMOTION_SECURITY_PROTOCOL={self.security_protocol}: use "
+                "SSL or SASL_SSL"
+            )
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            problems.append("mutual TLS needs both EMOTION_SSL_CERT_FILE and EMOTION_SSL_KEY_FILE")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def security(self) -> KafkaSecurity:
+        """How the product's Kafka clients authenticate and encrypt (the password read now)."""
+        password = self.sasl_password
+        if self.sasl_password_file is not None:
+            password = SecretStr(self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+        return KafkaSecurity(
+            protocol=self.security_protocol,
+            mechanism=self.sasl_mechanism,
+            username=self.sasl_username,
+            password=password,
+            ca_file=self.ssl_ca_file,
+            cert_file=self.ssl_cert_file,
+            key_file=self.ssl_key_file,
+            check_hostname=self.ssl_check_hostname,
+        )
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> ConnectionSettings:
+        if len({self.input_topic, self.output_topic, self.dlq_topic, self.aggregates_topic}) != 4:
+            raise ValueError(
+                "EMOTION_INPUT_TOPIC, EMOTION_OUTPUT_TOPIC, EMOTION_DLQ_TOPIC and EMOTION_AGGREGATES_TOPIC "
+                "must be four different topics"
+            )
+        return self
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """The broker addresses as `host:port` strings, for plain Kafka clients."""
+        return [p.strip().split("://", 1)[-1] for p in self.broker.split(";") if p.strip()]
+
+
+class WorkerSettings(ConnectionSettings):
+    """The worker's settings (`emotion-stream worker`): its group, the model, batching,
+    publishing and its web port."""
+
+    group_id: str = Field(
+        default="emotion-stream",
+        description="Consumer group (and Faust app id): workers with the same group share the input "
+        "partitions.",
+    )
     model: str = Field(
         default=str(DEFAULT_MODEL_DIR),
         description="Model directory (Hugging Face format, safetensors) or hub id; `keywords:` (or "
@@ -152,26 +281,10 @@ class WorkerSettings(BaseSettings):
         "(and the worker's Kafka work never waits for the model's); false runs it in the worker's process.",
     )
 
-    max_message_bytes: int = Field(
-        default=1 << 20,
-        ge=64 << 10,
-        le=64 << 20,
-        description="Largest message read or written. A larger input is dead-lettered as `too_large` with a "
-        "prefix of its bytes, its size and its SHA-256; a dead letter that would be larger carries such a "
-        "prefix "
-        "instead of the whole payload. Keep it at or below the topics' `max.message.bytes`.",
-    )
     propagate_headers: list[str] = Field(
         default_factory=list,
         description="Record headers copied from each post to its result or dead letter, besides the W3C "
         '`traceparent` and `tracestate` (always copied); a JSON list, e.g. `["x-request-id"]`.',
-    )
-    max_inflight_bytes: int = Field(
-        default=64 << 20,
-        ge=1 << 20,
-        description="Most bytes of input messages held between the consumer and the model; beyond it the "
-        "worker stops fetching until batches are done (with EMOTION_BATCH_SIZE, what bounds memory under a "
-        "backlog).",
     )
     commit_interval_ms: int = Field(
         default=100,
@@ -187,13 +300,6 @@ class WorkerSettings(BaseSettings):
         description="Longest wait for the broker to acknowledge a batch's results; past it the worker stops "
         "with exit 1, the batch uncommitted.",
     )
-    commit_timeout_s: float = Field(
-        default=30.0,
-        gt=0,
-        le=600,
-        description="Longest acknowledged batches may wait for a commit before the worker counts as "
-        "unhealthy.",
-    )
     model_timeout_s: float | None = Field(
         default=None,
         gt=0,
@@ -201,14 +307,6 @@ class WorkerSettings(BaseSettings):
         "20 times the expected time of a full batch as measured while running, at least 60 s (300 s for the "
         "first batches).",
     )
-    unhealthy_grace_s: float = Field(
-        default=30.0,
-        ge=0,
-        le=3600,
-        description="How long the worker may stay unhealthy (no progress: model, event loop, consumer, "
-        "commits) before it exits with code 1 for its supervisor to restart it.",
-    )
-
     web_enabled: bool = Field(default=True, description="Serve `/health`, `/ready` and `/metrics`.")
     web_host: str = Field(
         default="127.0.0.1",
@@ -231,15 +329,65 @@ class WorkerSettings(BaseSettings):
         default=16, ge=1, description="Requests in progress at once; more are answered 429."
     )
 
-    aggregates_topic: str = Field(
-        default="post-emotions-1m",
-        min_length=1,
-        description="`emotion-stream aggregate` publishes windowed counts here; key = window start and "
-        "dimension (the latest record per key is the current state).",
-    )
+    @model_validator(mode="after")
+    def _classify_guarded(self) -> WorkerSettings:
+        if self.classify and self.classify_token is None and not _loopback(self.web_host):
+            raise ValueError(
+                f"EMOTION_CLASSIFY=true with EMOTION_WEB_HOST={self.web_host} would let anyone who can "
+                "reach the port use the model: set EMOTION_CLASSIFY_TOKEN (clients send it as a bearer "
+                "token), or bind EMOTION_WEB_HOST to 127.0.0.1"
+            )
+        return self
+
+    @property
+    def batch_wait_s(self) -> float:
+        """EMOTION_BATCH_WAIT_MS in seconds (the one place milliseconds become seconds)."""
+        return self.batch_wait_ms / 1000
+
+    @property
+    def commit_interval_s(self) -> float:
+        """EMOTION_COMMIT_INTERVAL_MS in seconds."""
+        return self.commit_interval_ms / 1000
+
+    @property
+    def model_source(self) -> ModelSource:
+        """What EMOTION_MODEL names: the keyword stand-in, a local directory or a hub id."""
+        return model_source(self.model)
+
+    def model_options(self) -> ModelOptions:
+        """How the model is loaded and run, as the model runner takes it."""
+        return ModelOptions(
+            device=self.device,
+            numeric=self.numeric,
+            max_length=self.max_length,
+            batch_size=self.model_batch_size,
+            torch_threads=self.torch_threads,
+            cpu_passes=self.cpu_passes,
+            packing=self.packing,
+            prepack=self.prepack_weights,
+            revision=self.model_revision,
+        )
+
+    @property
+    def faust_broker(self) -> list[str]:
+        return [f"kafka://{hp}" for hp in self.bootstrap_servers]
+
+
+class WindowSettings(ConnectionSettings):
+    """The windows' length, read by the aggregator that cuts them and the page that shows them."""
+
     aggregate_window_s: float = Field(
-        default=60.0, gt=0, le=86400, description="Length of the tumbling windows, in seconds."
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Length of the tumbling windows in seconds (the aggregator cuts them, the page "
+        "shows it).",
     )
+
+
+class AggregatorSettings(WindowSettings):
+    """The aggregator's settings (`emotion-stream aggregate`)."""
+
     aggregate_update_s: float = Field(
         default=2.0, gt=0, description="An open window's record is re-published at most this often."
     )
@@ -281,6 +429,11 @@ class WorkerSettings(BaseSettings):
     aggregate_port: int = Field(
         default=6067, ge=0, le=65535, description="Port of those endpoints (0: any free port, logged)."
     )
+
+
+class DashboardSettings(WindowSettings):
+    """The live page's settings (`emotion-stream dashboard`)."""
+
     dashboard_host: str = Field(default="127.0.0.1", description="Address of the live dashboard page.")
     dashboard_port: int = Field(default=8080, ge=1, le=65535, description="Port of the live dashboard page.")
     dashboard_show_text: bool = Field(
@@ -296,7 +449,7 @@ class WorkerSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _dashboard_text_guarded(self) -> WorkerSettings:
+    def _dashboard_text_guarded(self) -> DashboardSettings:
         if self.dashboard_show_text and self.dashboard_token is None and not _loopback(self.dashboard_host):
             raise ValueError(
                 f"EMOTION_DASHBOARD_SHOW_TEXT=true with EMOTION_DASHBOARD_HOST={self.dashboard_host} would "
@@ -305,117 +458,3 @@ class WorkerSettings(BaseSettings):
                 "EMOTION_DASHBOARD_SHOW_TEXT off"
             )
         return self
-
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Least severe log level written (post text never appears above DEBUG)."
-    )
-    log_format: Literal["json", "console"] = Field(
-        default="json", description="`json` for machines, `console` for humans."
-    )
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
-
-    @field_validator("broker")
-    @classmethod
-    def _broker_url(cls, value: str) -> str:
-        for part in value.split(";"):
-            part = part.strip()
-            host_port = part.split("://", 1)[1] if "://" in part else part
-            scheme = part.split("://", 1)[0] if "://" in part else "kafka"
-            if scheme != "kafka" or ":" not in host_port or not host_port.rsplit(":", 1)[1].isdigit():
-                raise ValueError(
-                    f"{part!r} is not a broker address: use kafka://host:port (several separated by ';')"
-                )
-        return value
-
-    @model_validator(mode="after")
-    def _consistent_security(self) -> WorkerSettings:
-        sasl = self.security_protocol.startswith("SASL_")
-        tls = self.security_protocol.endswith("SSL")
-        problems = []
-        if sasl and (self.sasl_mechanism is None or not self.sasl_username):
-            problems.append(
-                f"EMOTION_SECURITY_PROTOCOL={self.security_protocol} needs EMOTION_SASL_MECHANISM and "
-                "EMOTION_SASL_USERNAME"
-            )
-        if sasl and (self.sasl_password is None) == (self.sasl_password_file is None):
-            problems.append("SASL needs exactly one of EMOTION_SASL_PASSWORD and EMOTION_SASL_PASSWORD_FILE")
-        if not sasl and any(
-            v is not None
-            for v in (self.sasl_mechanism, self.sasl_username, self.sasl_password, self.sasl_password_file)
-        ):
-            problems.append(
-                f"EMOTION_SASL_* settings are given but EMOTION_SECURITY_PROTOCOL={self.security_protocol}: "
-                "use SASL_SSL (or SASL_PLAINTEXT)"
-            )
-        if not tls and any(v is not None for v in (self.ssl_ca_file, self.ssl_cert_file, self.ssl_key_file)):
-            problems.append(
-                f"EMOTION_SSL_* files are given but EMOTION_SECURITY_PROTOCOL={self.security_protocol}: use "
-                "SSL or SASL_SSL"
-            )
-        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
-            problems.append("mutual TLS needs both EMOTION_SSL_CERT_FILE and EMOTION_SSL_KEY_FILE")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    def security(self) -> KafkaSecurity:
-        """How the product's Kafka clients authenticate and encrypt (the password read now)."""
-        password = self.sasl_password
-        if self.sasl_password_file is not None:
-            password = SecretStr(self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
-        return KafkaSecurity(
-            protocol=self.security_protocol,
-            mechanism=self.sasl_mechanism,
-            username=self.sasl_username,
-            password=password,
-            ca_file=self.ssl_ca_file,
-            cert_file=self.ssl_cert_file,
-            key_file=self.ssl_key_file,
-            check_hostname=self.ssl_check_hostname,
-        )
-
-    @model_validator(mode="after")
-    def _classify_guarded(self) -> WorkerSettings:
-        if self.classify and self.classify_token is None and not _loopback(self.web_host):
-            raise ValueError(
-                f"EMOTION_CLASSIFY=true with EMOTION_WEB_HOST={self.web_host} would let anyone who can "
-                "reach the port use the model: set EMOTION_CLASSIFY_TOKEN (clients send it as a bearer "
-                "token), or bind EMOTION_WEB_HOST to 127.0.0.1"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _distinct_topics(self) -> WorkerSettings:
-        if len({self.input_topic, self.output_topic, self.dlq_topic, self.aggregates_topic}) != 4:
-            raise ValueError(
-                "EMOTION_INPUT_TOPIC, EMOTION_OUTPUT_TOPIC, EMOTION_DLQ_TOPIC and EMOTION_AGGREGATES_TOPIC "
-                "must be four different topics"
-            )
-        return self
-
-    @property
-    def bootstrap_servers(self) -> list[str]:
-        """The broker addresses as `host:port` strings, for plain Kafka clients."""
-        return [p.strip().split("://", 1)[-1] for p in self.broker.split(";") if p.strip()]
-
-    def model_options(self) -> ModelOptions:
-        """How the model is loaded and run, as the model runner takes it."""
-        return ModelOptions(
-            device=self.device,
-            numeric=self.numeric,
-            max_length=self.max_length,
-            batch_size=self.model_batch_size,
-            torch_threads=self.torch_threads,
-            cpu_passes=self.cpu_passes,
-            packing=self.packing,
-            prepack=self.prepack_weights,
-            revision=self.model_revision,
-        )
-
-    @property
-    def faust_broker(self) -> list[str]:
-        return [f"kafka://{hp}" for hp in self.bootstrap_servers]

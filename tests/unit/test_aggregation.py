@@ -8,7 +8,7 @@ import pytest
 
 from emotion_stream.schemas.aggregates import EmotionAggregate, aggregate_key
 from emotion_stream.schemas.labels import LABELS
-from emotion_stream.worker.aggregation import Windows
+from emotion_stream.worker.aggregates.windows import Windows
 
 
 def _result(label: str, at: str, score: float = 0.9, **dimensions) -> dict:
@@ -191,12 +191,12 @@ def test_the_aggregator_serves_health_ready_and_metrics_and_turns_unhealthy_with
 
     from aiohttp.test_utils import TestClient, TestServer
 
-    from emotion_stream.worker.aggregator import Aggregator
-    from emotion_stream.worker.settings import WorkerSettings
+    from emotion_stream.worker.aggregates.service import Aggregator
+    from emotion_stream.worker.settings import AggregatorSettings
 
     now = [1000.0]
     aggregator = Aggregator(
-        WorkerSettings(output_topic="out", dlq_topic="dlq", _env_file=None), clock=lambda: now[0]
+        AggregatorSettings(output_topic="out", dlq_topic="dlq", _env_file=None), clock=lambda: now[0]
     )
     wall = time.time()
     aggregator.count("out", json.dumps(_result("joy", _iso_at(wall))).encode(), int(wall * 1000))
@@ -243,11 +243,11 @@ def test_the_aggregator_serves_health_ready_and_metrics_and_turns_unhealthy_with
 
 
 def test_the_aggregator_counts_a_record_standing_for_an_undecodable_batch_as_such():
-    from emotion_stream.worker.aggregator import Aggregator
+    from emotion_stream.worker.aggregates.service import Aggregator
     from emotion_stream.worker.codec import UNDECODABLE_HEADER
-    from emotion_stream.worker.settings import WorkerSettings
+    from emotion_stream.worker.settings import AggregatorSettings
 
-    aggregator = Aggregator(WorkerSettings())
+    aggregator = Aggregator(AggregatorSettings())
     assert not aggregator.count("post-emotions", None, None, [(UNDECODABLE_HEADER, b"offsets 1..2")])
     assert aggregator.skipped["undecodable"] == 1
     assert not aggregator.count("post-emotions", None, None, [("other", b"x")])

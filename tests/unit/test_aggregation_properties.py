@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from emotion_stream.schemas.aggregates import EmotionAggregate
 from emotion_stream.schemas.labels import LABELS
-from emotion_stream.worker.aggregation import Windows
+from emotion_stream.worker.aggregates.windows import Windows
 
 # At least 150 examples: the calendar's edges and garbage are a small share of the draws. A
 # longer profile (HYPOTHESIS_PROFILE) searches longer.
@@ -216,10 +216,10 @@ raw_values = st.one_of(
     )
 )
 def test_any_bytes_on_the_aggregators_topics_are_read_counted_or_skipped_never_raised(records):
-    from emotion_stream.worker.aggregator import Aggregator
-    from emotion_stream.worker.settings import WorkerSettings
+    from emotion_stream.worker.aggregates.service import Aggregator
+    from emotion_stream.worker.settings import AggregatorSettings
 
-    aggregator = Aggregator(WorkerSettings(output_topic="out", dlq_topic="dlq", _env_file=None))
+    aggregator = Aggregator(AggregatorSettings(output_topic="out", dlq_topic="dlq", _env_file=None))
     for topic, value, timestamp_ms in records:
         aggregator.count(topic, value.encode() if isinstance(value, str) else value, timestamp_ms)
     w = aggregator.windows

@@ -20,12 +20,16 @@ def _clean_env(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name,value", [("EMOTION_PROPAGATE_HEADERS", "x-tenant"), ("EMOTION_AGGREGATE_DIMENSIONS", "source,")]
+    "command,name,value",
+    [
+        ("worker", "EMOTION_PROPAGATE_HEADERS", "x-tenant"),
+        ("aggregate", "EMOTION_AGGREGATE_DIMENSIONS", "source,"),
+    ],
 )
-def test_a_list_setting_that_is_not_json_names_its_variable(monkeypatch, capsys, name, value):
+def test_a_list_setting_that_is_not_json_names_its_variable(monkeypatch, capsys, command, name, value):
     _clean_env(monkeypatch)
     monkeypatch.setenv(name, value)
-    assert main(["worker"]) == 2
+    assert main([command]) == 2
     err = capsys.readouterr().err
     assert name in err and "JSON" in err and "Traceback" not in err
 

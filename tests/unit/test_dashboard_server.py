@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
 from emotion_stream.worker.dashboard.server import DashboardState, PageWatchdog, build_app
-from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.settings import DashboardSettings
 
 
 class Clock:
@@ -69,7 +69,7 @@ async def _get(state: DashboardState, path: str, **kwargs):
 
 
 def test_health_ready_and_metrics():
-    state = DashboardState(WorkerSettings())
+    state = DashboardState(DashboardSettings())
     state.on_record(state.settings.output_topic, b"[" * 5000, 1)
     status, body, _ = asyncio.run(_get(state, "/metrics"))
     topic = state.settings.output_topic
@@ -88,7 +88,7 @@ def test_health_ready_and_metrics():
 
 
 def test_with_a_token_the_page_asks_for_it_and_keeps_it_in_a_cookie():
-    state = DashboardState(WorkerSettings(dashboard_token="page-secret", dashboard_show_text=True))
+    state = DashboardState(DashboardSettings(dashboard_token="page-secret", dashboard_show_text=True))
     assert asyncio.run(_get(state, "/api/state"))[0] == 401
     assert asyncio.run(_get(state, "/?token=wrong"))[0] == 401
     status, _, headers = asyncio.run(_get(state, "/?token=page-secret"))
@@ -103,10 +103,10 @@ def test_with_a_token_the_page_asks_for_it_and_keeps_it_in_a_cookie():
 
 def test_post_text_on_an_open_address_needs_a_token():
     with pytest.raises(ValidationError, match="EMOTION_DASHBOARD_TOKEN"):
-        WorkerSettings(dashboard_show_text=True, dashboard_host="0.0.0.0")
-    WorkerSettings(dashboard_show_text=True, dashboard_host="0.0.0.0", dashboard_token="t")
-    WorkerSettings(dashboard_show_text=False, dashboard_host="0.0.0.0")
-    WorkerSettings(dashboard_show_text=True, dashboard_host="127.0.0.1")
+        DashboardSettings(dashboard_show_text=True, dashboard_host="0.0.0.0")
+    DashboardSettings(dashboard_show_text=True, dashboard_host="0.0.0.0", dashboard_token="t")
+    DashboardSettings(dashboard_show_text=False, dashboard_host="0.0.0.0")
+    DashboardSettings(dashboard_show_text=True, dashboard_host="127.0.0.1")
 
 
 def test_the_dashboard_command_refuses_to_start_with_exit_code_2_and_says_what_to_set():

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from emotion_stream.worker.dashboard.server import DashboardState
-from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.settings import DashboardSettings
 
 
 def _aggregate(start: str, posts: int, dimension=None) -> dict:
@@ -17,7 +17,7 @@ def _aggregate(start: str, posts: int, dimension=None) -> dict:
 
 
 def test_the_state_keeps_the_totals_of_the_last_hour_and_pushes_each_change():
-    state = DashboardState(WorkerSettings())
+    state = DashboardState(DashboardSettings())
     queue: asyncio.Queue = asyncio.Queue()
     state.subscribers.add(queue)
     state.on_aggregate(_aggregate("2026-11-29T20:00:00Z", 5))
@@ -35,7 +35,7 @@ def test_the_state_keeps_the_totals_of_the_last_hour_and_pushes_each_change():
 
 def test_rates_count_records_stamped_in_the_last_ten_seconds_and_text_only_when_allowed():
     now = time.time()
-    hidden = DashboardState(WorkerSettings())
+    hidden = DashboardState(DashboardSettings())
     hidden.on_post({"id": "p1", "text": "secret words"})
     hidden.on_result({"id": "p1", "label": "joy", "score": 0.9, "processed_at": "x"}, int((now - 5) * 1000))
     hidden.on_result({"id": "p2", "label": "fear", "score": 0.8, "processed_at": "x"}, int(now * 1000))
@@ -47,7 +47,7 @@ def test_rates_count_records_stamped_in_the_last_ten_seconds_and_text_only_when_
     assert hidden.rates(now=now + 30) == {"posts_per_s": 0.0, "dead_letters_per_s": 0.0}
     assert "text" not in hidden.recent[0] and [r["id"] for r in hidden.recent] == ["p0", "p2", "p1"]
 
-    shown = DashboardState(WorkerSettings(dashboard_show_text=True))
+    shown = DashboardState(DashboardSettings(dashboard_show_text=True))
     shown.on_post({"id": "p1", "text": "words allowed"})
     shown.on_result({"id": "p1", "label": "joy", "score": 0.9, "processed_at": "x"}, timestamp_ms=1)
     assert shown.recent[0]["text"] == "words allowed" and shown.snapshot()["show_text"] is True
@@ -55,7 +55,7 @@ def test_rates_count_records_stamped_in_the_last_ten_seconds_and_text_only_when_
 
 # -- garbage on the topics: skipped and counted, never a crash ---------------------------------
 
-TOPICS = WorkerSettings(dashboard_show_text=True)
+TOPICS = DashboardSettings(dashboard_show_text=True)
 NESTED = b"[" * 5000 + b"]" * 5000
 GARBAGE = {
     "nested": (NESTED, "not_json"),

@@ -24,14 +24,18 @@ from compose_spec import PyCompose
 
 from emotion_stream.worker.cli.usage import env_name
 from emotion_stream.worker.observability import WorkerMetrics
-from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.settings import AggregatorSettings, DashboardSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SCHEMAS = ROOT / "tests/schemas"
 KUBERNETES_VERSION = "1.33.0"
-SETTINGS = {env_name(WorkerSettings, (name,)) for name in WorkerSettings.model_fields}
+SETTINGS = {
+    env_name(section, (name,))
+    for section in (WorkerSettings, AggregatorSettings, DashboardSettings)
+    for name in section.model_fields
+}
 SERVED_PATHS = {"/health", "/ready", "/metrics"}
 KUSTOMIZATION = "kustomization" + ".yaml"  # in every directory of deploy/k8s
 COMPOSE = ROOT / "deploy/docker-compose.yml"
@@ -210,13 +214,13 @@ def _validate(manifest: dict) -> None:
 # --- the files ---------------------------------------------------------------------------------
 
 
-def test_every_setting_the_deploy_files_set_is_one_the_worker_reads():
+def test_every_setting_the_deploy_files_set_is_one_a_program_reads():
     found = _environment_names()
     files = (COMPOSE, K8S / "base/settings.env", ROOT / "deploy/k8s/gpu/worker-gpu.yaml")
     assert {"Dockerfile", *(str(f.relative_to(DEPLOY)) for f in files)} <= set(found)
     for where, names in found.items():
         unknown = names - SETTINGS
-        assert not unknown, f"{where} sets {sorted(unknown)}, which are not worker settings"
+        assert not unknown, f"{where} sets {sorted(unknown)}, which no program reads"
 
 
 def test_the_dockerfile_passes_the_linter_and_copies_only_what_dockerignore_lets_through():

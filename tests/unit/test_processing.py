@@ -283,7 +283,7 @@ def test_results_carry_the_post_time_and_its_dimensions():
         0,
         b'{"id": "a", "text": "x", "source": "app", "lang": "en", "created_at": "2026-01-01T10:00:00+01:00"}',
     )
-    stamped = InboundRecord("posts", 0, 1, None, b'{"id": "b", "text": "y"}', timestamp_ms=1767261600000)
+    stamped = InboundRecord("posts", 0, 1, None, b'{"id": "b", "text": "y"}', timestamp_s=1767261600.0)
     outcome = BatchProcessor(fake_predict, MODEL).process([posted, stamped])
     first, second = (json.loads(m.value) for m in outcome.results)
     assert first["posted_at"] == "2026-01-01T09:00:00Z" and first["dimensions"] == {
@@ -299,7 +299,7 @@ def test_a_result_writes_exactly_the_schemas_fields():
     outcome = BatchProcessor(fake_predict, MODEL).process(
         [
             InboundRecord(
-                "posts", 0, 0, b"a", b'{"id": "a", "text": "x", "lang": "en"}', (), 1_700_000_000_000
+                "posts", 0, 0, b"a", b'{"id": "a", "text": "x", "lang": "en"}', (), 1_700_000_000.0
             ),
             InboundRecord("posts", 0, 1, b"b", b'{"id": "b", "text": "y"}'),
         ]

@@ -86,3 +86,79 @@ def test_cli_schemas_export(tmp_path):
     )
     assert proc.returncode == 0
     assert (tmp_path / "post.schema.json").is_file()
+
+
+def test_each_program_loads_only_its_own_section(monkeypatch):
+    """A value only the worker reads cannot stop the aggregator or the page, and the reverse."""
+    from emotion_stream.worker.settings import AggregatorSettings, DashboardSettings
+
+    monkeypatch.setenv("EMOTION_NUMERIC", "float7")  # the worker's setting, bad
+    monkeypatch.setenv("EMOTION_AGGREGATE_WINDOW_S", "-5")  # the aggregator's and the page's, bad
+    monkeypatch.setenv("EMOTION_DASHBOARD_PORT", "0")  # the page's, bad
+    with pytest.raises(ValidationError, match="numeric"):
+        WorkerSettings()
+    with pytest.raises(ValidationError, match="aggregate_window_s"):
+        AggregatorSettings()
+    with pytest.raises(ValidationError) as page:
+        DashboardSettings()
+    assert {e["loc"][0] for e in page.value.errors()} == {"aggregate_window_s", "dashboard_port"}
+    monkeypatch.setenv("EMOTION_AGGREGATE_WINDOW_S", "30")
+    assert AggregatorSettings().aggregate_window_s == 30.0
+    assert "model" not in AggregatorSettings.model_fields and "model" not in DashboardSettings.model_fields
+    assert "dashboard_port" not in AggregatorSettings.model_fields
+    assert "aggregate_port" not in WorkerSettings.model_fields
+
+
+def test_every_section_shares_the_connection_and_its_checks(monkeypatch):
+    from emotion_stream.worker.settings import AggregatorSettings, DashboardSettings
+
+    monkeypatch.setenv("EMOTION_SECURITY_PROTOCOL", "SASL_SSL")  # without a mechanism or a user
+    for section in (WorkerSettings, AggregatorSettings, DashboardSettings):
+        with pytest.raises(ValidationError, match="EMOTION_SASL_MECHANISM"):
+            section()
+
+
+def test_durations_in_milliseconds_are_read_in_seconds():
+    s = WorkerSettings(batch_wait_ms=250, commit_interval_ms=40)
+    assert (s.batch_wait_s, s.commit_interval_s) == (0.25, 0.04)
+
+
+@pytest.mark.parametrize(
+    "value,kind",
+    [
+        ("keywords:", "keywords"),
+        ("keywords:table.json", "keywords"),
+        ("artifacts/model", "directory"),
+        ("./mine", "directory"),
+        ("/srv/models/emotion", "directory"),
+        ("~/model", "directory"),
+        ("runs/a/", "directory"),
+        ("a/b/c", "directory"),
+        ("bhadresh-savani/distilbert-base-uncased-emotion", "hub"),
+        ("distilbert-base-uncased", "hub"),
+    ],
+)
+def test_one_reading_of_the_model_setting(value, kind):
+    from emotion_stream.worker.model.api import model_source
+
+    assert model_source(value).kind == kind
+    assert WorkerSettings(model=value).model_source == model_source(value)
+
+
+def test_an_existing_directory_is_a_directory_and_a_missing_one_says_so(tmp_path, monkeypatch):
+    from emotion_stream.worker.model.api import model_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodel").mkdir()
+    assert model_source("mymodel").kind == "directory" and not model_source("mymodel").missing
+    assert model_source("./gone").missing and model_source("./gone").directory is not None
+    assert not model_source("org/name").missing and model_source("org/name").directory is None
+
+
+def test_a_missing_model_directory_is_not_looked_up_on_the_hub(tmp_path):
+    pytest.importorskip("transformers")
+    from emotion_stream.worker.model.api import ModelLoadError
+    from emotion_stream.worker.model.loading import load_pretrained
+
+    with pytest.raises(ModelLoadError, match="no model directory at .*emotion-stream train"):
+        load_pretrained(str(tmp_path / "not-there"))

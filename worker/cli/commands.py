@@ -18,9 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from emotion_stream.schemas.model_directory import looks_like_directory
 from emotion_stream.worker.cli.usage import UsageError, load_settings, model_missing_message
-from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.settings import (
+    AggregatorSettings,
+    ConnectionSettings,
+    DashboardSettings,
+    WorkerSettings,
+)
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -34,11 +38,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from emotion_stream.worker.app import EmotionStream
     from emotion_stream.worker.processing import BatchProcessor
 
-    if (
-        not settings.model.startswith("keywords:")
-        and looks_like_directory(settings.model)
-        and not Path(settings.model).exists()
-    ):
+    if settings.model_source.missing:
         raise UsageError(model_missing_message(settings.model))
     check_broker(settings)
     classifier = start_model(settings)
@@ -76,7 +76,7 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_broker(settings: WorkerSettings) -> None:
+def check_broker(settings: ConnectionSettings) -> None:
     """Connect and log in once before anything else: a wrong CA, address or password is a
     usage error at start, not a client retrying for ever."""
     from emotion_stream.worker.broker.security import BrokerConnectionError, preflight
@@ -113,10 +113,10 @@ def start_model(settings: WorkerSettings):
     """The model runner the settings ask for: in a process of its own (torch never loads in
     this one) or in this process. A model that cannot load is a usage error."""
     from emotion_stream.worker.model.api import ModelLoadError
-    from emotion_stream.worker.model.keywords import KeywordModel, is_keywords
+    from emotion_stream.worker.model.keywords import KeywordModel
 
     try:
-        if is_keywords(settings.model):  # the stand-in for other teams' tests: no torch, no weights
+        if settings.model_source.kind == "keywords":  # the stand-in for tests: no torch, no weights
             return KeywordModel(settings.model)
         check_model_packages(settings.model)
         if settings.model_process:
@@ -135,7 +135,7 @@ def start_model(settings: WorkerSettings):
         raise UsageError(str(exc)) from None
 
 
-def guard_consumers(settings: WorkerSettings) -> None:
+def guard_consumers(settings: ConnectionSettings) -> None:
     """Every Kafka consumer of this process decompresses a record batch only up to the in-flight
     bound, and moves past one it cannot decode."""
     from emotion_stream.worker.transport import guard_record_batches
@@ -144,13 +144,13 @@ def guard_consumers(settings: WorkerSettings) -> None:
 
 
 def run_aggregate(args: argparse.Namespace) -> int:
-    settings = load_settings(WorkerSettings)
+    settings = load_settings(AggregatorSettings)
     from emotion_stream.worker.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     guard_consumers(settings)
     check_broker(settings)
-    from emotion_stream.worker.aggregator import run_aggregator
+    from emotion_stream.worker.aggregates.service import run_aggregator
     from emotion_stream.worker.health import CannotServe
 
     try:
@@ -160,7 +160,7 @@ def run_aggregate(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    settings = load_settings(WorkerSettings)
+    settings = load_settings(DashboardSettings)
     from emotion_stream.worker.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -251,7 +251,7 @@ def _lines(path: str) -> Iterator[str]:
 def run_produce(args: argparse.Namespace) -> int:
     from emotion_stream.worker.broker.clients import line_to_message, produce
 
-    settings = load_settings(WorkerSettings)
+    settings = load_settings(ConnectionSettings)
     if args.file != "-" and not Path(args.file).is_file():
         raise UsageError(f"{args.file} is not a file: give a file of JSON or text lines, or - for stdin")
     topic = args.topic or settings.input_topic
@@ -321,7 +321,7 @@ def format_row(raw: bytes | None, headers: Any = ()) -> str:
 def run_consume(args: argparse.Namespace) -> int:
     from emotion_stream.worker.broker.clients import follow
 
-    settings = load_settings(WorkerSettings)
+    settings = load_settings(ConnectionSettings)
     check_broker(settings)
     guard_consumers(settings)
     topic = args.topic or (settings.dlq_topic if args.dead_letters else settings.output_topic)

@@ -18,10 +18,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from emotion_stream.schemas.model_directory import looks_like_directory
 from emotion_stream.worker.cli.usage import UsageError, load_settings, model_missing_message
 from emotion_stream.worker.codec import Rejected, decode_post
-from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.settings import AggregatorSettings, DashboardSettings, WorkerSettings
 
 BINARY_MESSAGE = b"\x89PNG\r\n\x1a\n\x00 binary bytes, not a post"
 WIDTH = 58
@@ -46,10 +45,10 @@ def sample_messages() -> list[tuple[bytes | None, bytes]]:
     return messages
 
 
-def resolve_model(settings: WorkerSettings) -> Path | str:
+def model_to_serve(settings: WorkerSettings) -> Path | str:
     """The model the demo serves (EMOTION_MODEL, else the default directory), trained first if missing."""
     model = settings.model
-    if not model.startswith("keywords:") and looks_like_directory(model) and not Path(model).exists():
+    if settings.model_source.missing:
         trained = train_default_model(Path(model))
         if trained is None:
             raise UsageError(model_missing_message(model))
@@ -230,7 +229,8 @@ def _run(args: argparse.Namespace) -> int:
     from emotion_stream.worker.broker.embedded import EmbeddedBroker
 
     settings = load_settings(WorkerSettings)
-    model = resolve_model(settings)
+    page, aggregator = load_settings(DashboardSettings), load_settings(AggregatorSettings)
+    model = model_to_serve(settings)
     messages = sample_messages()
     printer = DemoPrinter(messages)
     log_path = Path("artifacts/demo/worker.log").resolve()
@@ -254,8 +254,8 @@ def _run(args: argparse.Namespace) -> int:
             "EMOTION_DLQ_TOPIC": topics["dlq"],
             "EMOTION_AGGREGATES_TOPIC": topics["aggregates"],
             "EMOTION_AGGREGATE_UPDATE_S": "1",
-            "EMOTION_DASHBOARD_PORT": str(_port_or_free(settings.dashboard_port)),
-            "EMOTION_AGGREGATE_PORT": str(_port_or_free(settings.aggregate_port)),
+            "EMOTION_DASHBOARD_PORT": str(_port_or_free(page.dashboard_port)),
+            "EMOTION_AGGREGATE_PORT": str(_port_or_free(aggregator.aggregate_port)),
             "EMOTION_LOG_FORMAT": "console",
         }
         dashboard_url = f"http://127.0.0.1:{env['EMOTION_DASHBOARD_PORT']}/"

@@ -14,15 +14,25 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from emotion_stream.worker.cli.usage import env_name
-from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.settings import (
+    AggregatorSettings,
+    ConnectionSettings,
+    DashboardSettings,
+    WorkerSettings,
+)
 
 SECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
-    ("worker (`emotion-stream worker`, `produce`, `consume`, `demo`)", WorkerSettings),
+    ("Settings every program reads (the broker, the topics, limits, health and logs)", ConnectionSettings),
+    ("Settings of the worker (`emotion-stream worker`; `demo` runs one)", WorkerSettings),
+    ("Settings of the aggregator (`emotion-stream aggregate`)", AggregatorSettings),
+    ("Settings of the live page (`emotion-stream dashboard`)", DashboardSettings),
 )
 try:
     from emotion_stream.training.settings import TrainingSettings
 
-    SECTIONS += (("training (`emotion-stream train`, `tune`, `soup`, `evaluate`)", TrainingSettings),)
+    SECTIONS += (
+        ("Settings of the training (`emotion-stream train`, `tune`, `soup`, `evaluate`)", TrainingSettings),
+    )
 except ImportError:  # the worker's image ships without the training module
     pass
 
@@ -54,15 +64,22 @@ def _meaning(field: FieldInfo) -> str:
     return text.replace("|", "\\|")
 
 
-def settings_table(settings_class: type[BaseSettings]) -> str:
-    """A Markdown table of every field of ``settings_class``: variable, default, meaning."""
+def settings_table(settings_class: type[BaseSettings], skip: frozenset[str] = frozenset()) -> str:
+    """A Markdown table of the fields of ``settings_class`` not in ``skip``: variable, default,
+    meaning."""
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in settings_class.model_fields.items():
+        if name in skip:
+            continue
         lines.append(f"| `{env_name(settings_class, (name,))}` | {_default(field)} | {_meaning(field)} |")
     return "\n".join(lines) + "\n"
 
 
 def settings_reference() -> str:
-    """Every program's settings, one table each."""
-    parts = [f"Settings of the {title}:\n\n{settings_table(cls)}" for title, cls in SECTIONS]
+    """Every section's settings, one table each; a setting appears once, in the first section
+    that reads it (the worker's, aggregator's and page's sections add to every program's)."""
+    parts, shown = [], frozenset[str]()
+    for title, cls in SECTIONS:
+        parts.append(f"{title}:\n\n{settings_table(cls, shown)}")
+        shown |= frozenset(cls.model_fields)
     return "\n".join(parts)

@@ -44,9 +44,9 @@ OTHER_VARIABLES = frozenset(
 
 def known_variables() -> frozenset[str]:
     """Every ``EMOTION_*`` variable some part of the project reads."""
-    from emotion_stream.worker.settings import WorkerSettings
+    from emotion_stream.worker.settings import AggregatorSettings, DashboardSettings, WorkerSettings
 
-    classes: list[type[BaseSettings]] = [WorkerSettings]
+    classes: list[type[BaseSettings]] = [WorkerSettings, AggregatorSettings, DashboardSettings]
     try:
         from emotion_stream.training.settings import TrainingSettings
     except ImportError:  # the worker's image ships without the training module

@@ -36,7 +36,7 @@ from emotion_stream.schemas.labels import LABELS
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.codec import Rejected, Unreadable, decode_post, read_object, undecodable_reason
 from emotion_stream.worker.health import BrokerProbe, Watchdog, start_site, stop_worker
-from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.settings import DashboardSettings
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +131,7 @@ class PageMetrics:
 class DashboardState:
     """What the page shows, kept up to date from the topics; pushes changes to subscribers."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: DashboardSettings) -> None:
         self.settings = settings
         self.windows: dict[str, dict[str, Any]] = {}  # window_start -> record, totals only
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -414,7 +414,7 @@ def build_app(state: DashboardState) -> web.Application:
     return app
 
 
-def _token_guard(settings: WorkerSettings) -> Any:
+def _token_guard(settings: DashboardSettings) -> Any:
     """With EMOTION_DASHBOARD_TOKEN, every page but the probes needs it: as ``?token=`` once
     (then kept in a cookie, which the page's own requests and its event stream send), as the
     cookie, or as a bearer token."""
@@ -449,7 +449,7 @@ class Unhealthy(RuntimeError):
     """The watchdog stopped the page: exit code 1, for its supervisor to restart it."""
 
 
-async def serve(settings: WorkerSettings, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: DashboardSettings, ready: asyncio.Event | None = None) -> None:
     """Serve the page until cancelled; a topic reader that fails stops the server with it, and
     so does the watchdog (raising :class:`Unhealthy`)."""
     state = DashboardState(settings)
@@ -489,7 +489,7 @@ async def serve(settings: WorkerSettings, ready: asyncio.Event | None = None) ->
         await runner.cleanup()
 
 
-def run_dashboard(settings: WorkerSettings) -> int:
+def run_dashboard(settings: DashboardSettings) -> int:
     """Run until Ctrl-C or SIGTERM (exit code 0), or until the watchdog stops it (1)."""
     import signal
 

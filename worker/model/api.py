@@ -12,9 +12,44 @@ from __future__ import annotations
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from emotion_stream.schemas import ModelInfo
+from emotion_stream.schemas.model_directory import looks_like_directory
+
+KEYWORDS_PREFIX = "keywords:"
+"""An ``EMOTION_MODEL`` value with this prefix names the keyword stand-in (:mod:`worker.model.keywords`)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What an ``EMOTION_MODEL`` value names, decided once (:func:`model_source`) for the
+    worker, the demo and the loader: the keyword stand-in, a local model directory (which
+    may not exist yet) or a hub id."""
+
+    value: str
+    kind: Literal["keywords", "directory", "hub"]
+
+    @property
+    def directory(self) -> Path | None:
+        """The local directory, when the value names one."""
+        return Path(self.value) if self.kind == "directory" else None
+
+    @property
+    def missing(self) -> bool:
+        """A local directory that is not there (the demo trains one; the worker says how)."""
+        return self.kind == "directory" and not Path(self.value).exists()
+
+
+def model_source(value: str) -> ModelSource:
+    """The one reading of an ``EMOTION_MODEL`` value: ``keywords:...`` is the stand-in; an
+    existing path, the default directory, or a value that starts with ``.``, ``/`` or ``~``,
+    ends with ``/`` or has more than one ``/`` is a directory; anything else (``name``,
+    ``org/name``) is a hub id."""
+    if value.startswith(KEYWORDS_PREFIX):
+        return ModelSource(value, "keywords")
+    return ModelSource(value, "directory" if looks_like_directory(value) else "hub")
 
 
 class ModelLoadError(RuntimeError):

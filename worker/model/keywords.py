@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emotion_stream.schemas import LABELS, ModelInfo
+from emotion_stream.worker.model.api import KEYWORDS_PREFIX as PREFIX
 from emotion_stream.worker.model.api import ModelLoadError, Prediction
 
-PREFIX = "keywords:"
 TOP_SCORE = 0.9
 
 DEFAULT_TABLE: dict[str, list[str]] = {
@@ -32,10 +32,6 @@ DEFAULT_TABLE: dict[str, list[str]] = {
 DEFAULT_LABEL = "joy"
 
 _WORD = re.compile(r"[\w']+")
-
-
-def is_keywords(model: str) -> bool:
-    return model.startswith(PREFIX)
 
 
 class KeywordModel:

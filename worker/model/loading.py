@@ -15,7 +15,7 @@ import torch
 
 from emotion_stream.schemas import LABELS, ModelInfo
 from emotion_stream.schemas.model_directory import model_info, read_identity
-from emotion_stream.worker.model.api import NUMERIC_MODES, ModelLoadError, NumericMode
+from emotion_stream.worker.model.api import NUMERIC_MODES, ModelLoadError, NumericMode, model_source
 
 
 @dataclass
@@ -36,7 +36,13 @@ def load_pretrained(source: str, revision: str | None = None) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a progress bar in a service log is noise
-    directory = Path(source) if Path(source).exists() else None
+    where = model_source(source)
+    if where.missing:
+        raise ModelLoadError(
+            f"no model directory at {source}: train one with `emotion-stream train --output {source}`, "
+            "or set EMOTION_MODEL to a model directory or a hub id"
+        )
+    directory = where.directory
     if directory is not None and not (directory / "config.json").is_file():
         raise ModelLoadError(f"{source} has no config.json: it is not a Hugging Face model directory")
     if directory is not None and revision is not None:

@@ -38,11 +38,11 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from emotion_stream.worker.aggregation import Windows
+from emotion_stream.worker.aggregates.windows import Windows
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.codec import Limits, Unreadable, read_object
 from emotion_stream.worker.health import BrokerProbe, Watchdog, start_site, stop_worker
-from emotion_stream.worker.settings import WorkerSettings
+from emotion_stream.worker.settings import AggregatorSettings
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ RESULTS, DEAD_LETTERS = "results", "dead_letters"
 
 
 class Aggregator:
-    def __init__(self, settings: WorkerSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: AggregatorSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         """``clock``: the watchdog's (monotonic) clock."""
         self.settings = settings
         self.windows = Windows(
@@ -388,7 +388,7 @@ class _Collector:
         yield GaugeMetricFamily("emotion_aggregate_ready", "1 while /ready answers 200.", value=int(a.ready))
 
 
-def run_aggregator(settings: WorkerSettings) -> int:
+def run_aggregator(settings: AggregatorSettings) -> int:
     """Run until SIGTERM or Ctrl-C; 0 after a clean stop, 1 after its watchdog stopped it."""
     aggregator = Aggregator(settings)
 
