@@ -117,3 +117,72 @@ def test_int8_quantizes_every_linear_layer_with_a_scale_per_output_channel(tiny_
     weights = [m.weight() for m in layers if callable(m.weight)]
     assert autocast is None and len(weights) == linears
     assert {w.qscheme() for w in weights} == {torch.per_channel_affine}
+
+
+def test_int8_keeps_the_named_layers_in_fp32_and_refuses_unknown_names(tiny_model):
+    import pytest
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from emotion_stream.worker.model.api import ModelLoadError
+    from emotion_stream.worker.model.loading import apply_numeric
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    kept = names[-2:]
+    quantized, _ = apply_numeric(model, "int8", torch.device("cpu"), kept)
+    still_fp32 = [n for n, m in quantized.named_modules() if type(m) is torch.nn.Linear]
+    assert still_fp32 == kept and len(names) > len(kept)
+    fresh = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    with pytest.raises(ModelLoadError, match="verify-modes"):
+        apply_numeric(fresh, "int8", torch.device("cpu"), ["encoder.layer.99.output.dense"])
+
+
+def test_a_failing_int8_is_searched_for_the_layers_to_keep_and_auto_loads_them(tiny_model, tmp_path):
+    """The search ranks every linear layer, keeps the most sensitive in fp32 until the criteria
+    pass, records the split, and the runner loads int8 with exactly those layers in fp32."""
+    import numpy as np
+    import torch
+
+    from emotion_stream.schemas import LABELS
+    from emotion_stream.worker.model.api import ModelOptions
+    from emotion_stream.worker.model.runner import EmotionClassifier
+    from emotion_stream.worker.model.verify import (
+        _int8_keeping_sensitive_layers,
+        layer_sensitivity,
+        record_numeric_modes,
+        timed_predictions,
+        verify_numeric_modes,
+    )
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    texts = [f"i feel {w} today" for w in ("glad", "scared", "lonely", "furious", "amazed", "tender")] * 4
+    ranked = layer_sensitivity(model, texts, threads=1)
+    scores = [v for _, v in ranked]
+    assert len(ranked) >= 4 and scores == sorted(scores, reverse=True) and all(v >= 0 for v in scores)
+
+    predictions, speed, _ = timed_predictions(model, "fp32", texts, 1)
+    reference = np.array([LABELS.index(p.label) for p in predictions])
+    fp32 = {"accuracy": 0.5, "agreement": 1.0, "posts_per_s": speed}
+    failing = {"accuracy": 0.1, "f1_macro": 0.1, "agreement": 0.5, "posts_per_s": speed, "verified": False}
+    found = _int8_keeping_sensitive_layers(model, texts, reference, reference, failing, fp32, 1)
+    assert found["verified"] and found["fp32_layers"] == [ranked[0][0]]
+    assert found["search"]["tried"][0]["fp32_layers"] == 0 and found["search"]["tried"][1]["fp32_layers"] == 1
+
+    verification = verify_numeric_modes(
+        model, texts, [i % 6 for i in range(len(texts))], threads=1, modes=["fp32"]
+    )
+    verification["modes"]["int8"] = {**found, "posts_per_s": 1e9, "speedup": 9.0}
+    record_numeric_modes(model, verification)
+    classifier = EmotionClassifier(str(model), ModelOptions(device="cpu", numeric="auto", torch_threads=1))
+    try:
+        assert classifier.numeric == "int8" and classifier.fp32_layers == (ranked[0][0],)
+        quantized = {
+            n
+            for n, m in classifier.model.named_modules()
+            if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
+        }
+        assert quantized == {n for n, _ in ranked} - {ranked[0][0]}  # the kept one is fp32 (prepacked)
+    finally:
+        classifier.close()

@@ -121,6 +121,9 @@ class ModelOptions:
     """A forward pass's fixed cost in tokens of work, for the planner; None measures it at load."""
     revision: str | None = None
     """A hub model's commit, tag or branch to load (None: the latest); not for local directories."""
+    int8_fp32_layers: tuple[str, ...] | None = None
+    """Under int8, the linear layers kept in fp32 (None: those the model directory's verification
+    records; see :mod:`worker.model.verify`)."""
 
 
 @runtime_checkable

@@ -7,6 +7,7 @@ says what to set or do; the model's name and version come from the model-directo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,16 @@ def resolve_numeric(
     return numeric, "EMOTION_NUMERIC"
 
 
+def recorded_fp32_layers(verification: dict | None) -> tuple[str, ...]:
+    """The linear layers a model's verification keeps in fp32 under int8 (the ones that moved
+    labels when quantized; see :mod:`worker.model.verify`); none when nothing is recorded."""
+    figures = ((verification or {}).get("modes") or {}).get("int8") or {}
+    layers = figures.get("fp32_layers") or ()
+    return tuple(str(name) for name in layers if isinstance(name, str))
+
+
 def apply_numeric(
-    model: torch.nn.Module, numeric: str, device: torch.device
+    model: torch.nn.Module, numeric: str, device: torch.device, fp32_layers: Sequence[str] = ()
 ) -> tuple[torch.nn.Module, torch.dtype | None]:
     """The model in numeric mode ``numeric`` (fp32, bf16 or int8; see :func:`resolve_numeric`),
     and the dtype its forward passes run under autocast, if any.
@@ -178,7 +187,8 @@ def apply_numeric(
     on AVX512-BF16/AMX hardware and int8 dynamic quantization of the linear layers on VNNI
     (on an AVX2-only CPU bf16 is several times slower than fp32); bench/ measures both speed
     and accuracy. int8 weights are scaled per output channel, not per tensor: as fast, and
-    closer to fp32's labels (docs/training.md).
+    closer to fp32's labels (docs/training.md); the linear layers named in ``fp32_layers`` stay
+    in fp32 (those whose quantization moves labels, found when the mode is verified).
     """
     if device.type == "cuda":
         if numeric == "fp32":
@@ -187,6 +197,17 @@ def apply_numeric(
     if numeric == "int8":
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        kept = set(fp32_layers)
+        unknown = kept - {name for name, _ in model.named_modules()}
+        if unknown:
+            raise ModelLoadError(
+                f"the int8 record names layers this model does not have ({', '.join(sorted(unknown))}): "
+                "run `emotion-stream verify-modes` on the model directory again"
+            )
+        spec = {
+            name: per_channel_dynamic_qconfig
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name not in kept
+        }
         return quantize_dynamic(model, spec, dtype=torch.qint8), None
     return model, torch.bfloat16 if numeric == "bf16" else None

@@ -31,7 +31,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from emotion_stream.worker.model.api import ModelLoadError, ModelOptions, Prediction, to_predictions
-from emotion_stream.worker.model.loading import apply_numeric, load_pretrained, resolve_numeric, select_device
+from emotion_stream.worker.model.loading import (
+    apply_numeric,
+    load_pretrained,
+    recorded_fp32_layers,
+    resolve_numeric,
+    select_device,
+)
 from emotion_stream.worker.model.packing import (
     PACK_ROWS_PER_PASS,
     PACKED_HEADS,
@@ -99,9 +105,21 @@ class EmotionClassifier:
             options.numeric, self.device, loaded.numeric_modes
         )
         log.info("numeric mode", mode=self.numeric, reason=self.numeric_reason, model=self.info.version)
-        self.model, self._autocast_dtype = apply_numeric(self.model, self.numeric, self.device)
-        # fp32 on the CPU: the weights laid out once for the matrix products (see prepack).
-        cpu_fp32 = self.numeric == "fp32" and self.device.type == "cpu"
+        self.fp32_layers = (
+            (
+                options.int8_fp32_layers
+                if options.int8_fp32_layers is not None
+                else recorded_fp32_layers(loaded.numeric_modes)
+            )
+            if self.numeric == "int8"
+            else ()
+        )
+        self.model, self._autocast_dtype = apply_numeric(
+            self.model, self.numeric, self.device, self.fp32_layers
+        )
+        # fp32 linear layers on the CPU (all of them, or those int8 keeps): their weights laid
+        # out once for the matrix products (see prepack).
+        cpu_fp32 = self.numeric in ("fp32", "int8") and self.device.type == "cpu"
         self.prepacked = prepack_linears(self.model) if options.prepack and cpu_fp32 else 0
         self.pass_threads = self._pass_threads(options.cpu_passes)
         self._passes = self._start_pass_threads()
@@ -121,6 +139,7 @@ class EmotionClassifier:
             pass_threads=self.pass_threads,
             packing=self.packing,
             prepacked_linears=self.prepacked,
+            int8_fp32_layers=len(self.fp32_layers),
         )
 
     def _pass_threads(self, cpu_passes: int | None) -> list[int]:
