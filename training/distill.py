@@ -26,12 +26,7 @@ from emotion_stream.training.config import DISTILL_RECIPE, DistillOptions, Hyper
 from emotion_stream.training.errors import TrainingError
 from emotion_stream.training.export import export_model
 from emotion_stream.training.prepare import prepare_run
-from emotion_stream.training.trainer import (
-    RemainingTimeCallback,
-    build_trainer,
-    class_weights,
-    training_arguments,
-)
+from emotion_stream.training.trainer import build_trainer
 
 
 def _layer_stack(model) -> tuple[torch.nn.ModuleList, str]:
@@ -59,16 +54,19 @@ def drop_top_layers(model, keep: int):
 
 
 class DistillationTrainer(Trainer):
-    def __init__(self, *args, alpha: float, tau: float, weights: torch.Tensor | None, **kwargs) -> None:
+    """The student's loss: the teacher's soft labels (``alpha``, at temperature ``tau``) and the
+    gold labels, the latter weighted per class when ``class_weights`` is given."""
+
+    def __init__(self, *args, alpha: float, tau: float, class_weights: torch.Tensor | None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.alpha, self.tau, self.weights = alpha, tau, weights
+        self.alpha, self.tau, self.class_weights = alpha, tau, class_weights
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         teacher = inputs.pop("teacher_logits", None)
         outputs = model(**inputs)
         logits = outputs.logits.float()
-        weights = self.weights.to(logits.device) if self.weights is not None else None
+        weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
         loss = F.cross_entropy(logits, labels, weight=weights)
         if teacher is not None:  # training batches; evaluation has the gold labels only
             soft = F.kl_div(
@@ -123,30 +121,17 @@ def distill(options: DistillOptions, hp: Hyperparameters = DISTILL_RECIPE):
         flush=True,
     )
     try:
-        args = training_arguments(
+        trainer = build_trainer(
+            run,
+            options,
             hp,
             checkpoints,
-            seed=options.seed,
-            max_steps=options.max_steps,
-            keep_best=True,
-            progress=options.progress,
-        )
-        args.remove_unused_columns = False  # keep teacher_logits for the loss
-        trainer = build_trainer(
             model=student,
-            tokenizer=run.tokenizer,
-            hp=hp,
-            args=args,
             train_dataset=train_dataset,
-            eval_dataset=run.eval_dataset,
-            train_labels=run.train_split.labels,
-            callbacks=[RemainingTimeCallback()] if options.progress else [],
+            keep_columns=True,  # teacher_logits, for the loss
             trainer_class=DistillationTrainer,
             alpha=options.alpha,
             tau=options.kd_temperature,
-            weights=class_weights(run.train_split.labels, hp.class_weight_power)
-            if hp.class_weights
-            else None,
         )
         trainer.train()
         metrics = finish_training(trainer, run, options, started)

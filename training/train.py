@@ -26,15 +26,9 @@ from emotion_stream.training.export import export_model
 from emotion_stream.training.head import HeadRefit
 from emotion_stream.training.metrics import full_report, softmax
 from emotion_stream.training.predict import label_columns
-from emotion_stream.training.prepare import PreparedRun, prepare_run
+from emotion_stream.training.prepare import PreparedRun, prepare_run, tokenized_dataset
 from emotion_stream.training.settings import TrainingSettings, resolve_data_dir
-from emotion_stream.training.trainer import (
-    RemainingTimeCallback,
-    build_trainer,
-    model_factory,
-    tokenized_dataset,
-    training_arguments,
-)
+from emotion_stream.training.trainer import build_trainer
 
 
 @dataclass
@@ -59,24 +53,7 @@ def train(options: TrainOptions, hp: Hyperparameters) -> TrainResult:
     )
     started = time.monotonic()
     try:
-        args = training_arguments(
-            hp,
-            checkpoints,
-            seed=options.seed,
-            max_steps=options.max_steps,
-            keep_best=True,
-            progress=options.progress,
-        )
-        trainer = build_trainer(
-            model=model_factory(run.base.source)(),
-            tokenizer=run.tokenizer,
-            hp=hp,
-            args=args,
-            train_dataset=run.train_dataset,
-            eval_dataset=run.eval_dataset,
-            train_labels=run.train_split.labels,
-            callbacks=[RemainingTimeCallback()] if options.progress else [],
-        )
+        trainer = build_trainer(run, options, hp, checkpoints)
         trainer.train()
         metrics = finish_training(trainer, run, options, started)
         record = training_record(options, hp, run)

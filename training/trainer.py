@@ -1,9 +1,9 @@
-"""The Hugging Face Trainer set-up shared by ``train`` and ``tune``.
+"""The Hugging Face Trainer of ``train``, ``tune`` and ``distill``: one builder, :func:`build_trainer`.
 
-Owns: tokenizing splits (no padding: ``DataCollatorWithPadding`` pads each batch only to
-its longest post, about a third of the work of padding tweets to 128), a fresh model per
-run or trial (``model_init``), the training arguments, the class-weighted loss and the
-callbacks that report progress.
+Owns: the model to start from (a fresh one per trial with ``model_init``), the training
+arguments, dynamic padding (``DataCollatorWithPadding`` pads each batch only to its longest
+post, about a third of the work of padding tweets to 128), the class-weighted loss, early
+stopping and the callback that reports the time left.
 """
 
 from __future__ import annotations
@@ -25,30 +25,9 @@ from transformers import (
 )
 
 from emotion_stream.schemas import ID2LABEL, LABEL2ID, LABELS
-from emotion_stream.training.config import Hyperparameters
-from emotion_stream.training.data import LabeledTexts
+from emotion_stream.training.config import Hyperparameters, RunOptions
 from emotion_stream.training.metrics import SELECTION_METRIC, compute_metrics
-
-
-def tokenized_dataset(tokenizer, split: LabeledTexts, max_length: int, *, sort_by_length: bool = False):
-    """A ``datasets.Dataset`` of input ids and labels, unpadded.
-
-    ``sort_by_length`` is for evaluation sets: batches of similar length pad little, which
-    about doubles evaluation speed; the labels travel with the rows, so metrics are unchanged.
-    """
-    from datasets import Dataset
-
-    dataset = Dataset.from_dict({"text": split.texts, "label": split.labels})
-    dataset = dataset.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
-        batched=True,
-        remove_columns=["text"],
-        desc="tokenizing",
-    )
-    if sort_by_length:
-        lengths = [len(ids) for ids in dataset["input_ids"]]
-        dataset = dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
-    return dataset
+from emotion_stream.training.prepare import PreparedRun
 
 
 def model_factory(source: str) -> Callable[[], torch.nn.Module]:
@@ -109,6 +88,7 @@ def training_arguments(
     max_steps: int | None,
     keep_best: bool,
     progress: bool,
+    remove_unused_columns: bool = True,
 ) -> TrainingArguments:
     """Evaluate each epoch; with ``keep_best``, checkpoint each epoch and end on the best one."""
     cuda = torch.cuda.is_available()
@@ -138,6 +118,7 @@ def training_arguments(
         report_to="none",
         dataloader_pin_memory=cuda,  # pinning without a GPU only earns a warning
         disable_tqdm=not progress,
+        remove_unused_columns=remove_unused_columns,
         seed=seed,
         data_seed=seed,
         bf16=bf16,
@@ -146,44 +127,70 @@ def training_arguments(
 
 
 def build_trainer(
-    *,
-    model=None,
-    model_init=None,
-    tokenizer,
+    run: PreparedRun,
+    options: RunOptions,
     hp: Hyperparameters,
-    args: TrainingArguments,
-    train_dataset,
-    eval_dataset,
-    train_labels: Sequence[int],
+    output_dir: Path,
+    *,
+    model: torch.nn.Module | None = None,
+    model_init: Callable[[], torch.nn.Module] | None = None,
+    keep_best: bool = True,
+    train_dataset=None,
+    keep_columns: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
+    report_time: bool = True,
     trainer_class: type[Trainer] | None = None,
     **trainer_options,
 ) -> Trainer:
-    """A Trainer with dynamic padding, the shared metrics, and weighted loss when asked for.
+    """The Trainer of a run of ``train``, ``distill`` or a ``tune`` trial, on ``run``'s data.
 
-    Pass ``model_init`` where each run needs a fresh model (tuning trials), else ``model``:
-    with ``model_init`` the Trainer loads the checkpoint twice. ``trainer_class`` (with its
-    own ``trainer_options``) replaces the loss altogether.
+    It evaluates on ``run``'s eval split each epoch, pads each batch dynamically, computes the
+    shared metrics and writes checkpoints under ``output_dir``. With ``keep_best`` it
+    checkpoints each epoch, ends on the best one and stops early after ``hp.patience`` epochs
+    without improvement.
+
+    The model is ``model``; else ``model_init`` where each ``train()`` needs a fresh one
+    (tuning trials; it is not the default because the Trainer then loads the checkpoint
+    twice); else ``run``'s base with a new six-emotion head. ``train_dataset`` replaces
+    ``run``'s; with ``keep_columns`` the loss gets all its columns, not only the model's
+    inputs (distill's teacher logits). ``callbacks`` come first, then the time left (with
+    ``report_time`` and ``options.progress``). The loss is cross-entropy, weighted per class
+    when ``hp.class_weights``; ``trainer_class`` replaces it and gets those class weights (or
+    None) and ``trainer_options``.
     """
+    args = training_arguments(
+        hp,
+        output_dir,
+        seed=options.seed,
+        max_steps=options.max_steps,
+        keep_best=keep_best,
+        progress=options.progress,
+        remove_unused_columns=not keep_columns,
+    )
+    if model is None and model_init is None:
+        model = model_factory(run.base.source)()
     callbacks = list(callbacks)
-    if args.load_best_model_at_end and hp.patience > 0:
+    if report_time and options.progress:
+        callbacks.append(RemainingTimeCallback())
+    if keep_best and hp.patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.patience))
-    common = dict(
+    weights = class_weights(run.train_split.labels, hp.class_weight_power) if hp.class_weights else None
+    if trainer_class is None:
+        trainer_class = Trainer if weights is None else WeightedLossTrainer
+    if trainer_class is not Trainer:
+        trainer_options["class_weights"] = weights
+    return trainer_class(
         model=model,
         model_init=model_init,
         args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        train_dataset=run.train_dataset if train_dataset is None else train_dataset,
+        eval_dataset=run.eval_dataset,
+        processing_class=run.tokenizer,
+        data_collator=DataCollatorWithPadding(run.tokenizer),
         compute_metrics=compute_metrics,
         callbacks=callbacks,
+        **trainer_options,
     )
-    if trainer_class is not None:
-        return trainer_class(**common, **trainer_options)
-    if hp.class_weights:
-        return WeightedLossTrainer(class_weights=class_weights(train_labels, hp.class_weight_power), **common)
-    return Trainer(**common)
 
 
 class RemainingTimeCallback(TrainerCallback):

@@ -127,28 +127,20 @@ def _trial_count(options: TuneOptions) -> int:
 
 
 def _objective(trial: optuna.Trial, run, options: TuneOptions) -> float:
-    from emotion_stream.training.trainer import build_trainer, model_factory, training_arguments
+    from emotion_stream.training.trainer import build_trainer, model_factory
 
     hp = Hyperparameters(**{**options.fixed.model_dump(), **options.space.sample(trial)})
     callback = PruningCallback(trial)
     with tempfile.TemporaryDirectory(prefix="emotion-tune-") as scratch:
-        args = training_arguments(
+        trainer = build_trainer(
+            run,
+            options,
             hp,
             Path(scratch),
-            seed=options.seed,
-            max_steps=options.max_steps,
-            keep_best=False,
-            progress=options.progress,
-        )
-        trainer = build_trainer(
             model_init=model_factory(run.base.source),
-            tokenizer=run.tokenizer,
-            hp=hp,
-            args=args,
-            train_dataset=run.train_dataset,
-            eval_dataset=run.eval_dataset,
-            train_labels=run.train_split.labels,
+            keep_best=False,
             callbacks=[callback],
+            report_time=False,
         )
         trainer.train()
     trial.set_user_attr("base_model", run.base.name)

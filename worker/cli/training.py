@@ -1,6 +1,10 @@
-"""The training subcommands: ``train``, ``tune``, ``soup`` and ``evaluate``.
+"""The training subcommands: ``train``, ``tune``, ``soup``, ``calibrate``, ``distill``,
+``verify-modes`` and ``evaluate``.
 
 ``register(subparsers)`` adds them; each sets ``run`` to a function returning an exit code.
+The options they share are declared once, in groups (:func:`add_data_option`,
+:func:`add_run_options`, :func:`add_export_options`), and every command that writes or
+rewrites a model directory ends with :func:`after_export`.
 Building the parser imports nothing heavy: torch, transformers and optuna load only when a
 command runs. Problems the user can fix (``TrainingError`` from the training module, or a
 :class:`~worker.cli.usage.UsageError` here) end with one line on stderr and exit code 2.
@@ -19,7 +23,7 @@ from emotion_stream.worker.cli.usage import UsageError, load_settings
 
 
 def register(subparsers) -> None:
-    """Add ``train``, ``tune`` and ``evaluate`` to an argparse subparsers object."""
+    """Add the training subcommands to an argparse subparsers object."""
     _add_train(
         subparsers.add_parser(
             "train",
@@ -78,41 +82,92 @@ def register(subparsers) -> None:
     )
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data",
-        type=Path,
-        metavar="DIR",
-        help="directory with train and validation files (.txt `text;label`, .csv, .jsonl, .parquet); "
-        "default: EMOTION_DATA_DIR, else the hub dataset dair-ai/emotion",
-    )
-    p.add_argument(
-        "--base-model",
-        default=DEFAULT_BASE_MODEL,
-        metavar="NAME",
-        help=f"hub id, local directory or preset ({', '.join(PRESETS)}); default {DEFAULT_BASE_MODEL}, "
-        "which falls back to minilm-l6 when the hub is unreachable",
-    )
-    p.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to minilm-l6")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+DATA_HELP = "data directory (default: EMOTION_DATA_DIR, else the hub)"
+RUN_DATA_HELP = (
+    "directory with train and validation files (.txt `text;label`, .csv, .jsonl, .parquet); "
+    "default: EMOTION_DATA_DIR, else the hub dataset dair-ai/emotion"
+)
+
+
+def add_data_option(p: argparse.ArgumentParser, help: str = DATA_HELP) -> None:
+    """``--data``: where the emotion data is, for every command that reads it (see :func:`_data_dir`)."""
+    p.add_argument("--data", type=Path, metavar="DIR", help=help)
+
+
+def add_seed_option(p: argparse.ArgumentParser, help: str = "random seed (default 42)") -> None:
+    p.add_argument("--seed", type=int, default=42, help=help)
+
+
+def add_max_length_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=_positive_int, default=128, help="token limit per post (default 128)")
+
+
+def add_run_options(p: argparse.ArgumentParser, *, base_model: bool = True) -> None:
+    """The options of a training run (``train``, ``tune``, ``distill``), read by :func:`_run_options`.
+
+    ``base_model=False`` is distill's run, whose base is its ``--teacher``: it has no choice of
+    base model (``--base-model``, ``--no-fallback``), of token limit or of selection split.
+    """
+    add_data_option(p, RUN_DATA_HELP if base_model else DATA_HELP)
+    if base_model:
+        p.add_argument(
+            "--base-model",
+            default=DEFAULT_BASE_MODEL,
+            metavar="NAME",
+            help=f"hub id, local directory or preset ({', '.join(PRESETS)}); default {DEFAULT_BASE_MODEL}, "
+            "which falls back to minilm-l6 when the hub is unreachable",
+        )
+        p.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to minilm-l6")
+    add_seed_option(p)
+    if base_model:
+        add_max_length_option(p)
     p.add_argument(
         "--max-steps", type=_positive_int, help="stop after this many optimizer steps (smoke tests)"
     )
     p.add_argument(
         "--train-limit", type=_positive_int, metavar="N", help="train on a stratified subset of N posts"
     )
-    p.add_argument(
-        "--dev-fraction",
-        type=_fraction,
-        metavar="F",
-        help="select on a stratified share F of train instead of validation (validation is still reported)",
-    )
+    if base_model:
+        p.add_argument(
+            "--dev-fraction",
+            type=_fraction,
+            metavar="F",
+            help="select on a stratified share F of train instead of validation (validation is still "
+            "reported)",
+        )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_export_options(
+    p: argparse.ArgumentParser,
+    *,
+    verify_help: str = "skip measuring the CPU numeric modes",
+    calibrate_help: str | None = None,
+) -> None:
+    """The steps of writing a model directory that can be turned off: measuring its numeric
+    modes after it (``--no-verify-modes``, see :func:`after_export`), calibrating it where the
+    command does so as it exports (``--no-calibrate``, given ``calibrate_help``) and the head
+    re-fit before the temperature (``--no-head-refit``)."""
+    p.add_argument("--no-verify-modes", action="store_true", help=verify_help)
+    if calibrate_help is not None:
+        p.add_argument("--no-calibrate", action="store_true", help=calibrate_help)
+    p.add_argument(
+        "--no-head-refit",
+        action="store_true",
+        help="calibrate with the temperature alone: do not re-fit the head on the training split "
+        "with mixup first (the head is kept anyway if re-fitting it loses validation accuracy)",
+    )
+
+
+def after_export(args: argparse.Namespace, model_dir: Path, data_dir: Path | None) -> None:
+    """What follows writing a model directory: its CPU numeric modes measured on validation and
+    recorded in it, unless ``--no-verify-modes``."""
+    if not args.no_verify_modes:
+        verify_modes(model_dir, data_dir)
+
+
 def _add_train(p: argparse.ArgumentParser) -> None:
-    _add_run_options(p)
+    add_run_options(p)
     p.add_argument(
         "--output",
         type=Path,
@@ -123,17 +178,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--params", type=Path, metavar="FILE", help="JSON hyperparameters (from `tune`); flags override it"
     )
-    p.add_argument(
-        "--no-verify-modes",
-        action="store_true",
-        help="skip measuring the CPU numeric modes (fp32, bf16, int8) on validation after export",
+    add_export_options(
+        p,
+        verify_help="skip measuring the CPU numeric modes (fp32, bf16, int8) on validation after export",
+        calibrate_help="export the raw scores: no head re-fit, no temperature fitted on validation and "
+        "folded in",
     )
-    p.add_argument(
-        "--no-calibrate",
-        action="store_true",
-        help="export the raw scores: no head re-fit, no temperature fitted on validation and folded in",
-    )
-    _add_no_head_refit(p)
     # None means "not given", so a --params file value survives unless a flag overrides it.
     p.add_argument("--lr", type=float, help="learning rate (default 2e-5)")
     p.add_argument("--batch-size", type=_positive_int, help="training batch size (default 16)")
@@ -161,7 +211,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tune(p: argparse.ArgumentParser) -> None:
-    _add_run_options(p)
+    add_run_options(p)
     p.add_argument(
         "--trials",
         type=_positive_int,
@@ -216,9 +266,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
         default="validation",
         help="split to measure: train, validation or test (default validation)",
     )
-    p.add_argument(
-        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
-    )
+    add_data_option(p)
     p.add_argument(
         "--output",
         type=Path,
@@ -229,7 +277,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
         "--no-baseline", action="store_true", help="skip the TF-IDF + logistic regression comparison"
     )
     p.add_argument("--batch-size", type=_positive_int, default=64, help="inference batch size (default 64)")
-    p.add_argument("--max-length", type=_positive_int, default=128, help="token limit per post (default 128)")
+    add_max_length_option(p)
     p.add_argument(
         "--errors",
         type=int,
@@ -237,7 +285,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="confident mistakes to list in errors.csv (default 50)",
     )
-    p.add_argument("--seed", type=int, default=42, help="random seed of the baseline (default 42)")
+    add_seed_option(p, "random seed of the baseline (default 42)")
     p.set_defaults(run=run_evaluate)
 
 
@@ -267,8 +315,7 @@ def run_train(args: argparse.Namespace) -> int:
         refit_head=not args.no_head_refit,
     )
     result = train(options, hp)
-    if not args.no_verify_modes:
-        verify_modes(result.output_dir, options.data_dir)
+    after_export(args, result.output_dir, options.data_dir)
     return 0
 
 
@@ -325,19 +372,8 @@ def _add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=_positive_int, help=f"batch size (default {DISTILL_RECIPE.batch_size})"
     )
-    p.add_argument(
-        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
-    )
-    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument(
-        "--max-steps", type=_positive_int, help="stop after this many optimizer steps (smoke tests)"
-    )
-    p.add_argument(
-        "--train-limit", type=_positive_int, metavar="N", help="train on a stratified subset of N posts"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--no-verify-modes", action="store_true", help="skip measuring the CPU numeric modes")
-    _add_no_head_refit(p)
+    add_run_options(p, base_model=False)
+    add_export_options(p)
     p.set_defaults(run=run_distill)
 
 
@@ -345,18 +381,12 @@ def run_distill(args: argparse.Namespace) -> int:
     from emotion_stream.training.config import DISTILL_RECIPE, DistillOptions
     from emotion_stream.training.distill import distill
 
-    settings = _settings()
     overrides = {"learning_rate": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}
     hp = DISTILL_RECIPE.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     options = DistillOptions(
-        data_dir=args.data if args.data is not None else settings.data_dir,
+        **_run_options(args),
         base_model=str(args.teacher),
         allow_fallback=False,
-        seed=args.seed,
-        max_steps=args.max_steps,
-        train_limit=args.train_limit,
-        progress=not args.no_progress,
-        command_line=["emotion-stream", *sys.argv[1:]],
         output_dir=args.output,
         layers=args.layers,
         alpha=args.alpha,
@@ -364,8 +394,7 @@ def run_distill(args: argparse.Namespace) -> int:
         refit_head=not args.no_head_refit,
     )
     result = distill(options, hp)
-    if not args.no_verify_modes:
-        verify_modes(result.output_dir, options.data_dir)
+    after_export(args, result.output_dir, options.data_dir)
     return 0
 
 
@@ -373,9 +402,7 @@ def _add_verify_modes(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model", type=Path, metavar="MODEL_DIR", help="model directory; the results are recorded in it"
     )
-    p.add_argument(
-        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
-    )
+    add_data_option(p)
     p.add_argument("--limit", type=_positive_int, help="measure on a stratified sample of this many posts")
     p.set_defaults(run=run_verify_modes)
 
@@ -383,33 +410,16 @@ def _add_verify_modes(p: argparse.ArgumentParser) -> None:
 def run_verify_modes(args: argparse.Namespace) -> int:
     from emotion_stream.worker.model.loading import choose_numeric
 
-    data_dir = args.data if args.data is not None else _settings().data_dir
-    verification = verify_modes(args.model, data_dir, args.limit)
+    verification = verify_modes(args.model, _data_dir(args), args.limit)
     mode, reason = choose_numeric(verification)
     print(f"EMOTION_NUMERIC=auto will run {mode} on this CPU: {reason}")
     return 0
 
 
-def _add_no_head_refit(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--no-head-refit",
-        action="store_true",
-        help="calibrate with the temperature alone: do not re-fit the head on the training split "
-        "with mixup first (the head is kept anyway if re-fitting it loses validation accuracy)",
-    )
-
-
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, metavar="MODEL_DIR", help="model directory, calibrated in place")
-    p.add_argument(
-        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
-    )
-    _add_no_head_refit(p)
-    p.add_argument(
-        "--no-verify-modes",
-        action="store_true",
-        help="skip measuring the CPU numeric modes again on the new weights",
-    )
+    add_data_option(p)
+    add_export_options(p, verify_help="skip measuring the CPU numeric modes again on the new weights")
     p.set_defaults(run=run_calibrate)
 
 
@@ -417,7 +427,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from emotion_stream.training.calibration import calibrate_directory
     from emotion_stream.training.head import HeadRefit
 
-    data_dir = args.data if args.data is not None else _settings().data_dir
+    data_dir = _data_dir(args)
     record = calibrate_directory(
         args.model,
         data_dir,
@@ -431,8 +441,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f"log loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}, "
         f"accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}"
     )
-    if not args.no_verify_modes:
-        verify_modes(args.model, data_dir)
+    after_export(args, args.model, data_dir)
     return 0
 
 
@@ -461,14 +470,8 @@ def run_tune(args: argparse.Namespace) -> int:
 def _add_soup(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", type=Path, metavar="MODEL_DIR", help="two or more model directories")
     p.add_argument("--output", type=Path, required=True, metavar="DIR", help="model directory to write")
-    p.add_argument(
-        "--data", type=Path, metavar="DIR", help="data directory (default: EMOTION_DATA_DIR, else the hub)"
-    )
-    p.add_argument(
-        "--no-calibrate", action="store_true", help="export the averaged weights as they are, uncalibrated"
-    )
-    _add_no_head_refit(p)
-    p.add_argument("--no-verify-modes", action="store_true", help="skip measuring the CPU numeric modes")
+    add_data_option(p)
+    add_export_options(p, calibrate_help="export the averaged weights as they are, uncalibrated")
     p.set_defaults(run=run_soup)
 
 
@@ -476,28 +479,26 @@ def run_soup(args: argparse.Namespace) -> int:
     from emotion_stream.training.head import HeadRefit
     from emotion_stream.training.soup import soup
 
-    data_dir = args.data if args.data is not None else _settings().data_dir
+    data_dir = _data_dir(args)
     soup(
         args.models,
         args.output,
         data_dir,
-        command_line=["emotion-stream", *sys.argv[1:]],
+        command_line=_command_line(),
         calibrate=not args.no_calibrate,
         refit=None if args.no_head_refit else HeadRefit(),
     )
-    if not args.no_verify_modes:
-        verify_modes(args.output, data_dir)
+    after_export(args, args.output, data_dir)
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from emotion_stream.training.evaluate import evaluate
 
-    data_dir = args.data if args.data is not None else _settings().data_dir
     evaluate(
         args.model,
         split=args.split,
-        data_dir=data_dir,
+        data_dir=_data_dir(args),
         output_dir=args.output,
         baseline=not args.no_baseline,
         batch_size=args.batch_size,
@@ -512,21 +513,38 @@ def _settings() -> TrainingSettings:
     return load_settings(TrainingSettings)
 
 
+def _data_dir(args: argparse.Namespace, settings: TrainingSettings | None = None) -> Path | None:
+    """``--data``, else EMOTION_DATA_DIR; None means the hub."""
+    if args.data is not None:
+        return args.data
+    return (settings or _settings()).data_dir
+
+
+def _command_line() -> list[str]:
+    """The command as typed, for the training record."""
+    return ["emotion-stream", *sys.argv[1:]]
+
+
 def _run_options(args: argparse.Namespace) -> dict:
+    """The :class:`~training.config.RunOptions` fields of the options :func:`add_run_options` declared."""
     settings = _settings()
-    return dict(
-        data_dir=args.data if args.data is not None else settings.data_dir,
-        base_model=args.base_model,
-        allow_fallback=not args.no_fallback,
-        hub_timeout=settings.hub_timeout,
+    options = dict(
+        data_dir=_data_dir(args, settings),
         seed=args.seed,
-        max_length=args.max_length,
         max_steps=args.max_steps,
         train_limit=args.train_limit,
-        dev_fraction=args.dev_fraction,
         progress=not args.no_progress,
-        command_line=["emotion-stream", *sys.argv[1:]],
+        command_line=_command_line(),
     )
+    if "base_model" in args:  # not distill's: its base is the teacher
+        options.update(
+            base_model=args.base_model,
+            allow_fallback=not args.no_fallback,
+            hub_timeout=settings.hub_timeout,
+            max_length=args.max_length,
+            dev_fraction=args.dev_fraction,
+        )
+    return options
 
 
 def _positive_int(text: str) -> int:
