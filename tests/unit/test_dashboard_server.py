@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -120,3 +121,35 @@ def test_the_dashboard_command_refuses_to_start_with_exit_code_2_and_says_what_t
         timeout=60,
     )
     assert result.returncode == 2 and "EMOTION_DASHBOARD_TOKEN" in result.stderr, result.stderr
+
+
+def test_the_page_is_sent_what_each_result_counts_as_and_the_windows_counts_apart():
+    state = DashboardState(DashboardSettings())
+    topics = state.settings
+    results = [
+        {"id": "read", "label": "joy", "score": 0.9, "unreadable": None, "confident": True, "language": "en"},
+        {"id": "es", "label": "joy", "score": 0.8, "unreadable": "other_language", "language": "es"},
+        {"id": "emoji", "label": "anger", "score": 0.7, "unreadable": "no_text", "language": None},
+        {"id": "unsure", "label": "fear", "score": 0.3, "unreadable": None, "confident": False},
+    ]
+    for result in results:
+        state.on_record(topics.output_topic, json.dumps(result).encode(), 1)
+    window = {
+        "window_start": "2026-11-29T20:00:00Z",
+        "dimension": {},
+        "counts": {"joy": 1},
+        "posts": 1,
+        "unsure": 1,
+        "other_language": 1,
+        "no_text": 1,
+    }
+    state.on_record(topics.aggregates_topic, json.dumps(window).encode(), 1)
+    status, body, _ = asyncio.run(_get(state, "/api/state"))
+    page = json.loads(body)
+    assert status == 200 and page["windows"] == [window]
+    assert [(r["id"], r["set_apart"], r["language"]) for r in page["recent"]] == [
+        ("unsure", "unsure", None),
+        ("emoji", "no_text", None),
+        ("es", "other_language", "es"),
+        ("read", None, "en"),
+    ]

@@ -8,6 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from emotion_stream.schemas.labels import LABELS
+from emotion_stream.schemas.messages import EmotionResult, ModelInfo, ResultSource
+from emotion_stream.worker.aggregates.windows import Windows
 from emotion_stream.worker.dashboard.server import DashboardState
 from emotion_stream.worker.settings import DashboardSettings
 
@@ -51,6 +54,85 @@ def test_rates_count_records_stamped_in_the_last_ten_seconds_and_text_only_when_
     shown.on_post({"id": "p1", "text": "words allowed"})
     shown.on_result({"id": "p1", "label": "joy", "score": 0.9, "processed_at": "x"}, timestamp_ms=1)
     assert shown.recent[0]["text"] == "words allowed" and shown.snapshot()["show_text"] is True
+
+
+# -- posts the model could not read, or was unsure of: counted apart from the six emotions -----
+
+
+def _result(ident: str, label: str, score: float = 0.9, **reading) -> dict:
+    """A result as the worker writes it (schema 1.3); ``reading``: its language fields."""
+    rest = (1.0 - score) / (len(LABELS) - 1)
+    return EmotionResult(
+        id=ident,
+        label=label,
+        score=score,
+        scores={name: score if name == label else rest for name in LABELS},
+        model=ModelInfo(name="m", version="1"),
+        source=ResultSource(topic="t", partition=0, offset=0),
+        **reading,
+    ).model_dump(mode="json")
+
+
+SET_APART_RESULTS = [
+    (_result("read", "joy", language="en", language_score=0.99), None),
+    (_result("es", "joy", language="es", language_score=0.97, unreadable="other_language"), "other_language"),
+    (_result("emoji", "anger", unreadable="no_text"), "no_text"),
+    (_result("unsure", "fear", 0.31, language="en", confident=False), "unsure"),
+    ({**_result("old", "sadness"), "schema_version": "1.2", "confident": None, "unreadable": None}, None),
+]
+
+
+def test_a_readable_confident_result_counts_toward_its_label_and_the_others_count_apart():
+    now = time.time()
+    state = DashboardState(DashboardSettings())
+    queue: asyncio.Queue = asyncio.Queue()
+    state.subscribers.add(queue)
+    windows = Windows(size_s=60, grace_s=10, retain_s=3600, dimensions=("lang",), clock=lambda: now)
+    for result, _ in SET_APART_RESULTS:
+        state.on_record(state.settings.output_topic, json.dumps(result).encode(), int(now * 1000))
+        assert windows.add_result(result)
+    (totals,) = windows.snapshot({})
+    state.on_record(state.settings.aggregates_topic, json.dumps(totals).encode(), int(now * 1000))
+    assert not state.skipped
+
+    snapshot = state.snapshot()
+    shown = [(r["id"], r["label"], r["set_apart"], r["language"]) for r in reversed(snapshot["recent"])]
+    assert shown == [
+        ("read", "joy", None, "en"),
+        ("es", "joy", "other_language", "es"),
+        ("emoji", "anger", "no_text", None),
+        ("unsure", "fear", "unsure", "en"),
+        ("old", "sadness", None, None),
+    ]
+    events = [queue.get_nowait().decode().split("data: ", 1)[1] for _ in range(queue.qsize())]
+    assert [json.loads(e).get("set_apart") for e in events[:-1]] == [k for _, k in SET_APART_RESULTS]
+    # The mix (the window's counts) is the readable, confident posts; the others are counted apart.
+    (window,) = snapshot["windows"]
+    assert window["counts"] == {**dict.fromkeys(LABELS, 0), "joy": 1, "sadness": 1} and window["posts"] == 2
+    assert (window["unsure"], window["other_language"], window["no_text"]) == (1, 1, 1)
+    assert json.loads(events[-1]) == window
+
+
+@pytest.mark.parametrize(
+    ("fields", "set_apart", "language"),
+    [
+        (
+            {"unreadable": "other_language", "confident": False, "language": "zh-cn"},
+            "other_language",
+            "zh-cn",
+        ),
+        ({"unreadable": "no_text", "confident": False}, "no_text", None),
+        ({"unreadable": "klingon", "language": "x" * 100}, None, None),
+        ({"unreadable": ["no_text"], "confident": "false", "language": "<b>es</b>"}, None, None),
+        ({"unreadable": None, "confident": 0, "language": 12}, None, None),
+        ({"unreadable": {"a": 1}, "confident": False, "language": "es\n"}, "unsure", None),
+    ],
+)
+def test_what_a_result_counts_as_is_read_defensively(fields, set_apart, language):
+    state = _shown_state()
+    value = json.dumps({"id": "p", "label": "joy", "score": 0.5, **fields}).encode()
+    state.on_record(TOPICS.output_topic, value, 1)
+    assert (state.recent[0]["set_apart"], state.recent[0]["language"]) == (set_apart, language)
 
 
 # -- garbage on the topics: skipped and counted, never a crash ---------------------------------

@@ -2,10 +2,12 @@
 
 The page (``static/``, its chart library vendored there: nothing is loaded from elsewhere) asks
 ``api/state`` for a snapshot and then follows ``events`` (server-sent events): every aggregate
-record of the totals, every result (id, label, score; its text only with
-EMOTION_DASHBOARD_SHOW_TEXT), and the current rates every two seconds. The rates count the
-results and dead letters whose Kafka timestamps fall in the last ten seconds, so a history
-read at start does not count as traffic.
+record of the totals, every result (id, label, score, and what it counts as apart from the six
+emotions: unsure, other language or no text; its text only with EMOTION_DASHBOARD_SHOW_TEXT),
+and the current rates every two seconds. The rates count the results and dead letters whose
+Kafka timestamps fall in the last ten seconds, so a history read at start does not count as
+traffic. The page's emotion mix counts only the posts the model could read and was confident
+about (the aggregates' ``counts``); the unsure, other-language and no-text posts are shown apart.
 
 Every record is read by the codec's hardened reader: garbage on any topic (deep nesting, no
 JSON, huge numbers, bytes that are not UTF-8, records of the wrong shape) is skipped and
@@ -21,6 +23,7 @@ import contextlib
 import hmac
 import json
 import math
+import re
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
@@ -36,6 +39,7 @@ from emotion_stream.schemas.labels import LABELS
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.codec import Rejected, Unreadable, decode_post, read_object, undecodable_reason
 from emotion_stream.worker.health import BrokerProbe, Watchdog, start_site, stop_worker
+from emotion_stream.worker.reading import set_apart_as
 from emotion_stream.worker.settings import DashboardSettings
 
 log = structlog.get_logger(__name__)
@@ -56,6 +60,8 @@ wait, without reading any) before ``/health`` says so."""
 TOKEN_COOKIE = "emotion_dashboard_token"
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 """What probes and scrapers reach without the page's token (no post text there)."""
+LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})?")
+"""A result's detected language as the page shows it (``es``, ``zh-cn``); anything else is dropped."""
 
 
 class InvalidRecord(ValueError):
@@ -225,6 +231,9 @@ class DashboardState:
             or not math.isfinite(score)
         ):
             raise InvalidRecord("a result without a string id and label and a finite score")
+        shown["set_apart"] = set_apart_as(result.get("unreadable"), result.get("confident"))
+        language = result.get("language")
+        shown["language"] = language if isinstance(language, str) and LANGUAGE.fullmatch(language) else None
         if self.settings.dashboard_show_text:
             shown["text"] = self.texts.get(str(result.get("id")))
         self.recent.appendleft(shown)

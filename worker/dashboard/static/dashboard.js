@@ -5,6 +5,11 @@
  * behind a path prefix. Every data change increments document.body.dataset.updates;
  * document.body.dataset.ready becomes "true" once the first snapshot is applied and
  * the chart drawn (both are hooks for headless-browser tests).
+ *
+ * The emotion mix and the chart count only the posts the model could read and was confident
+ * about (an aggregate's `counts`); the unsure, other-language and no-text posts are counted
+ * apart (its `unsure`, `other_language`, `no_text`), and a recent result that is one of them
+ * (its `set_apart`, from the server) is marked in the table.
  */
 (function () {
   "use strict";
@@ -20,6 +25,12 @@
     surprise: "#1a9c85",
   };
   var FALLBACK_COLORS = ["#56b4e9", "#999999", "#8c6d31", "#3b3b3b"];
+  // What a post counts as instead of an emotion: its aggregate field / result's set_apart.
+  var APART = [
+    { kind: "unsure", name: "unsure", means: "top score under the confidence threshold" },
+    { kind: "other_language", name: "other language", means: "not a language the model reads" },
+    { kind: "no_text", name: "no text", means: "only links, mentions, hashtags, emoji or numbers" },
+  ];
   var HOUR_S = 3600;
   var MAX_ROWS = 20;
 
@@ -31,6 +42,8 @@
     postsHour: document.getElementById("posts-hour"),
     dlqHour: document.getElementById("dlq-hour"),
     mix: document.getElementById("mix"),
+    apart: document.getElementById("apart"),
+    apartNote: document.getElementById("apart-note"),
     chart: document.getElementById("chart"),
     chartEmpty: document.getElementById("chart-empty"),
     windowLabel: document.getElementById("window-label"),
@@ -50,6 +63,7 @@
   var chart = null;
   var chartLabels = null;
   var raw = []; // raw[labelIdx][pointIdx]: un-stacked counts behind the chart
+  var rawApart = []; // rawApart[pointIdx]: posts set apart in that window (not charted)
   var applied = false; // first snapshot applied
   var syncing = false; // a snapshot fetch is in flight: events are buffered meanwhile
   var syncSeq = 0;
@@ -106,6 +120,17 @@
     if (className) e.className = className;
     if (text != null) e.textContent = text;
     return e;
+  }
+
+  function apartOf(kind) {
+    for (var i = 0; i < APART.length; i++) if (APART[i].kind === kind) return APART[i];
+    return null;
+  }
+
+  function apartTotal(agg) {
+    return APART.reduce(function (sum, a) {
+      return sum + num(agg[a.kind]);
+    }, 0);
   }
 
   // ---------------------------------------------------------------- windows
@@ -178,21 +203,48 @@
     });
   }
 
+  function buildApart() {
+    els.apart.textContent = "";
+    APART.forEach(function (a) {
+      var span = el("span", "apart-item");
+      span.dataset.kind = a.kind;
+      span.title = a.name + ": " + a.means;
+      span.appendChild(document.createTextNode(a.name + " "));
+      span.appendChild(el("b", "count", "0"));
+      els.apart.appendChild(span);
+    });
+    els.apartNote.textContent =
+      "Set apart, not in the mix — " +
+      APART.map(function (a) {
+        return a.name + ": " + a.means;
+      }).join(" · ");
+  }
+
   function renderTotals() {
     var posts = 0;
     var dead = 0;
     var counts = state.labels.map(function () {
       return 0;
     });
+    var apart = APART.map(function () {
+      return 0;
+    });
     state.windows.forEach(function (w) {
-      posts += num(w.posts);
+      posts += num(w.posts) + apartTotal(w);
       dead += num(w.dead_letters);
       var c = w.counts || {};
       state.labels.forEach(function (label, i) {
         counts[i] += num(c[label]);
       });
+      APART.forEach(function (a, i) {
+        apart[i] += num(w[a.kind]);
+      });
     });
     setNumber(els.postsHour, posts, String(posts));
+    Array.prototype.forEach.call(els.apart.children, function (item, i) {
+      var count = item.querySelector(".count");
+      setNumber(count, apart[i], String(apart[i]));
+    });
     setNumber(els.dlqHour, dead, String(dead));
     els.dlqHour.classList.toggle("warn", dead > 0);
 
@@ -246,6 +298,9 @@
         var agg = byT[x];
         return agg && agg.counts ? num(agg.counts[label]) : 0;
       });
+    });
+    rawApart = xs.map(function (x) {
+      return byT[x] ? apartTotal(byT[x]) : 0;
     });
     var acc = xs.map(function () {
       return 0;
@@ -306,6 +361,11 @@
           tot.appendChild(el("span", "tip-label", "total"));
           tot.appendChild(el("span", "tip-val", String(total)));
           tip.appendChild(tot);
+          var apartRow = el("div", "tip-row tip-apart");
+          apartRow.appendChild(el("span", "tip-swatch"));
+          apartRow.appendChild(el("span", "tip-label", "set apart"));
+          apartRow.appendChild(el("span", "tip-val", String(rawApart[idx] || 0)));
+          tip.appendChild(apartRow);
 
           tip.style.display = "block";
           var left = u.cursor.left;
@@ -458,6 +518,15 @@
     var li = state.labels.indexOf(label);
     pill.style.setProperty("--c", colorOf(label, li < 0 ? 0 : li));
     tdLabel.appendChild(pill);
+    var apart = apartOf(res.set_apart);
+    if (apart) {
+      // Labelled, but not counted in the mix: say why, muted.
+      tr.dataset.apart = apart.kind;
+      var lang = apart.kind === "other_language" && res.language ? " (" + String(res.language) + ")" : "";
+      var tag = el("span", "apart-tag", apart.name + lang);
+      tag.title = "Set apart from the mix: " + apart.means;
+      tdLabel.appendChild(tag);
+    }
     tr.appendChild(tdLabel);
 
     var score = Math.max(0, Math.min(1, num(res.score)));
@@ -625,6 +694,7 @@
   }
 
   buildMix();
+  buildApart();
   watchSize();
   setStatus("connecting");
   resync();
