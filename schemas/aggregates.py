@@ -17,7 +17,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-AGGREGATE_SCHEMA_VERSION = "1.0"
+AGGREGATE_SCHEMA_VERSION = "1.1"
 
 
 class EmotionAggregate(BaseModel):
@@ -32,11 +32,26 @@ class EmotionAggregate(BaseModel):
         description='`{}` for the totals over all posts; `{"source": ...}` or `{"lang": ...}` '
         "for the posts that have that value."
     )
-    counts: dict[str, int] = Field(description="Posts per label (every label, zeros included).")
-    mean_scores: dict[str, float] = Field(
-        description="Mean probability of each label over the window's posts (0 when it has none)."
+    counts: dict[str, int] = Field(
+        description="Posts per label (every label, zeros included): the posts the model could read and "
+        "was confident about (since 1.1; the unsure, other-language and no-text ones are counted apart)."
     )
-    posts: int = Field(description="Posts counted (the sum of `counts`).")
+    mean_scores: dict[str, float] = Field(
+        description="Mean probability of each label over the posts in `counts` (0 when there are none)."
+    )
+    posts: int = Field(description="Posts counted toward the six emotions (the sum of `counts`).")
+    unsure: int = Field(
+        default=0,
+        description="Readable posts whose top score missed the confidence threshold (since 1.1).",
+    )
+    other_language: int = Field(
+        default=0, description="Posts in a language the model does not read (since 1.1)."
+    )
+    no_text: int = Field(
+        default=0,
+        description="Posts with no words once links, mentions, hashtags, emoji and numbers are removed "
+        "(since 1.1).",
+    )
     dead_letters: int = Field(
         description="Dead letters written in the window (counted in the totals only: a rejected "
         "message has no trustworthy dimension)."

@@ -26,7 +26,7 @@ MAX_TEXT_CHARS = 5000
 """Longest accepted post text. Tweets are far shorter; the bound keeps one message from
 monopolising a batch (the model sees at most its max token length anyway)."""
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 """The version of the result and dead-letter schemas: ``major.minor``; the minor grows when a
 field is added, the major only for a change that can break a consumer."""
 
@@ -113,6 +113,10 @@ class ModelInfo(BaseModel):
     version: str
 
 
+Unreadable = Literal["other_language", "no_text"]
+"""Why the model had no basis for a label: the post's language, or no words at all."""
+
+
 class EmotionResult(BaseModel):
     """One result per post on the output topic, keyed by the post id."""
 
@@ -136,6 +140,28 @@ class EmotionResult(BaseModel):
         description="The post's `source` and `lang`, where it has them (since 1.1): the "
         "breakdowns of the aggregates.",
     )
+    language: str | None = Field(
+        default=None,
+        description="The language detected in the post's text, an ISO 639-1 code (since 1.3); null when "
+        "the post has no words or the check is off (EMOTION_LANGUAGE_CHECK).",
+    )
+    language_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="How sure the detector is of `language` (since 1.3)."
+    )
+    unreadable: Unreadable | None = Field(
+        default=None,
+        description="Why the model had no basis for its label (since 1.3): `other_language`, the text is "
+        "not in a language the model reads (EMOTION_LANGUAGES); `no_text`, no words are left once links, "
+        "mentions, hashtags, emoji, numbers and punctuation are removed. Null when the model could read "
+        "the post. The label is still given; the aggregates and the live page count these posts apart "
+        "from the six emotions.",
+    )
+    confident: bool = Field(
+        default=True,
+        description="Whether `score` reaches the confidence threshold (EMOTION_MIN_CONFIDENCE, by default "
+        "the one recorded with the model; since 1.3). The aggregates and the live page count a readable "
+        "post that does not as unsure.",
+    )
 
     @field_validator("scores")
     @classmethod
@@ -145,10 +171,15 @@ class EmotionResult(BaseModel):
         return value
 
 
-ErrorKind = Literal["not_utf8", "not_json", "invalid_post", "too_large", "processing_failed", "undecodable"]
+ErrorKind = Literal[
+    "not_utf8", "not_json", "invalid_post", "too_large", "processing_failed", "undecodable", "unreadable"
+]
 """``undecodable`` (since 1.2): a record batch the consumer could not decode (an unknown
 compression codec, corrupt compressed data, or more than EMOTION_MAX_INFLIGHT_BYTES once
-decompressed); one dead letter stands for the whole batch, and says its offsets."""
+decompressed); one dead letter stands for the whole batch, and says its offsets.
+``unreadable`` (since 1.3): a post the model has no basis for (another language, or no words),
+skipped under EMOTION_UNREADABLE=dead_letter; the message starts with ``other_language`` or
+``no_text``."""
 
 
 class ErrorInfo(BaseModel):

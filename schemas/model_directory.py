@@ -85,3 +85,27 @@ def looks_like_directory(model: str) -> bool:
         or model.count("/") > 1
         or model.endswith("/")
     )
+
+
+DEFAULT_LANGUAGES = ("en",)
+"""The languages a model reads when its identity file records none (a hub model, or one
+exported before they were recorded): English, the training data's language."""
+
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5
+"""The confidence threshold when the identity file records none (calibration records one)."""
+
+
+def model_languages(identity: dict | None) -> tuple[str, ...]:
+    """The ISO 639-1 codes of the languages a model reads, as its identity file records them."""
+    recorded = (identity or {}).get("languages")
+    if isinstance(recorded, list) and recorded and all(isinstance(code, str) for code in recorded):
+        return tuple(code.lower() for code in recorded)
+    return DEFAULT_LANGUAGES
+
+
+def model_confidence_threshold(identity: dict | None) -> float:
+    """The top score below which a model's label counts as unsure, as calibration recorded it."""
+    recorded = (identity or {}).get("confidence_threshold")
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0 <= recorded <= 1:
+        return float(recorded)
+    return DEFAULT_CONFIDENCE_THRESHOLD

@@ -102,6 +102,41 @@ def _by_label(logits: np.ndarray, columns: Sequence[int]) -> np.ndarray:
     return ordered
 
 
+UNSURE_ACCURACY = 0.5
+"""The default confidence threshold is the highest top score below which the model's labels
+are right at most this often on validation: below it, a label is no better than a coin toss."""
+
+
+def confidence_threshold(
+    y_true: Sequence[int],
+    probs: np.ndarray,
+    *,
+    candidates: Sequence[float] = tuple(np.arange(0.30, 0.96, 0.05)),
+) -> dict:
+    """The confidence threshold a result's ``confident`` flag uses by default, chosen from the
+    calibrated validation probabilities (:data:`UNSURE_ACCURACY`), with what it means there:
+    the share of posts below it and the accuracy on each side. 0.5 when no candidate has at
+    least 10 posts below it that are right at most that often."""
+    probs = np.asarray(probs)
+    truth = np.asarray(y_true)
+    top = probs.max(axis=1)
+    right = probs.argmax(axis=1) == truth
+    chosen = 0.5
+    for candidate in candidates:
+        below = top < candidate
+        if below.sum() >= 10 and right[below].mean() <= UNSURE_ACCURACY:
+            chosen = float(round(candidate, 2))
+    below = top < chosen
+    return {
+        "threshold": chosen,
+        "rule": f"highest top score below which validation accuracy is at most {UNSURE_ACCURACY}",
+        "share_below": round(float(below.mean()), 4),
+        "accuracy_below": round(float(right[below].mean()), 4) if below.any() else None,
+        "accuracy_at_or_above": round(float(right[~below].mean()), 4) if (~below).any() else None,
+        "posts": len(truth),
+    }
+
+
 def calibrate_model(
     model,
     tokenizer,
@@ -272,6 +307,7 @@ def calibrate_directory(
             record["temperature"] *= previous["temperature"]
         record["before"] = previous["before"]
         record["reliability_before"] = previous.get("reliability_before", record["reliability_before"])
+    record["confidence"] = confidence_threshold(validation.labels, probs)
     metrics["calibration"] = record
     metrics["validation"] = full_report(validation.labels, probs)
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
@@ -282,6 +318,7 @@ def calibrate_directory(
         previous_version=identity.get("version"),
         version=new_version(model_dir, created),
         created_at=created.isoformat(timespec="seconds"),
+        confidence_threshold=record["confidence"]["threshold"],
     )
     write_identity(model_dir, identity)
     save_reliability_diagram(

@@ -130,10 +130,27 @@ def _calibration_section(metrics: dict) -> str:
             how += " The head was not re-fitted: " + (
                 head.get("reason") or "re-fitting it lost validation accuracy, so the trained head was kept."
             )
+    confidence = calibration.get("confidence")
+    unsure = ""
+    if confidence:
+        below = confidence["accuracy_below"]
+        unsure = (
+            f"\nConfidence threshold: `{confidence['threshold']}`, the {confidence['rule']} "
+            f"({confidence['share_below']:.1%} of the {confidence['posts']} posts are below it"
+            + (f", {below:.1%} of them labelled right" if below is not None else "")
+            + (
+                f"; {confidence['accuracy_at_or_above']:.1%} of the others"
+                if confidence["accuracy_at_or_above"] is not None
+                else ""
+            )
+            + "). The worker marks a result whose top score is below it as not confident "
+            "(`confident: false`), and the aggregates count it as unsure (EMOTION_MIN_CONFIDENCE "
+            "overrides it).\n"
+        )
     return (
         f"## Calibration\n\nThe scores are calibrated, so any loader returns calibrated probabilities. "
         f"{how}\n\n| on {calibration['fitted_on']} | before | after |\n|---|---|---|\n{rows}\n\n"
-        "![reliability diagram](reliability.png)\n"
+        "![reliability diagram](reliability.png)\n" + unsure
     )
 
 

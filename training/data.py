@@ -20,6 +20,8 @@ from emotion_stream.schemas import ID2LABEL, parse_label
 from emotion_stream.training.errors import TrainingError
 
 HUB_DATASET = "dair-ai/emotion"
+DATASET_LANGUAGES = ("en",)
+"""The languages of the dataset's posts: what a model trained on it reads (recorded with it)."""
 SPLITS = ("train", "validation", "test")
 REQUIRED_SPLITS = ("train", "validation")
 FORMATS = (".txt", ".csv", ".jsonl", ".parquet")

@@ -16,6 +16,7 @@ from emotion_stream.schemas import ID2LABEL, LABEL2ID
 from emotion_stream.schemas.model_directory import WEIGHTS_GLOB, model_name, new_version, write_identity
 from emotion_stream.training.calibration import save_reliability_diagram
 from emotion_stream.training.card import model_card
+from emotion_stream.training.data import DATASET_LANGUAGES
 from emotion_stream.training.plots import save_confusion_matrix
 
 
@@ -43,6 +44,7 @@ def export_model(
         else record["base_model"]["name"],
         "base_model_requested": record["base_model"]["requested"],
         "created_at": created.isoformat(timespec="seconds"),
+        "languages": list(DATASET_LANGUAGES),
     }
     write_identity(directory, identity)
     _write_json(directory / "training_config.json", record)

@@ -38,6 +38,7 @@ from emotion_stream.schemas import (
 )
 from emotion_stream.worker import policy
 from emotion_stream.worker.model.api import Prediction
+from emotion_stream.worker.reading import READABLE, Reading
 
 UNDECODABLE_HEADER = f"emotion-stream-undecodable-{secrets.token_hex(8)}"
 """The header of the record the consumer puts in place of a record batch it could not decode
@@ -296,6 +297,8 @@ class OutboundMessage:
     source: InboundRecord | None = None
     """The input message it answers (so a refused send can be answered by a minimal dead letter)."""
     headers: tuple[tuple[str, bytes], ...] = ()
+    topic: str | None = None
+    """Where it goes when not to its kind's usual topic (a routed unreadable post's result)."""
 
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
@@ -385,10 +388,16 @@ def encode_result(
     prediction: Prediction,
     model: ModelInfo,
     propagate: frozenset[str] = frozenset(TRACING_HEADERS),
+    *,
+    reading: Reading = READABLE,
+    confident: bool = True,
+    topic: str | None = None,
 ) -> OutboundMessage:
     """The result of ``post``, built from the schema's own model: a field added to
     :class:`EmotionResult` is written here or a test fails. Built without re-validation (every
-    value is already of its type; this runs once per post)."""
+    value is already of its type; this runs once per post). ``reading``: what the reader found
+    in the post; ``confident``: whether the top score reached the threshold; ``topic``: where it
+    goes, when not to the output topic."""
     result = EmotionResult.model_construct(
         schema_version=SCHEMA_VERSION,
         id=post.id,
@@ -402,10 +411,15 @@ def encode_result(
         processed_at=datetime.now(timezone.utc),
         posted_at=_posted_at(post, record),
         dimensions={name: value for name in DIMENSIONS if (value := getattr(post, name))},
+        language=reading.language,
+        language_score=reading.language_score,
+        unreadable=reading.unreadable,
+        confident=confident,
     )
     return OutboundMessage(
         key=post.id.encode("utf-8"),
         value=result.model_dump_json().encode("utf-8"),
         source=record,
         headers=output_headers(record, propagate),
+        topic=topic,
     )

@@ -190,6 +190,13 @@ class WorkerMetrics:
         self.labels = Counter(
             "emotion_predictions_total", "Results by predicted label.", ["label"], registry=r
         )
+        self.set_apart = Counter(
+            "emotion_set_apart_total",
+            "Results counted apart from the six emotions: unsure (top score under the confidence "
+            "threshold), other_language, no_text.",
+            ["kind"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "emotion_dead_letters_total",
             "Messages sent to the dead-letter topic, by reason.",

@@ -280,6 +280,8 @@ class Pipeline:
         self._send_errors_counted = self.publisher.send_errors
         for label in outcome.labels:
             m.labels.labels(label=label).inc()
+        for kind in outcome.set_apart:
+            m.set_apart.labels(kind=kind).inc()
         for kind in outcome.dead_letter_kinds:
             m.dead_letters.labels(kind=kind).inc()
         m.batch_seconds.observe(seconds)

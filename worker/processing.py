@@ -36,6 +36,7 @@ from emotion_stream.worker.codec import (
     undecodable_reason,
 )
 from emotion_stream.worker.model.api import ModelFailing, ModelUnavailable, Prediction
+from emotion_stream.worker.reading import NO_LANGUAGE_CHECK, Reading, ReadingPolicy, set_apart_as
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +47,8 @@ class BatchOutcome:
     dead_letters: list[OutboundMessage] = field(default_factory=list)
     dead_letter_kinds: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    set_apart: list[str] = field(default_factory=list)
+    """What each result counted apart from the six emotions was: unsure, other_language, no_text."""
     model_seconds: float = 0.0
     refused_results: int = 0
     """Results the broker refused as too large, answered by a dead letter instead."""
@@ -65,6 +68,8 @@ class PreparedBatch:
 
     outcome: BatchOutcome
     valid: list[tuple[InboundRecord, Post]]
+    readings: list[Reading] = field(default_factory=list)
+    """What the reader found in each valid post, in the same order."""
     model_input: Any = None
     prepare_error: BaseException | None = None
     requested: list[str] = field(default_factory=list)
@@ -90,6 +95,7 @@ class BatchProcessor:
         propagate_headers: Sequence[str] = (),
         model_retry_delays: Sequence[float] = policy.MODEL_RETRY_DELAYS,
         sleep: Callable[[float], None] = time.sleep,
+        reading: ReadingPolicy = NO_LANGUAGE_CHECK,
     ) -> None:
         """``prepare`` turns a batch's texts into the model's input and ``predict`` that input
         into predictions (with the default, ``predict`` gets the texts)."""
@@ -100,6 +106,7 @@ class BatchProcessor:
         self._limits = Limits(max_bytes=max_message_bytes)
         self._propagate = frozenset(h.lower() for h in (*TRACING_HEADERS, *propagate_headers))
         self._retry_delays = tuple(model_retry_delays)
+        self.reading = reading
         self._sleep = sleep
 
     def process(self, records: Sequence[InboundRecord]) -> BatchOutcome:
@@ -127,8 +134,13 @@ class BatchProcessor:
             decoded = decode_post(record.value, self._limits)
             if isinstance(decoded, Rejected):
                 self._reject(batch.outcome, record, decoded.error)
-            else:
-                batch.valid.append((record, decoded))
+                continue
+            reading = self.reading.reader.read(decoded.text)
+            if self.reading.skips(reading):
+                self._reject(batch.outcome, record, _unreadable_error(reading))
+                continue
+            batch.valid.append((record, decoded))
+            batch.readings.append(reading)
         if batch.valid or batch.requested:
             try:
                 batch.model_input = self._prepare(batch.texts)
@@ -144,10 +156,16 @@ class BatchProcessor:
         predictions = self._predict_isolating_failures(batch)
         outcome.model_seconds = time.perf_counter() - started
         outcome.answers = predictions[len(batch.valid) :]
-        for (record, post), prediction in zip(batch.valid, predictions[: len(batch.valid)], strict=True):
+        for (record, post), reading, prediction in zip(
+            batch.valid, batch.readings, predictions[: len(batch.valid)], strict=True
+        ):
             if prediction is not None:
-                outcome.results.append(self._result(record, post, prediction))
+                confident = prediction.score >= self.reading.min_confidence
+                outcome.results.append(self._result(record, post, prediction, reading, confident))
                 outcome.labels.append(prediction.label)
+                apart = set_apart_as(reading.unreadable, confident)
+                if apart is not None:
+                    outcome.set_apart.append(apart)
         return outcome
 
     def _run(self, texts: Sequence[str]) -> list[Prediction]:
@@ -254,5 +272,27 @@ class BatchProcessor:
         )
         outcome.dead_letter_kinds.append(error.kind)
 
-    def _result(self, record: InboundRecord, post: Post, prediction: Prediction) -> OutboundMessage:
-        return encode_result(record, post, prediction, self.model, self._propagate)
+    def _result(
+        self, record: InboundRecord, post: Post, prediction: Prediction, reading: Reading, confident: bool
+    ) -> OutboundMessage:
+        return encode_result(
+            record,
+            post,
+            prediction,
+            self.model,
+            self._propagate,
+            reading=reading,
+            confident=confident,
+            topic=self.reading.topic_for(reading),
+        )
+
+
+def _unreadable_error(reading: Reading) -> ErrorInfo:
+    if reading.unreadable == "no_text":
+        message = "no_text: no words left once links, mentions, hashtags, emoji and numbers are removed"
+    else:
+        message = (
+            f"other_language: the text reads as {reading.language!r} (probability {reading.language_score}), "
+            "not a language the model reads (EMOTION_LANGUAGES)"
+        )
+    return ErrorInfo(kind="unreadable", message=message)

@@ -67,7 +67,7 @@ class Publisher:
         ``outcome.dead_letter_kinds``); any other failure raises :class:`SendFailed`.
         """
         sent = [
-            (m, "result", await self._enqueue(self.output_topic, m), self.output_topic)
+            (m, "result", await self._enqueue(m.topic or self.output_topic, m), m.topic or self.output_topic)
             for m in outcome.results
         ]
         sent += [

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
 from emotion_stream.worker.broker.security import KafkaSecurity
 from emotion_stream.worker.model.api import ModelOptions, ModelSource, NumericMode, model_source
+from emotion_stream.worker.reading import UnreadablePolicy
 
 
 def _loopback(host: str) -> bool:
@@ -77,6 +78,19 @@ class ConnectionSettings(BaseSettings):
         description="Dead letters: messages that could not be labelled, with the reason.",
     )
 
+    unreadable: UnreadablePolicy = Field(
+        default="mark",
+        description="What happens to a post in another language or with no words: `mark` labels it and "
+        "marks it (`unreadable` in the result; the aggregates and the page count it apart from the six "
+        "emotions), `route` does the same but sends its result to EMOTION_UNREADABLE_TOPIC, `dead_letter` "
+        "skips the model and dead-letters it as `unreadable`.",
+    )
+    unreadable_topic: str = Field(
+        default="posts-unreadable",
+        min_length=1,
+        description="Results of posts the model cannot read (another language, no words) when "
+        "EMOTION_UNREADABLE=route; the aggregator counts them from here too.",
+    )
     aggregates_topic: str = Field(
         default="post-emotions-1m",
         min_length=1,
@@ -188,10 +202,17 @@ class ConnectionSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> ConnectionSettings:
-        if len({self.input_topic, self.output_topic, self.dlq_topic, self.aggregates_topic}) != 4:
+        topics = (
+            self.input_topic,
+            self.output_topic,
+            self.dlq_topic,
+            self.unreadable_topic,
+            self.aggregates_topic,
+        )
+        if len(set(topics)) != len(topics):
             raise ValueError(
-                "EMOTION_INPUT_TOPIC, EMOTION_OUTPUT_TOPIC, EMOTION_DLQ_TOPIC and EMOTION_AGGREGATES_TOPIC "
-                "must be four different topics"
+                "EMOTION_INPUT_TOPIC, EMOTION_OUTPUT_TOPIC, EMOTION_DLQ_TOPIC, EMOTION_UNREADABLE_TOPIC and "
+                "EMOTION_AGGREGATES_TOPIC must be five different topics"
             )
         return self
 
@@ -281,6 +302,33 @@ class WorkerSettings(ConnectionSettings):
         "(and the worker's Kafka work never waits for the model's); false runs it in the worker's process.",
     )
 
+    language_check: bool = Field(
+        default=True,
+        description="Detect each post's language and mark the posts the model cannot read (see "
+        "EMOTION_UNREADABLE); off, only posts with no words are marked.",
+    )
+    languages: list[str] | None = Field(
+        default=None,
+        description='The languages the model reads, ISO 639-1 codes as a JSON list (e.g. `["en"]`); '
+        "default: those recorded in the model directory, else English.",
+    )
+    language_min_score: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="How sure the language detector must be that a post is in none of the model's "
+        "languages before it counts as `other_language` (below it, the post is read as the model's own; "
+        "0.9 set apart none of 2,000 English validation posts and caught 97.7 % of posts in other "
+        "languages, docs/language.md).",
+    )
+    min_confidence: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Top score a label needs to be `confident` (below it, the aggregates and the page "
+        "count the post as unsure); default: the threshold recorded in the model directory (its model "
+        "card says how it was chosen), else 0.5.",
+    )
     propagate_headers: list[str] = Field(
         default_factory=list,
         description="Record headers copied from each post to its result or dead letter, besides the W3C "

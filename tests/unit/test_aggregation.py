@@ -252,3 +252,32 @@ def test_the_aggregator_counts_a_record_standing_for_an_undecodable_batch_as_suc
     assert aggregator.skipped["undecodable"] == 1
     assert not aggregator.count("post-emotions", None, None, [("other", b"x")])
     assert aggregator.skipped["invalid_post"] == 1  # a plain tombstone
+
+
+def test_unsure_other_language_and_no_text_count_apart_from_the_six_emotions():
+    windows = _windows()
+    at = "2026-11-29T21:00:05Z"
+    windows.add_result(_result("joy", at, lang="en"))
+    windows.add_result({**_result("joy", at, lang="es"), "unreadable": "other_language", "language": "es"})
+    windows.add_result({**_result("anger", at), "unreadable": "no_text"})
+    windows.add_result({**_result("fear", at, 0.3, lang="en"), "confident": False, "unreadable": None})
+    windows.add_result({**_result("fear", at, lang="en"), "confident": True, "unreadable": None})
+    windows.add_dead_letter(
+        {
+            "failed_at": at,
+            "error": {"kind": "unreadable", "message": "other_language: the text reads as 'fr'"},
+        }
+    )
+    windows.add_dead_letter({"failed_at": at, "error": {"kind": "not_json", "message": "other_language: x"}})
+    totals = EmotionAggregate.model_validate(windows.snapshot({})[0])
+    assert totals.counts["joy"] == 1 and totals.counts["fear"] == 1 and totals.counts["anger"] == 0
+    assert totals.posts == 2 and totals.dead_letters == 2
+    assert (totals.unsure, totals.other_language, totals.no_text) == (1, 2, 1)
+    assert totals.mean_scores["joy"] == pytest.approx((0.9 + 0.02) / 2)  # the two counted posts only
+    english = EmotionAggregate.model_validate(windows.snapshot({"lang": "en"})[0])
+    assert (english.posts, english.unsure) == (2, 1)
+    # A restarted aggregator picks the counts up from the published record.
+    restored = _windows()
+    restored.restore(json.loads(json.dumps(windows.snapshot({})[0])))
+    again = EmotionAggregate.model_validate(restored.snapshot({})[0])
+    assert (again.unsure, again.other_language, again.no_text, again.posts) == (1, 2, 1, 2)

@@ -90,6 +90,10 @@ def test_result_serialises_with_utc_timestamp():
         "processed_at",
         "posted_at",
         "dimensions",
+        "language",
+        "language_score",
+        "unreadable",
+        "confident",
     }
 
 

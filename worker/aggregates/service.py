@@ -110,6 +110,14 @@ class Aggregator:
             and not self.watchdog.problems()
         )
 
+    @property
+    def topics(self) -> list[str]:
+        """What it counts: the results, the dead letters, and the routed unreadable posts' results
+        when the worker routes them (EMOTION_UNREADABLE=route)."""
+        s = self.settings
+        routed = [s.unreadable_topic] if s.unreadable == "route" else []
+        return [s.output_topic, s.dlq_topic, *routed]
+
     async def recover(self) -> int:
         """Read the aggregates topic back; returns the records restored."""
         from emotion_stream.worker.broker.clients import follow
@@ -172,8 +180,7 @@ class Aggregator:
                 k: v for k, v in self.profile.consumer.items() if k not in ("session_timeout_ms",)
             }
             consumer = AIOKafkaConsumer(
-                s.output_topic,
-                s.dlq_topic,
+                *self.topics,
                 bootstrap_servers=s.bootstrap_servers,
                 group_id=s.aggregate_group_id,
                 enable_auto_commit=False,
@@ -188,7 +195,7 @@ class Aggregator:
             await consumer.start()
             log.info(
                 "aggregator started",
-                topics=[s.output_topic, s.dlq_topic],
+                topics=self.topics,
                 aggregates_topic=s.aggregates_topic,
                 window_s=s.aggregate_window_s,
                 group_id=s.aggregate_group_id,

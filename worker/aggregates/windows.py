@@ -30,6 +30,7 @@ from typing import Any
 
 from emotion_stream.schemas.aggregates import AGGREGATE_SCHEMA_VERSION, aggregate_key
 from emotion_stream.schemas.labels import LABELS
+from emotion_stream.worker.reading import SET_APART, set_apart_as
 
 MAX_TIME_CHARS = 64
 """Longest time string read (ISO 8601 needs about 35 characters)."""
@@ -97,6 +98,16 @@ def _dimension_value(value: Any) -> str | None:
     return text if text and len(text) <= MAX_DIMENSION_CHARS else None
 
 
+def _unreadable_dead_letter(letter: Any) -> str | None:
+    """``other_language`` or ``no_text`` for a dead letter of kind ``unreadable``, else None."""
+    error = letter.get("error") if isinstance(letter, dict) else None
+    if not isinstance(error, dict) or error.get("kind") != "unreadable":
+        return None
+    message = error.get("message")
+    reason = message.split(":", 1)[0] if isinstance(message, str) else None
+    return reason if reason in ("other_language", "no_text") else None
+
+
 @dataclass
 class Window:
     start: float
@@ -104,6 +115,8 @@ class Window:
     dimension: dict[str, str]
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
     score_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LABELS, 0.0))
+    set_apart: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SET_APART, 0))
+    """Posts counted apart from the six emotions: unsure, other language, no text."""
     dead_letters: int = 0
     closed: bool = False
     dirty: bool = True
@@ -122,6 +135,7 @@ class Window:
             "counts": dict(self.counts),
             "mean_scores": {k: round(v / posts, 6) if posts else 0.0 for k, v in self.score_sums.items()},
             "posts": posts,
+            **self.set_apart,
             "dead_letters": self.dead_letters,
             "closed": self.closed,
             "updated_at": _iso(now),
@@ -152,6 +166,11 @@ class Window:
         dead_letters = _count(record.get("dead_letters", 0))
         if dead_letters is None:
             return None
+        for name in SET_APART:  # absent from records of schema 1.0
+            count = _count(record.get(name, 0))
+            if count is None:
+                return None
+            window.set_apart[name] = count
         posts = window.posts
         window.score_sums = {k: _score(means.get(k, 0.0)) * posts for k in LABELS}
         window.dead_letters = dead_letters
@@ -270,8 +289,12 @@ class Windows:
             value = _dimension_value(given.get(name))
             if value is not None:
                 dimensions.append({name: value})
+        apart = set_apart_as(result.get("unreadable"), result.get("confident"))
         for dimension in dimensions:
             window = self._window(start, dimension)
+            if apart is not None:
+                window.set_apart[apart] += 1
+                continue
             window.counts[label] += 1
             for name in LABELS:
                 window.score_sums[name] += _score(scores.get(name, 0.0))
@@ -284,7 +307,11 @@ class Windows:
         start = self._place(own, record_time)
         if start is None:
             return False
-        self._window(start, {}).dead_letters += 1
+        window = self._window(start, {})
+        window.dead_letters += 1
+        apart = _unreadable_dead_letter(letter)
+        if apart is not None:  # skipped under EMOTION_UNREADABLE=dead_letter: still counted apart
+            window.set_apart[apart] += 1
         self.dead_letters_counted += 1
         return True
 

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from emotion_stream.worker.cli.usage import UsageError, load_settings, model_missing_message
 from emotion_stream.worker.settings import (
     AggregatorSettings,
@@ -41,6 +43,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if settings.model_source.missing:
         raise UsageError(model_missing_message(settings.model))
     check_broker(settings)
+    reading = reading_policy(settings)
     classifier = start_model(settings)
     try:
         processor = BatchProcessor(
@@ -49,6 +52,7 @@ def run_worker(args: argparse.Namespace) -> int:
             prepare=classifier.prepare,
             max_message_bytes=settings.max_message_bytes,
             propagate_headers=settings.propagate_headers,
+            reading=reading,
         )
         stream = EmotionStream(settings, processor, prepare_ahead=classifier.leaves_cpu_to_spare)
         # The model's own process when it has one, else this one (the model runs in it).
@@ -74,6 +78,49 @@ def run_worker(args: argparse.Namespace) -> int:
     finally:
         classifier.close()
     return 0
+
+
+def reading_policy(settings: WorkerSettings):
+    """What the worker does with posts the model cannot read, from the settings and what the
+    model directory records (its languages and confidence threshold)."""
+    from emotion_stream.schemas.model_directory import (
+        model_confidence_threshold,
+        model_languages,
+        read_identity,
+    )
+    from emotion_stream.worker.language import detector
+    from emotion_stream.worker.reading import Reader, ReadingPolicy
+
+    source = settings.model_source
+    identity = (
+        read_identity(source.directory) if source.directory is not None and not source.missing else None
+    )
+    reader = (
+        Reader(
+            settings.languages or model_languages(identity),
+            detector(),
+            min_score=settings.language_min_score,
+        )
+        if settings.language_check
+        else Reader(None)
+    )
+    threshold = settings.min_confidence
+    policy = ReadingPolicy(
+        reader,
+        settings.unreadable,
+        settings.unreadable_topic,
+        threshold if threshold is not None else model_confidence_threshold(identity),
+    )
+    structlog.get_logger(__name__).info(
+        "reading posts",
+        languages=sorted(reader.languages) if reader.languages is not None else "not checked",
+        language_min_score=settings.language_min_score,
+        unreadable=policy.unreadable,
+        unreadable_topic=policy.topic if policy.unreadable == "route" else None,
+        min_confidence=policy.min_confidence,
+        min_confidence_from="EMOTION_MIN_CONFIDENCE" if threshold is not None else "the model directory",
+    )
+    return policy
 
 
 def check_broker(settings: ConnectionSettings) -> None:

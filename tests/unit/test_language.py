@@ -1,0 +1,55 @@
+"""The worker's reader with the real detector, on the project's own labelled set
+(tests/data/languages.jsonl: hand-written posts in English, in other languages, and with no
+words): the figures docs/language.md gives, held."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from emotion_stream.worker.language import detector
+from emotion_stream.worker.reading import Reader
+from emotion_stream.worker.settings import WorkerSettings
+
+POSTS = [
+    json.loads(line)
+    for line in (Path(__file__).parents[1] / "data/languages.jsonl").read_text(encoding="utf-8").splitlines()
+    if line.strip()
+]
+
+
+@pytest.fixture(scope="module")
+def reader() -> Reader:
+    return Reader(["en"], detector(), min_score=WorkerSettings.model_fields["language_min_score"].default)
+
+
+def _kind(post: dict) -> str:
+    return post["lang"] if post["lang"] in ("en", "none") else "other"
+
+
+def test_the_labelled_set_has_every_kind():
+    kinds = Counter(_kind(p) for p in POSTS)
+    languages = {p["lang"] for p in POSTS if _kind(p) == "other"}
+    assert kinds["en"] >= 40 and kinds["none"] >= 40 and kinds["other"] >= 200 and len(languages) >= 12
+
+
+def test_no_english_post_is_set_apart(reader):
+    flagged = [(p["text"], reader.read(p["text"])) for p in POSTS if p["lang"] == "en"]
+    assert [(text, r) for text, r in flagged if r.unreadable is not None] == []
+    assert sum(r.language == "en" for _, r in flagged) >= 0.9 * len(flagged)
+
+
+def test_posts_with_no_words_are_no_text(reader):
+    assert {p["text"]: reader.read(p["text"]).unreadable for p in POSTS if p["lang"] == "none"} == {
+        p["text"]: "no_text" for p in POSTS if p["lang"] == "none"
+    }
+
+
+def test_nearly_every_post_in_another_language_is_set_apart_and_named(reader):
+    others = [(p, reader.read(p["text"])) for p in POSTS if _kind(p) == "other"]
+    caught = [r for _, r in others if r.unreadable == "other_language"]
+    assert len(caught) >= 0.95 * len(others), [p["text"] for p, r in others if r.unreadable is None]
+    named = sum(r.language == p["lang"] for p, r in others)
+    assert named >= 0.9 * len(others)
+    assert all(0 <= r.language_score <= 1 for r in caught)
