@@ -20,6 +20,7 @@ from pathlib import Path
 
 from emotion_stream.worker.cli.usage import UsageError, load_settings, model_missing_message
 from emotion_stream.worker.codec import Rejected, decode_post
+from emotion_stream.worker.reading import SET_APART, set_apart_as
 from emotion_stream.worker.settings import AggregatorSettings, DashboardSettings, WorkerSettings
 
 BINARY_MESSAGE = b"\x89PNG\r\n\x1a\n\x00 binary bytes, not a post"
@@ -110,10 +111,16 @@ class DemoPrinter:
         post_id = value["id"]
         if post_id in self.results:
             return
-        self.results[post_id] = value["label"]
+        apart = set_apart_as(value.get("unreadable"), value.get("confident"))
+        self.results[post_id] = apart or value["label"]
+        tag = ""
+        if apart == "other_language":
+            tag = f"  [other language: {value.get('language')}]"
+        elif apart is not None:
+            tag = f"  [{apart.replace('_', ' ')}]"
         print(
             f"  {value['label']:<9} {value['score']:.2f}  {post_id:<8}  "
-            f"{_short(self.texts.get(post_id, ''))}",
+            f"{_short(self.texts.get(post_id, ''))}{tag}",
             flush=True,
         )
 
@@ -144,8 +151,9 @@ async def _watch(broker, printer: DemoPrinter, output: str, dlq: str, timeout: f
 
 
 async def _aggregated_mix(broker, topic: str, posts: int, timeout: float = 20.0) -> dict[str, int] | None:
-    """The label counts over every window of the aggregates topic's totals, once they add up to
-    ``posts`` (None if they do not within ``timeout``)."""
+    """The label counts, and the counts set apart from the six emotions, over every window of the
+    aggregates topic's totals, once they add up to ``posts`` (None if they do not within
+    ``timeout``)."""
     from emotion_stream.worker.broker.clients import follow
 
     latest: dict[str, dict] = {}
@@ -155,25 +163,31 @@ async def _aggregated_mix(broker, topic: str, posts: int, timeout: float = 20.0)
             value = json.loads(record.value)
             if value.get("dimension") == {}:
                 latest[value["window_start"]] = value
-            if sum(v["posts"] for v in latest.values()) >= posts:
+            if sum(v["posts"] + sum(v.get(k, 0) for k in SET_APART) for v in latest.values()) >= posts:
                 return
 
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(reader(), timeout)
         mix: dict[str, int] = {}
         for record in latest.values():
-            for label, count in record["counts"].items():
+            for label, count in [*record["counts"].items(), *((k, record.get(k, 0)) for k in SET_APART)]:
                 mix[label] = mix.get(label, 0) + count
         return mix
     return None
 
 
 def _print_mix(mix: dict[str, int], source: str) -> None:
-    total = sum(mix.values()) or 1
+    """The six emotions' shares among the posts the model could read, then the posts set apart."""
+    emotions = {label: count for label, count in mix.items() if label not in SET_APART}
+    total = sum(emotions.values()) or 1
     print(f"\nemotion mix of the sample ({source}):")
-    for label, count in sorted(mix.items(), key=lambda kv: -kv[1]):
+    for label, count in sorted(emotions.items(), key=lambda kv: -kv[1]):
         share = count / total
         print(f"  {label:<9}{count:>4}  {share:>4.0%}  {'#' * round(share * 40)}")
+    apart = [(kind, mix.get(kind, 0)) for kind in SET_APART]
+    print("set apart (not in the mix: the model could not read them, or was unsure):")
+    for kind, count in apart:
+        print(f"  {kind:<15}{count:>4}")
 
 
 def _port_or_free(wanted: int) -> int:
