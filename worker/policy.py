@@ -12,6 +12,10 @@ One table, one place; `docs/architecture.md` carries the same table for readers.
 | a record batch that decompresses past        | one dead letter `undecodable` for the batch,      | yes    |
 | `EMOTION_MAX_INFLIGHT_BYTES`, or that cannot | naming its offsets; the consumer moves past it    |        |
 | be decoded (unknown codec, corrupt data)     |                                                   |        |
+| a post in another language, or with no       | labelled and marked `unreadable` (default); its   | yes    |
+| words (`worker/reading.py`)                  | result routed to `EMOTION_UNREADABLE_TOPIC`, or a |        |
+|                                              | dead letter `unreadable`, as EMOTION_UNREADABLE   |        |
+|                                              | says                                              |        |
 | trace headers not in the W3C format, a       | dropped from what answers the post (never an      | yes    |
 | repeated one, a propagated header over 8 KiB | error: a bad header does not make a bad post)     |        |
 | a dead letter that would exceed the bound    | payload cut to a prefix (size, SHA-256 kept)      | yes    |
