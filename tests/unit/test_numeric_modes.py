@@ -142,7 +142,6 @@ def test_a_failing_int8_is_searched_for_the_layers_to_keep_and_auto_loads_them(t
     """The search ranks every linear layer, keeps the most sensitive in fp32 until the criteria
     pass, records the split, and the runner loads int8 with exactly those layers in fp32."""
     import numpy as np
-    import torch
 
     from emotion_stream.schemas import LABELS
     from emotion_stream.worker.model.api import ModelOptions

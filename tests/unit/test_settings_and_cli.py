@@ -160,5 +160,5 @@ def test_a_missing_model_directory_is_not_looked_up_on_the_hub(tmp_path):
     from emotion_stream.worker.model.api import ModelLoadError
     from emotion_stream.worker.model.loading import load_pretrained
 
-    with pytest.raises(ModelLoadError, match="no model directory at .*emotion-stream train"):
+    with pytest.raises(ModelLoadError, match=r"no model directory at .*emotion-stream train"):
         load_pretrained(str(tmp_path / "not-there"))

@@ -59,7 +59,7 @@ def _serve(
     """The model process: load the model, report, then answer requests until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from emotion_stream.worker.heap import freeze_startup_objects
+    from emotion_stream.worker.heap import freeze_startup_objects, release_free_memory
     from emotion_stream.worker.model.runner import EmotionClassifier
     from emotion_stream.worker.observability import configure_logging
 
@@ -73,6 +73,7 @@ def _serve(
         responses.send(("failed", f"cannot load model {model!r}: {exc!r}"))
         return
     frozen = freeze_startup_objects()  # a full collection would stall the model mid-batch (see worker.heap)
+    release_free_memory()  # what loading freed goes back to the system
     responses.send(
         (
             "ready",
