@@ -35,6 +35,7 @@ from emotion_stream.worker.broker.clients import follow
 from emotion_stream.worker.broker.embedded import EmbeddedBroker, free_port
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.cli.worker_process import WorkerProcess
+from emotion_stream.worker.reading import SET_APART
 
 OUT = Path("artifacts/bench")
 
@@ -630,7 +631,9 @@ def fuzz(args: argparse.Namespace) -> dict:
     # out of range or too late; the same for results and dead letters together, with the
     # records it skipped. Exact unless the aggregator restarted (then at least once).
     totals = [r for (_, dimension), r in latest.items() if dimension == "{}"]
-    window_posts = sum(r["posts"] for r in totals)
+    # A result counts toward its label or apart from the six emotions (unsure, other language,
+    # no text): both are in the window.
+    window_posts = sum(r["posts"] + sum(r.get(k, 0) for k in SET_APART) for r in totals)
     window_letters = sum(r["dead_letters"] for r in totals)
     out_of_range = int(agg_metrics.get("emotion_aggregate_out_of_range_total", -1))
     too_late = int(agg_metrics.get("emotion_aggregate_too_late_total", -1))
