@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from emotion_stream.worker.language import detector
 from emotion_stream.worker.reading import Reader
@@ -53,3 +55,13 @@ def test_nearly_every_post_in_another_language_is_set_apart_and_named(reader):
     named = sum(r.language == p["lang"] for p, r in others)
     assert named >= 0.9 * len(others)
     assert all(0 <= r.language_score <= 1 for r in caught)
+
+
+@given(st.text(max_size=300))
+def test_any_text_gets_a_reading_and_never_an_exception(text):
+    reading = READER.read(text)
+    assert reading.unreadable in (None, "other_language", "no_text")
+    assert reading.language_score is None or 0 <= reading.language_score <= 1
+
+
+READER = Reader(["en"], detector(), min_score=0.9)
