@@ -163,3 +163,33 @@ def _identity(directory: Path) -> dict:
     from emotion_stream.schemas.model_directory import read_identity
 
     return read_identity(directory) or {}
+
+
+DEFAULT_STUDENT_LAYERS = 3
+"""Encoder layers of the default model: the demo recipe's model distilled to its lowest three
+(the quality and speed of each student tried: docs/training.md)."""
+
+
+def distill_default(
+    teacher_dir: Path, output_dir: Path, data_dir: Path | None = None, *, progress: bool = True
+):
+    """Distill the default model (:data:`DEFAULT_STUDENT_LAYERS` layers) from ``teacher_dir`` into
+    ``output_dir`` with the distillation recipe (for the demo, after :func:`train.train_default`)."""
+    from emotion_stream.training.settings import resolve_data_dir
+
+    options = DistillOptions(
+        base_model=str(teacher_dir),
+        allow_fallback=False,
+        output_dir=Path(output_dir),
+        data_dir=resolve_data_dir(data_dir),
+        layers=DEFAULT_STUDENT_LAYERS,
+        progress=progress,
+        command_line=["distill_default"],
+    )
+    print(
+        f"[distill] the default model: the teacher's lowest {DEFAULT_STUDENT_LAYERS} layers, "
+        "taught by it; the time left is printed as it goes",
+        file=sys.stderr,
+        flush=True,
+    )
+    return distill(options, DISTILL_RECIPE)

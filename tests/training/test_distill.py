@@ -91,3 +91,43 @@ def test_distill_exports_a_calibrated_student_with_its_teacher_on_the_card(
     from transformers import pipeline
 
     assert pipeline("text-classification", model=str(student))("i feel so happy")[0]["label"]
+
+
+def test_the_demo_trains_a_teacher_then_serves_its_student_and_reuses_a_teacher_it_has(
+    tmp_path, tiny_model, emotion_data, monkeypatch
+):
+    from emotion_stream.training import distill, train
+    from emotion_stream.training.config import DISTILL_RECIPE, Hyperparameters
+    from emotion_stream.worker.cli.demo import teacher_directory, train_default_model
+
+    monkeypatch.setenv("EMOTION_DATA_DIR", str(emotion_data))
+    trained_teachers = []
+    real_train_default = train.train_default
+
+    def train_tiny_teacher(output_dir, **kwargs):
+        trained_teachers.append(output_dir)
+        hp = Hyperparameters(epochs=1, batch_size=16)
+        return real_train_default(output_dir, progress=False, base_model=str(tiny_model), hyperparameters=hp)
+
+    monkeypatch.setattr(train, "train_default", train_tiny_teacher)
+    monkeypatch.setattr(distill, "DEFAULT_STUDENT_LAYERS", 1)  # the tiny teacher has 2
+    monkeypatch.setattr(distill, "DISTILL_RECIPE", DISTILL_RECIPE.model_copy(update={"epochs": 1}))
+
+    model = tmp_path / "artifacts" / "model"
+    assert train_default_model(model) == model
+    teacher = teacher_directory(model)
+    assert trained_teachers == [teacher] and teacher == tmp_path / "artifacts" / "model-teacher"
+    assert json.loads((teacher / "config.json").read_text())["num_hidden_layers"] == 2
+    assert json.loads((model / "config.json").read_text())["num_hidden_layers"] == 1
+    record = json.loads((model / "training_config.json").read_text())
+    assert record["command_line"] == ["distill_default"]
+    teacher_identity = json.loads((teacher / "emotion_model.json").read_text())
+    assert record["distillation"]["teacher_identity"] == teacher_identity
+    modes = json.loads((model / "emotion_model.json").read_text())["numeric_modes"]["modes"]
+    assert modes["fp32"]["verified"] is True  # measured and recorded, as `auto` needs
+
+    # A second model directory next to the same teacher: only the student is trained again.
+    again = tmp_path / "artifacts" / "model2"
+    (tmp_path / "artifacts" / "model2-teacher").symlink_to(teacher)
+    assert train_default_model(again) == again and trained_teachers == [teacher]
+    assert json.loads((again / "config.json").read_text())["num_hidden_layers"] == 1

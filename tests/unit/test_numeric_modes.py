@@ -167,6 +167,7 @@ def test_a_failing_int8_is_searched_for_the_layers_to_keep_and_auto_loads_them(t
     failing = {"accuracy": 0.1, "f1_macro": 0.1, "agreement": 0.5, "posts_per_s": speed, "verified": False}
     found = _int8_keeping_sensitive_layers(model, texts, reference, reference, failing, fp32, 1)
     assert found["verified"] and found["fp32_layers"] == [ranked[0][0]]
+    assert found["kept_in"] == ("bf16" if cpu_runs("bf16") else "fp32")  # as measured
     assert found["search"]["tried"][0]["fp32_layers"] == 0 and found["search"]["tried"][1]["fp32_layers"] == 1
 
     verification = verify_numeric_modes(
@@ -182,6 +183,32 @@ def test_a_failing_int8_is_searched_for_the_layers_to_keep_and_auto_loads_them(t
             for n, m in classifier.model.named_modules()
             if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
         }
-        assert quantized == {n for n, _ in ranked} - {ranked[0][0]}  # the kept one is fp32 (prepacked)
+        assert quantized == {n for n, _ in ranked} - {ranked[0][0]}
+        kept = type(classifier.model.get_submodule(ranked[0][0])).__name__
+        assert kept == ("Bf16Linear" if found["kept_in"] == "bf16" else "PrepackedLinear")
     finally:
         classifier.close()
+
+
+def test_kept_layers_run_in_bf16_only_where_verified_so_and_the_cpu_runs_it():
+    from emotion_stream.worker.model.loading import recorded_kept_in
+
+    bf16_record = {"modes": {"int8": {"fp32_layers": ["a"], "kept_in": "bf16"}}}
+    assert recorded_kept_in(bf16_record, {"avx512_bf16"})[0] == "bf16"
+    assert recorded_kept_in(bf16_record, {"avx2"})[0] == "fp32"  # closer to fp32 than verified
+    assert recorded_kept_in({"modes": {"int8": {"fp32_layers": ["a"]}}}, {"avx512_bf16"})[0] == "fp32"
+    assert recorded_kept_in(None, {"avx512_bf16"})[0] == "fp32"
+
+
+def test_a_bf16_linear_gives_what_the_linear_gives_to_bf16_rounding():
+    import torch
+
+    from emotion_stream.worker.model.prepack import Bf16Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 7, 64)
+    with torch.inference_mode():
+        expected, got = linear(x), Bf16Linear(linear)(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=0.05, atol=0.05) and not torch.equal(got, expected)

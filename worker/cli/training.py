@@ -333,18 +333,20 @@ def verify_modes(model_dir: Path, data_dir: Path | None, limit: int | None = Non
     record_numeric_modes(model_dir, verification)
     for mode, figures in verification["modes"].items():
         kept = figures.get("fp32_layers") or ()
+        kept_in = figures.get("kept_in", "fp32")
         print(
             f"  {mode:<5} accuracy {figures['accuracy']:.4f}  macro F1 {figures['f1_macro']:.4f}  "
             f"agreement {figures['agreement']:.4f}  {figures['posts_per_s']:>7.1f} posts/s "
             f"({figures['speedup']:.2f}x)  "
             + ("verified" if figures["verified"] else "NOT verified")
-            + (f" with {len(kept)} linear layers kept in fp32 ({', '.join(kept)})" if kept else ""),
+            + (f" with {len(kept)} linear layers kept in {kept_in} ({', '.join(kept)})" if kept else ""),
             file=sys.stderr,
         )
         for step in (figures.get("search") or {}).get("tried", ()):
             print(
-                f"        tried {step['fp32_layers']:>2} layers in fp32: accuracy {step['accuracy']:.4f}  "
-                f"agreement {step['agreement']:.4f}  {step['posts_per_s']:>7.1f} posts/s",
+                f"        tried {step['fp32_layers']:>2} layers out of int8: "
+                f"accuracy {step['accuracy']:.4f}  agreement {step['agreement']:.4f}  "
+                f"{step['posts_per_s']:>7.1f} posts/s",
                 file=sys.stderr,
             )
     return verification

@@ -122,8 +122,11 @@ class ModelOptions:
     revision: str | None = None
     """A hub model's commit, tag or branch to load (None: the latest); not for local directories."""
     int8_fp32_layers: tuple[str, ...] | None = None
-    """Under int8, the linear layers kept in fp32 (None: those the model directory's verification
-    records; see :mod:`worker.model.verify`)."""
+    """Under int8, the linear layers kept out of int8 (None: those the model directory's
+    verification records; see :mod:`worker.model.verify`)."""
+    int8_kept_in: Literal["fp32", "bf16"] | None = None
+    """The precision of those layers (None: what the verification recorded, bf16 only where this
+    CPU runs bf16, else fp32)."""
 
 
 @runtime_checkable

@@ -176,8 +176,24 @@ def recorded_fp32_layers(verification: dict | None) -> tuple[str, ...]:
     return tuple(str(name) for name in layers if isinstance(name, str))
 
 
+def recorded_kept_in(verification: dict | None, flags: set[str] | None = None) -> tuple[str, str]:
+    """The precision int8's kept layers run in, and why: bf16 where the verification measured
+    them in bf16 and this CPU runs bf16, else fp32 (closer to fp32's labels than what was
+    verified)."""
+    figures = ((verification or {}).get("modes") or {}).get("int8") or {}
+    if figures.get("kept_in") != "bf16":
+        return "fp32", "as verified"
+    if cpu_runs("bf16", flags):
+        return "bf16", "as verified"
+    return "fp32", "verified in bf16, which this CPU does not run well: fp32, closer to fp32's labels"
+
+
 def apply_numeric(
-    model: torch.nn.Module, numeric: str, device: torch.device, fp32_layers: Sequence[str] = ()
+    model: torch.nn.Module,
+    numeric: str,
+    device: torch.device,
+    fp32_layers: Sequence[str] = (),
+    kept_in: str = "fp32",
 ) -> tuple[torch.nn.Module, torch.dtype | None]:
     """The model in numeric mode ``numeric`` (fp32, bf16 or int8; see :func:`resolve_numeric`),
     and the dtype its forward passes run under autocast, if any.
@@ -188,7 +204,8 @@ def apply_numeric(
     (on an AVX2-only CPU bf16 is several times slower than fp32); bench/ measures both speed
     and accuracy. int8 weights are scaled per output channel, not per tensor: as fast, and
     closer to fp32's labels (docs/training.md); the linear layers named in ``fp32_layers`` stay
-    in fp32 (those whose quantization moves labels, found when the mode is verified).
+    out of int8 (those whose quantization moves labels, found when the mode is verified), in
+    fp32 or, with ``kept_in="bf16"``, in bf16.
     """
     if device.type == "cuda":
         if numeric == "fp32":
@@ -209,5 +226,15 @@ def apply_numeric(
             for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and name not in kept
         }
-        return quantize_dynamic(model, spec, dtype=torch.qint8), None
+        model = quantize_dynamic(model, spec, dtype=torch.qint8)
+        if kept_in == "bf16":
+            from emotion_stream.worker.model.prepack import Bf16Linear
+
+            for name in sorted(kept):
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                layer = getattr(parent, child)
+                if type(layer) is torch.nn.Linear:
+                    setattr(parent, child, Bf16Linear(layer))
+        return model, None
     return model, torch.bfloat16 if numeric == "bf16" else None

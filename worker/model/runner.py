@@ -35,6 +35,7 @@ from emotion_stream.worker.model.loading import (
     apply_numeric,
     load_pretrained,
     recorded_fp32_layers,
+    recorded_kept_in,
     resolve_numeric,
     select_device,
 )
@@ -114,8 +115,17 @@ class EmotionClassifier:
             if self.numeric == "int8"
             else ()
         )
+        self.kept_in, kept_why = (
+            (options.int8_kept_in, "ModelOptions")
+            if options.int8_kept_in is not None
+            else recorded_kept_in(loaded.numeric_modes)
+        )
+        if self.fp32_layers and options.int8_kept_in is None:
+            log.info(
+                "int8 keeps layers out", layers=len(self.fp32_layers), kept_in=self.kept_in, reason=kept_why
+            )
         self.model, self._autocast_dtype = apply_numeric(
-            self.model, self.numeric, self.device, self.fp32_layers
+            self.model, self.numeric, self.device, self.fp32_layers, self.kept_in
         )
         # fp32 linear layers on the CPU (all of them, or those int8 keeps): their weights laid
         # out once for the matrix products (see prepack).
@@ -139,7 +149,7 @@ class EmotionClassifier:
             pass_threads=self.pass_threads,
             packing=self.packing,
             prepacked_linears=self.prepacked,
-            int8_fp32_layers=len(self.fp32_layers),
+            int8_kept_layers=len(self.fp32_layers),
         )
 
     def _pass_threads(self, cpu_passes: int | None) -> list[int]:
