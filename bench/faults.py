@@ -252,7 +252,7 @@ def memory(args: argparse.Namespace) -> dict:
         "peak RSS MiB (worker + model process)": round(max(samples), 1),
         "posts done while sampled": metrics.get("emotion_results_out_total"),
         "timeline (every 10 s)": timeline,
-        "settings": "defaults (EMOTION_BATCH_SIZE 128, EMOTION_MAX_INFLIGHT_BYTES 64 MiB)",
+        "settings": "defaults (EMOTION_BATCH_SIZE 256, EMOTION_MAX_INFLIGHT_BYTES 64 MiB)",
     }
 
 

@@ -253,7 +253,7 @@ class WorkerSettings(ConnectionSettings):
         "bf16; on the CPU only with AVX512-BF16 or AMX) or int8 dynamic quantization (CPU only). "
         "`emotion-stream verify-modes DIR` measures and records them; `train` does it after export.",
     )
-    batch_size: int = Field(default=128, ge=1, le=4096, description="Most posts gathered into one batch.")
+    batch_size: int = Field(default=256, ge=1, le=4096, description="Most posts gathered into one batch.")
     batch_wait_ms: int = Field(
         default=150,
         ge=0,
