@@ -10,11 +10,15 @@ then, in that mode:
   probabilities the model runner returns on the validation split;
 - model alone: posts/s of the model runner over the validation texts in windows of 256
   posts after one untimed warm-up window (as `emotion-stream verify-modes` times them);
-- end to end: posts/s of a burst of posts (the validation posts, then training posts)
+- end to end: posts/s of a burst of 10,000 posts (the validation posts, then training posts)
   through the embedded broker and a worker with EMOTION_NUMERIC set to the mode, each
   burst with a fresh broker and worker (bench/run.py's ``_started`` and ``_burst``);
 - the ratio of each row's posts/s to the first row's (the first model in its first mode:
-  pass the released model in fp32 first, it is the reference).
+  pass the released model in fp32 first, it is the reference), each row's end to end over its
+  model alone (the stream's share), and each row's end to end over the plain model: the first
+  model in fp32 run the plain way, ``transformers`` in this process on the validation posts
+  sorted by token length and cut into padded batches of 64 (:func:`plain_rate`), measured
+  once per round before the model-alone runs.
 Every measurement of one kind runs for every row before the next round starts, the rounds
 in alternating order (A B C, C B A, ...), model-alone rounds first, then end-to-end ones:
 drift on a shared machine then falls on every row alike. Torch threads are the same
@@ -42,6 +46,11 @@ from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR, model_info
 from emotion_stream.training.metrics import expected_calibration_error
 from emotion_stream.worker.model.api import NumericMode
 from emotion_stream.worker.model.verify import WINDOW, macro_f1, timed_predictions
+
+BURST_POSTS = 10_000
+"""Posts per end-to-end burst: about 10 s at the default model's rate, so that what every burst
+pays once (the first batch's wait, the last fetch of the results: about 0.3 s together) weighs
+3 %, not the 15 % it weighed in bursts of 2,000 (``--posts 2000``, the size of earlier runs)."""
 
 QUICK_TEXTS = 512
 """Validation posts a --quick run classifies (a smoke run: its figures mean nothing)."""
@@ -81,6 +90,39 @@ def model_alone(model_dir: Path, mode: str, texts: list[str], threads: int) -> t
     return mode_run, posts_per_s, probs
 
 
+PLAIN_BATCH = 64
+
+
+def plain_rate(model_dir: Path, texts: list[str], threads: int) -> tuple[float, np.ndarray]:
+    """Posts/s of the model run the plain way, and its logits in the texts' order:
+    ``transformers`` in this process, fp32, the texts tokenized, sorted by token length and cut
+    into padded batches of PLAIN_BATCH, timed from the texts to the labels after one untimed
+    warm-up batch."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+
+    def label_all(batch_texts: list[str]) -> np.ndarray:
+        ids = tokenizer(batch_texts, truncation=True, max_length=128)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        logits = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), PLAIN_BATCH):
+                chunk = order[start : start + PLAIN_BATCH]
+                batch = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
+                logits[chunk] = model(**batch).logits.float().numpy()
+        return logits
+
+    label_all(texts[:PLAIN_BATCH])
+    started = time.perf_counter()
+    logits = label_all(texts)
+    logits.argmax(axis=1)  # the labels, as a user of the plain way would take them
+    return len(texts) / (time.perf_counter() - started), logits
+
+
 def quality(probs: np.ndarray, truth: np.ndarray) -> dict:
     predicted = probs.argmax(axis=1)
     return {
@@ -103,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.quick:
         texts, label_names = texts[:QUICK_TEXTS], label_names[:QUICK_TEXTS]
     truth = np.array([LABELS.index(name) for name in label_names])
-    n_burst = args.posts or (400 if args.quick else 2000)
+    n_burst = args.posts or (400 if args.quick else BURST_POSTS)
     burst_texts = stream_texts[:n_burst]
     rounds = args.rounds or (1 if args.quick else 2)
 
@@ -135,9 +177,14 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows,
         "recorded": {str(p): recorded(Path(p)) for p in dict.fromkeys(args.models)},
         "order": [],
+        "plain": {"model": rows[0]["model"], "batch": PLAIN_BATCH, "rates": []},
     }
 
     for round_ in range(rounds):
+        print(f"[bench] the plain model, round {round_ + 1}: {rows[0]['name']} fp32", flush=True)
+        rate, _ = plain_rate(Path(rows[0]["model"]), texts, args.threads)
+        report["plain"]["rates"].append(rate)
+        report["order"].append(["plain", rows[0]["name"], "fp32", rate, time.time()])
         for row in _order(rows, round_):
             print(f"[bench] model alone, round {round_ + 1}: {row['name']} {row['mode']}", flush=True)
             mode_run, rate, probs = model_alone(Path(row["model"]), row["mode"], texts, args.threads)
@@ -174,10 +221,15 @@ def run(args: argparse.Namespace) -> dict:
         row["alone_rate"] = statistics.mean(row["alone"]) if row["alone"] else None
         row["e2e_rate"] = statistics.mean(row["e2e"]) if row["e2e"] else None
     reference = rows[0]
+    plain = statistics.mean(report["plain"]["rates"])
+    report["plain"]["rate"] = plain
     for row in rows:
         for kind in ("alone", "e2e"):
             ref, rate = reference[f"{kind}_rate"], row[f"{kind}_rate"]
             row[f"{kind}_vs_reference"] = rate / ref if rate and ref else None
+        e2e, alone = row["e2e_rate"], row["alone_rate"]
+        row["e2e_vs_alone"] = e2e / alone if e2e and alone else None
+        row["e2e_vs_plain"] = e2e / plain if e2e else None
     return report
 
 
@@ -197,9 +249,9 @@ def print_table(report: dict) -> None:
     )
     print(
         "| model | layers | mode | val. accuracy | macro F1 | ECE | alone posts/s | e2e posts/s "
-        "| alone / ref | e2e / ref |"
+        "| alone / ref | e2e / ref | e2e / alone | e2e / plain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         q = row["quality"] or {}
         tries = len(row["e2e_errors"])
@@ -209,8 +261,14 @@ def print_table(report: dict) -> None:
             f"| {row['mode']} -> {row['mode_run']} "
             f"| {_f(q.get('accuracy'), '.4f')} | {_f(q.get('f1_macro'), '.4f')} | {_f(q.get('ece'), '.4f')} "
             f"| {_f(row['alone_rate'], '.1f')} | {_f(row['e2e_rate'], '.1f')}{failed} "
-            f"| {_f(row['alone_vs_reference'], '.2f')} | {_f(row['e2e_vs_reference'], '.2f')} |"
+            f"| {_f(row['alone_vs_reference'], '.2f')} | {_f(row['e2e_vs_reference'], '.2f')} "
+            f"| {_f(row['e2e_vs_alone'], '.2f')} | {_f(row['e2e_vs_plain'], '.2f')} |"
         )
+    plain = report["plain"]
+    print(
+        f"\nplain: {ref['name']} in fp32, transformers in this process, sorted batches of {plain['batch']}: "
+        f"{plain['rate']:.1f} posts/s ({', '.join(f'{r:.1f}' for r in plain['rates'])})"
+    )
     print()
     for row in rows:
         print(
@@ -273,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         help="model-alone runs and end-to-end bursts per row (2; --quick 1)",
     )
     parser.add_argument(
-        "--posts", type=int, default=None, help="posts per end-to-end burst (2000; --quick 400)"
+        "--posts", type=int, default=None, help=f"posts per end-to-end burst ({BURST_POSTS}; --quick 400)"
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: small samples, not for the numbers"

@@ -161,3 +161,23 @@ def test_the_fuzz_benchmark_runs_the_mix_through_all_three_components(tmp_path, 
     assert report["sent by kind"]["valid"] > 0 and any(
         k.startswith("gzip bomb") for k in report["sent by kind"]
     )
+
+
+def test_the_plain_model_of_the_quality_benchmark_scores_every_post_in_order(tiny_model):
+    """The yardstick of bench.quality: transformers in-process on sorted padded batches gives
+    each text what the model gives it alone (more texts than a batch, mixed lengths)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import bench.quality as quality
+
+    texts = [("so glad " * (i % 7 + 1)).strip() + f" {i}" for i in range(quality.PLAIN_BATCH + 9)]
+    texts += ["i feel so angry and scared " * 3, "what a lovely surprise"]
+    rate, logits = quality.plain_rate(tiny_model, texts, threads=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    with torch.inference_mode():
+        alone = np.concatenate([model(**tokenizer(t, return_tensors="pt")).logits.numpy() for t in texts])
+    assert rate > 0 and np.allclose(logits, alone, atol=1e-4)
+    assert len({tuple(row.round(4)) for row in logits}) > 10  # a wrong order would show
