@@ -1,7 +1,10 @@
 """EMOTION_NUMERIC=auto on the CPU: the fastest mode verified for this model, and the record behind it."""
 
+import dataclasses
 import json
 import shutil
+
+import pytest
 
 from emotion_stream.worker.model.loading import choose_numeric, cpu_runs
 
@@ -185,7 +188,9 @@ def test_a_failing_int8_is_searched_for_the_layers_to_keep_and_auto_loads_them(t
         }
         assert quantized == {n for n, _ in ranked} - {ranked[0][0]}
         kept = type(classifier.model.get_submodule(ranked[0][0])).__name__
-        assert kept == ("Bf16Linear" if found["kept_in"] == "bf16" else "PrepackedLinear")
+        # In fp32 the kept layer is prepacked, unless the int8 graph is traced (it does not trace).
+        fp32_kept = "Linear" if classifier.traced else "PrepackedLinear"
+        assert kept == ("Bf16Linear" if found["kept_in"] == "bf16" else fp32_kept)
     finally:
         classifier.close()
 
@@ -212,3 +217,52 @@ def test_a_bf16_linear_gives_what_the_linear_gives_to_bf16_rounding():
         expected, got = linear(x), Bf16Linear(linear)(x)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert torch.allclose(got, expected, rtol=0.05, atol=0.05) and not torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("architecture", ["bert", "distilbert"])
+def test_int8_runs_a_traced_graph_that_gives_the_models_own_results(tmp_path, architecture):
+    """Padded passes through the traced, frozen graph: the same probabilities as the model run
+    operator by operator, on the same plan of sub-batches (one pass thread, a fixed call cost)."""
+    import torch
+
+    from emotion_stream.worker.model.api import ModelOptions
+    from emotion_stream.worker.model.runner import EmotionClassifier
+    from tests.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", architecture=architecture)
+    options = dict(device="cpu", numeric="int8", torch_threads=1, packing=False, call_cost_tokens=20.0)
+    traced = EmotionClassifier(str(model), ModelOptions(**options))
+    plain = EmotionClassifier(str(model), ModelOptions(**options, trace=False))
+    texts = [("i feel so happy and then so scared " * (k % 9 + 1))[: 3 + 7 * k] for k in range(40)]
+    assert traced.traced and not plain.traced
+    assert torch.allclose(traced.predict_proba(texts), plain.predict_proba(texts), atol=1e-5)
+
+
+def test_a_traced_graph_that_differs_from_the_model_is_not_used(tiny_model, monkeypatch):
+    import torch
+
+    from emotion_stream.worker.model.api import ModelOptions
+    from emotion_stream.worker.model.runner import EmotionClassifier
+
+    real_trace = torch.jit.trace
+
+    def trace_gone_wrong(module, example, **kwargs):
+        graph = real_trace(module, example, **kwargs)
+
+        class Off(torch.nn.Module):  # as if a branch the example took were wrong for other shapes
+            def __init__(self) -> None:
+                super().__init__()
+                self.graph = graph
+
+            def forward(self, ids, mask):
+                return self.graph(ids, mask) + (ids.shape[1] != example[0].shape[1])
+
+        return torch.jit.script(Off())
+
+    monkeypatch.setattr(torch.jit, "trace", trace_gone_wrong)
+    options = ModelOptions(device="cpu", numeric="int8", torch_threads=1, packing=False)
+    classifier = EmotionClassifier(str(tiny_model), options)
+    assert not classifier.traced
+    untraced = EmotionClassifier(str(tiny_model), dataclasses.replace(options, trace=False))
+    texts = ["so happy", "i am scared of what comes next " * 4]
+    assert [p.label for p in classifier.predict(texts)] == [p.label for p in untraced.predict(texts)]

@@ -117,6 +117,9 @@ class ModelOptions:
     """Run small CPU windows with their posts laid end to end instead of padded."""
     prepack: bool = True
     """In fp32 on the CPU, lay the linear layers' weights out once at load."""
+    trace: bool = True
+    """In int8 on the CPU, run padded passes through a traced, frozen graph of the model (checked
+    against the model itself at load; the model is used where the check fails)."""
     call_cost_tokens: float | None = None
     """A forward pass's fixed cost in tokens of work, for the planner; None measures it at load."""
     revision: str | None = None

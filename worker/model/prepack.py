@@ -38,29 +38,20 @@ class PrepackedLinear(torch.nn.Module):
 
 class Bf16Linear(torch.nn.Module):
     """An ``nn.Linear`` run in bf16 on the CPU (its input rounded to bf16, its output back to
-    fp32), its weight prepacked for oneDNN where this torch can: how int8 keeps the layers whose
-    quantization moves labels on a CPU with AVX512-BF16 or AMX (:func:`loading.apply_numeric`)."""
+    fp32): how int8 keeps the layers whose quantization moves labels on a CPU with AVX512-BF16
+    or AMX (:func:`loading.apply_numeric`). A plain bf16 product (no prepacking: it traces, and
+    a prepacked one measured no faster)."""
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         with torch.no_grad():
-            weight = linear.weight.detach().to(torch.bfloat16)
+            self.register_buffer("weight_bf16", linear.weight.detach().to(torch.bfloat16))
             bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
             self.register_buffer("bias", bias)
-            try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-                self._packed = True
-            except (RuntimeError, AttributeError, NotImplementedError):
-                packed, self._packed = weight, False
-            self.register_buffer("weight_bf16", packed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x16 = x.contiguous().to(torch.bfloat16)
-        if self._packed:
-            out = torch.ops.mkldnn._linear_pointwise(x16, self.weight_bf16, self.bias, "none", [], "")
-        else:
-            out = torch.nn.functional.linear(x16, self.weight_bf16, self.bias)
+        out = torch.nn.functional.linear(x.to(torch.bfloat16), self.weight_bf16, self.bias)
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
