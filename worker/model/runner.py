@@ -22,6 +22,7 @@ import queue
 import statistics
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -192,7 +193,9 @@ class EmotionClassifier:
 
         module = Logits(self.model).eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), warnings.catch_warnings():
+                # The tracer warns of every Python value it keeps; the check below is what counts.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 traced = torch.jit.freeze(torch.jit.trace(module, padded(8, 24), check_trace=False))
                 for rows, width in ((1, 5), (3, 40), (17, 11), (32, 128)):
                     ids, mask = padded(rows, width)
