@@ -266,3 +266,40 @@ def test_a_traced_graph_that_differs_from_the_model_is_not_used(tiny_model, monk
     untraced = EmotionClassifier(str(tiny_model), dataclasses.replace(options, trace=False))
     texts = ["so happy", "i am scared of what comes next " * 4]
     assert [p.label for p in classifier.predict(texts)] == [p.label for p in untraced.predict(texts)]
+
+
+def test_timing_a_mode_runs_the_split_the_directory_records_as_the_worker_does(
+    tiny_model, tmp_path, monkeypatch
+):
+    """bench.quality times `auto` through timed_predictions: it must run the recorded split, not
+    every layer in int8 (verification's first step asks for that explicitly)."""
+    from emotion_stream.worker.model import runner
+    from emotion_stream.worker.model.verify import record_numeric_modes, timed_predictions
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    kept = "bert.encoder.layer.0.output.dense"
+    figures = {
+        "accuracy": 0.5,
+        "f1_macro": 0.5,
+        "agreement": 1.0,
+        "posts_per_s": 1.0,
+        "speedup": 1.0,
+        "verified": True,
+    }
+    record_numeric_modes(
+        model,
+        {"modes": {"fp32": figures, "int8": {**figures, "posts_per_s": 9.0, "fp32_layers": [kept]}}},
+    )
+    built = []
+    real = runner.EmotionClassifier
+
+    def recording(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(runner, "EmotionClassifier", recording)
+    texts = ["so happy today", "i am scared"]
+    assert timed_predictions(model, "auto", texts, 1)[2] == "int8"
+    assert timed_predictions(model, "int8", texts, 1, (), "fp32")[2] == "int8"
+    assert [c.fp32_layers for c in built] == [(kept,), ()]

@@ -42,20 +42,21 @@ def timed_predictions(
     mode: str,
     texts: Sequence[str],
     threads: int | None,
-    fp32_layers: Sequence[str] = (),
-    kept_in: str = "fp32",
+    fp32_layers: Sequence[str] | None = None,
+    kept_in: str | None = None,
 ) -> tuple[list[Prediction], float, str]:
     """``texts`` through the worker's model runner in ``mode`` (int8 keeping ``fp32_layers``
-    out, in ``kept_in``), in windows of WINDOW after a warm-up window: (the predictions,
-    posts/s, the mode actually run)."""
+    out, in ``kept_in``; None for either: what the model directory records, as the worker
+    runs it), in windows of WINDOW after a warm-up window: (the predictions, posts/s, the mode
+    actually run)."""
     from emotion_stream.worker.model.runner import EmotionClassifier
 
     options = ModelOptions(
         device="cpu",
         numeric=mode,
         torch_threads=threads,
-        int8_fp32_layers=tuple(fp32_layers),
-        int8_kept_in=kept_in if fp32_layers else "fp32",
+        int8_fp32_layers=tuple(fp32_layers) if fp32_layers is not None else None,
+        int8_kept_in=kept_in,
     )
     classifier = EmotionClassifier(str(model_dir), options)
     try:
@@ -94,7 +95,8 @@ def verify_numeric_modes(
     results: dict[str, dict] = {}
     reference: np.ndarray | None = None
     for mode in ["fp32", *[m for m in wanted if m != "fp32"]]:
-        predictions, posts_per_s, _ = timed_predictions(Path(model_dir), mode, texts, threads)
+        # Every linear layer in int8 first: the search below keeps some out only if that fails.
+        predictions, posts_per_s, _ = timed_predictions(Path(model_dir), mode, texts, threads, (), "fp32")
         predicted = np.array([LABELS.index(p.label) for p in predictions])
         if reference is None:
             reference = predicted
