@@ -231,10 +231,8 @@ def apply_numeric(
             from emotion_stream.worker.model.prepack import Bf16Linear
 
             for name in sorted(kept):
-                parent_name, _, child = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                layer = getattr(parent, child)
+                layer = model.get_submodule(name)
                 if type(layer) is torch.nn.Linear:
-                    setattr(parent, child, Bf16Linear(layer))
+                    model.set_submodule(name, Bf16Linear(layer))
         return model, None
     return model, torch.bfloat16 if numeric == "bf16" else None

@@ -174,14 +174,12 @@ def layer_sensitivity(model_dir: Path, texts: Sequence[str], threads: int | None
     for name, module in list(model.named_modules()):
         if not isinstance(module, torch.nn.Linear):
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         module.qconfig = per_channel_dynamic_qconfig
-        setattr(parent, child, DynamicLinear.from_float(module))
+        model.set_submodule(name, DynamicLinear.from_float(module))
         try:
             moved = 0.5 * (probabilities() - reference).abs().sum(dim=-1).mean().item()
         finally:
-            setattr(parent, child, module)
+            model.set_submodule(name, module)
             del module.qconfig
         scores.append((name, moved))
     return sorted(scores, key=lambda pair: -pair[1])
