@@ -70,11 +70,18 @@ class Stream:
     """A broker (optionally behind a cuttable proxy), topics, and workers on them."""
 
     def __init__(
-        self, model: str, partitions: int = 4, proxy: bool = False, log_dir: Path | None = None
+        self,
+        model: str,
+        partitions: int = 4,
+        proxy: bool = False,
+        log_dir: Path | None = None,
+        python: str | None = None,
     ) -> None:
         self.suffix = uuid.uuid4().hex[:6]
         self.input, self.output, self.dlq = (f"{t}-{self.suffix}" for t in ("posts", "out", "dlq"))
         self.model, self.partitions, self.log_dir = model, partitions, log_dir or OUT
+        self.python = python or sys.executable
+        """The interpreter the workers run on (a venv made as the worker image makes it, say)."""
         self.proxy = None
         self._proxy_port = free_port() if proxy else None
         self.broker = EmbeddedBroker(advertised_port=self._proxy_port)
@@ -117,7 +124,7 @@ class Stream:
         worker = WorkerProcess(
             settings,
             log_path=self.log_dir / f"faults-{self.suffix}-{name}.log",
-            command=[sys.executable, "-m", "emotion_stream.worker.cli.main", command],
+            command=[self.python, "-m", "emotion_stream.worker.cli.main", command],
         )
         self.workers.append(worker)
         return worker.start()
@@ -219,21 +226,23 @@ def _own_rss_mib(pid: int) -> float:
 
 def memory(args: argparse.Namespace) -> dict:
     """Peak resident memory of the worker (and its model process) under a backlog."""
-    with Stream(args.model) as stream:
+    env = dict(item.split("=", 1) for item in args.env)
+    with Stream(args.model, python=args.python) as stream:
         backlog = posts(args.posts, "m", size=args.bytes)
         started = time.monotonic()
         stream.produce(backlog)
         produced_s = time.monotonic() - started
-        worker = stream.worker("w")
+        worker = stream.worker("w", **env)
         worker.wait_ready(timeout=180)
-        samples, timeline = [], []
+        samples, model_samples, timeline = [], [], []
         began = time.monotonic()
         while time.monotonic() < began + args.seconds:
             total = rss_mib(worker.process.pid)
+            own = _own_rss_mib(worker.process.pid)
             samples.append(total)
+            model_samples.append(total - own)
             if len(samples) % 20 == 1:
                 done = _metrics(worker).get("emotion_results_out_total", 0)
-                own = _own_rss_mib(worker.process.pid)
                 timeline.append(
                     {
                         "s": round(time.monotonic() - began),
@@ -249,7 +258,11 @@ def memory(args: argparse.Namespace) -> dict:
         "post bytes": len(backlog[0][1]),
         "backlog MiB": round(sum(len(v) for _, v in backlog) / 2**20, 1),
         "produce seconds": round(produced_s, 1),
+        "worker python": args.python or sys.executable,
+        "env": env,
         "peak RSS MiB (worker + model process)": round(max(samples), 1),
+        "peak RSS MiB (model process)": round(max(model_samples), 1),
+        "model process MiB at the start": round(model_samples[0], 1),
         "posts done while sampled": metrics.get("emotion_results_out_total"),
         "timeline (every 10 s)": timeline,
         "settings": "defaults (EMOTION_BATCH_SIZE 256, EMOTION_MAX_INFLIGHT_BYTES 64 MiB)",
@@ -752,6 +765,15 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--posts", type=int, default=100_000)
             p.add_argument("--bytes", type=int, default=4000, help="size of each post")
             p.add_argument("--seconds", type=float, default=60.0, help="how long to sample the worker")
+            p.add_argument(
+                "--python",
+                default=None,
+                help="the interpreter the worker runs on (default: this one); a venv made as the worker "
+                "image makes it (bench/README.md) measures what the image runs",
+            )
+            p.add_argument(
+                "--env", action="append", default=[], metavar="NAME=VALUE", help="worker setting (repeatable)"
+            )
         if name == "scale":
             p.add_argument("--posts", type=int, default=4000)
         if name == "soak":

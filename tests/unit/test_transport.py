@@ -160,3 +160,19 @@ def test_a_batch_that_cannot_be_decoded_becomes_one_marked_record_and_the_fetch_
     marked = dict(got[2].headers)
     assert got[2].value is None and "offsets 2..2 could not be decoded" in marked[UNDECODABLE_HEADER].decode()
     assert records.next_fetch_offset == 4
+
+
+@pytest.mark.parametrize("max_message_bytes", [1 << 20, 128 << 10])
+def test_a_batchs_results_travel_in_record_batches_the_topics_accept(max_message_bytes):
+    """The producer's record batches hold a worker batch's results for a partition (256 KiB; the
+    client's default of 16 KiB cut 256 results into about ten),
+    and never exceed the largest message the topics are said to accept: a broker refuses a record
+    batch over the topic's max.message.bytes as a whole."""
+    from emotion_stream.schemas import ModelInfo
+    from emotion_stream.worker.app import RESULT_BATCH_BYTES, EmotionStream
+    from emotion_stream.worker.processing import BatchProcessor
+    from emotion_stream.worker.settings import WorkerSettings
+
+    settings = WorkerSettings(web_enabled=False, max_message_bytes=max_message_bytes)
+    app = EmotionStream(settings, BatchProcessor(list, ModelInfo(name="m", version="1"))).app
+    assert app.conf.producer_max_batch_size == min(RESULT_BATCH_BYTES, max_message_bytes)
