@@ -75,10 +75,7 @@ class Publisher:
             for m in outcome.dead_letters
         ]
         try:
-            done = await asyncio.wait_for(
-                asyncio.gather(*(self._acked(m, what, ack, topic) for m, what, ack, topic in sent)),
-                self.timeout_s,
-            )
+            done = await asyncio.wait_for(self._settled(sent), self.timeout_s)
         except asyncio.TimeoutError:
             self.send_errors += 1
             raise SendFailed(
@@ -98,6 +95,26 @@ class Publisher:
             )
         except Exception as exc:  # refused before it was sent (too large for the client)
             return exc
+
+    async def _settled(self, sent: list) -> list[str | None]:
+        """Every output's outcome (see :meth:`_acked`). The broker's futures are waited for as
+        they are, not wrapped in a task each (a batch sends hundreds); only an output refused,
+        or an acknowledgement that is no future, goes through :meth:`_acked`, all at once."""
+        futures = [ack for _, _, ack, _ in sent if asyncio.isfuture(ack)]
+        if futures:
+            await asyncio.wait(futures)
+        kinds: list[str | None] = [None] * len(sent)
+        rest = [
+            i
+            for i, (_, _, ack, _) in enumerate(sent)
+            if not asyncio.isfuture(ack) or ack.cancelled() or ack.exception() is not None
+        ]
+        if rest:
+            for i, kind in zip(
+                rest, await asyncio.gather(*(self._acked(*sent[i]) for i in rest)), strict=True
+            ):
+                kinds[i] = kind
+        return kinds
 
     async def _acked(
         self, message: OutboundMessage, what: str, ack: Awaitable[Any] | BaseException, topic: str

@@ -82,3 +82,33 @@ def test_a_refusal_the_broker_expects_to_lift_is_sent_again_until_it_is_taken():
     outcome = BatchOutcome(results=[OutboundMessage(b"k", b"{}", source=SOURCE)])
     asyncio.run(_publisher(broker).publish(outcome))
     assert refusals == ["out", "out"] and broker.acked == [("out", b"{}")] and outcome.dead_letter_kinds == []
+
+
+def test_acknowledged_outputs_cost_no_task_each_and_a_refused_one_among_them_still_gets_its_own():
+    """A batch's outputs are waited for as the broker's futures, not as a task per output (256 of
+    them a batch: a task each was a visible share of the worker's CPU); only an output the
+    broker refused takes the slow path, and every other one is still acknowledged."""
+    broker = Broker(refuse=lambda topic, value: MessageSizeTooLargeError() if value == b"big" else None)
+    values = [b"{}"] * 200 + [b"big"] + [b"{}"] * 55
+    outcome = BatchOutcome(results=[OutboundMessage(b"k", v, source=SOURCE) for v in values])
+    tasks = []
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        made = loop.create_task
+
+        def counted(*args, **kwargs):
+            tasks.append(args[0])
+            return made(*args, **kwargs)
+
+        loop.create_task = counted
+        try:
+            await _publisher(broker).publish(outcome)
+        finally:
+            loop.create_task = made
+
+    asyncio.run(run())
+    # The wait with its timeout, and the refused output's own.
+    assert len(tasks) == 2, f"{len(tasks)} tasks for {len(values)} outputs"
+    assert [topic for topic, _ in broker.acked] == ["out"] * 255 + ["dlq"]
+    assert outcome.dead_letter_kinds == ["too_large"] and outcome.refused_results == 1
