@@ -21,6 +21,7 @@ import resource
 import time
 from pathlib import Path
 
+from bench.host import setting
 from bench.models import read_split
 from bench.run import CACHE, _burst, _started
 from bench.streaming import BenchStream
@@ -89,12 +90,14 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/emotion")
     parser.add_argument("--model", default="artifacts/model")
     parser.add_argument("--bursts", type=int, default=2)
-    parser.add_argument("--env", nargs="*", default=[], help="extra worker settings, NAME=VALUE")
+    parser.add_argument(
+        "--env", nargs="*", type=setting, default=[], help="extra worker settings, NAME=VALUE"
+    )
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     texts, _ = read_split(Path(args.data), "validation")
     report: dict = {"model alone": model_alone_cpu(Path(args.model), texts), "bursts": []}
-    env = {"EMOTION_MODEL": args.model, **dict(item.split("=", 1) for item in args.env)}
+    env = {"EMOTION_MODEL": args.model, **dict(args.env)}
     with BenchStream(env, log=CACHE / "cpu-profile-worker.log") as stream:
         _started(stream, texts)
         groups = processes(stream)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from bench.host import setting
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
 from emotion_stream.worker.broker.clients import follow
 from emotion_stream.worker.broker.embedded import EmbeddedBroker, free_port
@@ -226,7 +227,7 @@ def _own_rss_mib(pid: int) -> float:
 
 def memory(args: argparse.Namespace) -> dict:
     """Peak resident memory of the worker (and its model process) under a backlog."""
-    env = dict(item.split("=", 1) for item in args.env)
+    env = dict(args.env)
     with Stream(args.model, python=args.python) as stream:
         backlog = posts(args.posts, "m", size=args.bytes)
         started = time.monotonic()
@@ -772,7 +773,12 @@ def main(argv: list[str] | None = None) -> int:
                 "image makes it (bench/README.md) measures what the image runs",
             )
             p.add_argument(
-                "--env", action="append", default=[], metavar="NAME=VALUE", help="worker setting (repeatable)"
+                "--env",
+                action="append",
+                type=setting,
+                default=[],
+                metavar="NAME=VALUE",
+                help="worker setting (repeatable)",
             )
         if name == "scale":
             p.add_argument("--posts", type=int, default=4000)

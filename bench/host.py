@@ -10,6 +10,14 @@ from pathlib import Path
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
 
 
+def setting(text: str) -> tuple[str, str]:
+    """An argparse type for ``--env NAME=VALUE``: the pair, or a usage error that says the form."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a worker setting as NAME=VALUE")
+    return name, value
+
+
 def add_data_and_model(parser: argparse.ArgumentParser) -> None:
     """``--data`` (the emotion splits) and ``--model`` (a trained model directory)."""
     parser.add_argument(

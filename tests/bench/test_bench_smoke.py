@@ -181,3 +181,16 @@ def test_the_plain_model_of_the_quality_benchmark_scores_every_post_in_order(tin
         alone = np.concatenate([model(**tokenizer(t, return_tensors="pt")).logits.numpy() for t in texts])
     assert rate > 0 and np.allclose(logits, alone, atol=1e-4)
     assert len({tuple(row.round(4)) for row in logits}) > 10  # a wrong order would show
+
+
+def test_a_worker_setting_without_name_and_value_stops_the_benchmark_with_the_form_to_use(capsys):
+    """``--env`` of bench.faults and bench.cpu_profile: NAME=VALUE pairs (the value may hold
+    '='), anything else a usage error naming the form, not a traceback."""
+    import bench.faults as faults
+    from bench.host import setting
+
+    assert setting("EMOTION_X=a=b") == ("EMOTION_X", "a=b")
+    with pytest.raises(SystemExit) as stop:
+        faults.main(["memory", "--env", "EMOTION_BATCH_SIZE"])
+    assert stop.value.code == 2
+    assert "give a worker setting as NAME=VALUE" in capsys.readouterr().err
