@@ -1,7 +1,7 @@
 """The worker's Kafka transport: the one module that relies on private APIs of Faust and aiokafka.
 
-Two gains measured on the pipeline ceiling (bench/README.md) need code that neither library
-offers an extension point for, and both live here, nowhere else:
+Two gains measured on the pipeline ceiling (bench/README.md) and one fix need code that neither
+library offers an extension point for, and all three live here, nowhere else:
 
 1. **A lighter delivery loop.** Faust hands each fetched message to the conductor through a
    helper that races the delivery against "flow suspended", "service stopped" and "service
@@ -10,17 +10,24 @@ offers an extension point for, and both live here, nowhere else:
    Faust's private ``_drain_messages`` so a message is delivered with a plain ``await``
    while the flow is running, keeping the racing path for the moment a rebalance or stop
    suspends it. Offsets, gaps and commits are handled exactly as Faust expects.
-2. **The fetch wait.** Faust fixes aiokafka's fetch wait at 1.5 s, which a broker that
+2. **Records fetched across a rebalance.** Faust's fetch loop checks the consumer generation
+   only after its fetch returns, so records fetched before a rebalance reach the worker after
+   the rebalance's seek to the committed offset; Faust then counts the jump from that offset to
+   them as a gap, done, and commits the posts in between unread. The delivery loop hands on
+   only records the client's fetch position has moved past (:func:`fetched_since_last_seek`);
+   the others are read again from the new position.
+3. **The fetch wait.** Faust fixes aiokafka's fetch wait at 1.5 s, which a broker that
    holds every fetch for the full wait (the embedded one) adds to every post's latency;
    and the wait should follow the model (see :mod:`worker.pacing`). aiokafka reads it from
    a private attribute as it builds each fetch request: :func:`pace_fetcher` sets that
    attribute from the pacer just before each build.
 
-Both were written against the versions in :data:`PINNED` (pyproject.toml pins them too),
+All were written against the versions in :data:`PINNED` (pyproject.toml pins them too),
 and :data:`RELIED_ON` holds a digest of the source of every private function they depend
 on or replace. :func:`private_api_changes` compares the installed libraries with both: a
 unit test fails loudly on an upgrade that changes them, and at run time the worker falls
-back to Faust's own transport (slower, still correct) and says why in its log.
+back to Faust's own transport (slower, and open to the skipped posts of 2) and says why in its
+log.
 """
 
 from __future__ import annotations
@@ -56,6 +63,15 @@ PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 RELIED_ON = {
     # Replaced by Consumer._drain_messages below.
     "faust.transport.consumer:Consumer._drain_messages": "44a2500309e83c63",
+    # Reads the consumer generation only once its fetch returns, so a fetch in flight across a
+    # rebalance hands on records from before the rebalance's seek: Consumer._deliver_all drops them.
+    "faust.transport.consumer:Consumer.getmany": "4b168d84882a70d6",
+    # What fetched_since_last_seek reads: the client's assignment, each partition's position,
+    # set back by a seek and moved past the records a fetch hands out.
+    "aiokafka.consumer.subscription_state:Assignment.state_value": "183fea82ef48f3e6",
+    "aiokafka.consumer.subscription_state:TopicPartitionState.position.fget": "816b6b289bd14f5c",
+    "aiokafka.consumer.subscription_state:TopicPartitionState.seek": "c20b56d7ba7b2872",
+    "aiokafka.consumer.fetcher:FetchResult._update_position": "83fb1473bf10027b",
     # Extended by ConsumerThread below (the fetch wait is set on what it returns).
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer": "c2701bfc3e6f6cad",
     # Replaced by EmotionApp._new_transport below.
@@ -157,12 +173,27 @@ class Consumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(faust.transport.consumer.CONSUMER_FETCHING)
 
+    def _client_subscription(self) -> Any:
+        """The Kafka client's subscription (its assignment and fetch positions); None if unknown."""
+        try:
+            return self._thread._ensure_consumer()._subscription
+        except Exception:  # not started: nothing was fetched either
+            return None
+
     async def _deliver_all(self, batch: AsyncIterator[tuple[TP, Message]]) -> None:
         delivered = 0
+        subscription = self._client_subscription()
         async for tp, message in batch:
             delivered += 1
             if delivered % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+            if subscription is not None and not fetched_since_last_seek(subscription, tp, message.offset):
+                # Fetched before a rebalance's seek moved the position back to the committed
+                # offset (Faust reads the generation only once its fetch returns, so it hands such
+                # records on). Handed on, the jump would count as a gap, done, and the posts
+                # between the committed offset and this record would be committed unread. The
+                # fetch from the new position reads it again.
+                continue
             last = self._read_offset[tp]
             if last is not None and message.offset < last:
                 continue  # read before a seek moved the position back: already handed on
@@ -182,6 +213,17 @@ class Consumer(faust_aiokafka.Consumer):
             else:
                 await self.callback(message)
             self._read_offset[tp] = message.offset
+
+
+def fetched_since_last_seek(subscription: Any, tp: Any, offset: int) -> bool:
+    """Whether a fetched record at ``offset`` of ``tp`` is still the client's to hand on: the
+    partition is assigned and the fetch position has moved past the record. A record fetched
+    before a seek moved the position back (every rebalance seeks to the committed offset) has
+    not, nor has one of a partition the rebalance took away."""
+    current = subscription.subscription
+    assignment = current.assignment if current is not None else None
+    state = assignment.state_value(tp) if assignment is not None else None
+    return state is not None and state.has_valid_position and offset < state.position
 
 
 def pending_join_error(app: Any) -> BaseException | None:
@@ -213,7 +255,8 @@ class EmotionApp(faust.App):
         if changes:
             log.warning(
                 "Faust's own Kafka transport in use: the libraries differ from those the worker's transport "
-                "was written for (slower, and fetches wait 1.5 s on brokers that hold them)",
+                "was written for (slower, fetches wait 1.5 s on brokers that hold them, and a fetch in "
+                "flight across a rebalance can skip posts)",
                 changes=list(changes),
             )
             return super()._new_transport()

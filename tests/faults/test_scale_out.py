@@ -7,7 +7,14 @@ from collections import Counter
 import pytest
 
 from emotion_stream.worker.cli.worker_process import WorkerProcess
-from tests.integration.helpers import collect, create_topic, make_posts, produce_sync, result_ids
+from tests.integration.helpers import (
+    collect,
+    create_topic,
+    explain_missing,
+    make_posts,
+    produce_sync,
+    result_ids,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -51,7 +58,8 @@ def test_workers_joining_stopping_and_dying_mid_stream_leave_no_post_unanswered(
     ids = result_ids(seen[topics.output])
     missing = wanted - set(ids)
     duplicates = sum(n - 1 for n in Counter(ids).values())
-    logs = "\n".join(f"--- {n}\n" + (tmp_path / f"{n}.log").read_text()[-1500:] for n in workers)
-    assert missing == set(), f"{len(missing)} posts never answered\n{logs}"
+    logs = "\n".join(f"--- {n}\n" + (tmp_path / f"{n}.log").read_text()[-3000:] for n in workers)
+    where = explain_missing(broker, topics, missing) if missing else ""
+    assert missing == set(), f"{len(missing)} posts never answered\n{where}\n{logs}"
     assert codes["c"] == 0, logs
     print(f"scale-out: {len(ids)} results for {len(wanted)} posts, {duplicates} duplicates")

@@ -160,3 +160,38 @@ def stop_command(process: subprocess.Popen, kill: bool = False) -> str:
     process.wait(timeout=30)
     time.sleep(0.2)  # the reader thread takes the last lines
     return "".join(process.output)  # type: ignore[attr-defined]
+
+
+def explain_missing(broker, topics, missing: set[str]) -> str:
+    """Where ``missing`` posts sit in the input (partition and offsets) against the group's
+    committed offsets: tells a post the worker skipped from one the broker never held."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run() -> str:
+        placed: dict[int, list[int]] = {}
+        ends: dict[int, int] = {}
+        security = broker.client_options
+        async for record in follow(
+            broker.bootstrap, [topics.input], idle_timeout=3.0, backend=broker.backend, security=security
+        ):
+            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+            if record.key is not None and record.key.decode() in missing:
+                placed.setdefault(record.partition, []).append(record.offset)
+        group = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap, group_id=topics.group, enable_auto_commit=False, **security
+        )
+        await group.start()
+        try:
+            committed = {p: await group.committed(TopicPartition(topics.input, p)) for p in sorted(ends)}
+        finally:
+            await group.stop()
+        found = sum(len(v) for v in placed.values())
+        lines = [f"{found} of {len(missing)} missing posts are in {topics.input}; committed: {committed}"]
+        for partition, offsets in sorted(placed.items()):
+            lines.append(
+                f"partition {partition}: {len(offsets)} missing at offsets {min(offsets)}..{max(offsets)} "
+                f"of {ends[partition]}"
+            )
+        return "\n".join(lines)
+
+    return asyncio.run(run())
