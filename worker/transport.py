@@ -183,6 +183,7 @@ class Consumer(faust_aiokafka.Consumer):
     async def _deliver_all(self, batch: AsyncIterator[tuple[TP, Message]]) -> None:
         delivered = 0
         subscription = self._client_subscription()
+        dropped: dict[int, int] = {}
         async for tp, message in batch:
             delivered += 1
             if delivered % _YIELD_EVERY == 0:
@@ -193,6 +194,7 @@ class Consumer(faust_aiokafka.Consumer):
                 # records on). Handed on, the jump would count as a gap, done, and the posts
                 # between the committed offset and this record would be committed unread. The
                 # fetch from the new position reads it again.
+                dropped[tp.partition] = dropped.get(tp.partition, 0) + 1
                 continue
             last = self._read_offset[tp]
             if last is not None and message.offset < last:
@@ -213,6 +215,11 @@ class Consumer(faust_aiokafka.Consumer):
             else:
                 await self.callback(message)
             self._read_offset[tp] = message.offset
+        if dropped:
+            log.info(
+                "records fetched before a rebalance set the position back were dropped; they are read again",
+                records_by_partition=dropped,
+            )
 
 
 def fetched_since_last_seek(subscription: Any, tp: Any, offset: int) -> bool:

@@ -10,6 +10,7 @@ from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from intervaltree import IntervalTree
+from structlog.testing import capture_logs
 
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.pacing import FetchPacer
@@ -232,8 +233,10 @@ def test_records_fetched_before_a_rebalance_moved_the_position_back_are_not_hand
         await consumer._deliver_all(_fetched(2, range(193, 312)))
         return consumer
 
-    consumer = asyncio.run(scenario())
+    with capture_logs() as logs:
+        consumer = asyncio.run(scenario())
     assert consumer.handed_on == [(2, offset) for offset in range(193, 312)]
+    assert [e["records_by_partition"] for e in logs if "records_by_partition" in e] == [{2: 19}]
     consumer._acked[tp].extend(offset for _, offset in consumer.handed_on)
     assert consumer._new_offset(tp) == 312  # every offset below the commit was handed on
 
