@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
@@ -9,7 +10,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR
 from emotion_stream.worker.broker.security import KafkaSecurity
-from emotion_stream.worker.model.api import ModelOptions, ModelSource, NumericMode, model_source
+from emotion_stream.worker.model.api import (
+    ModelOptions,
+    ModelSource,
+    NumericMode,
+    default_graph_cache_dir,
+    model_source,
+)
 from emotion_stream.worker.reading import UnreadablePolicy
 
 
@@ -301,6 +308,19 @@ class WorkerSettings(ConnectionSettings):
         description="Run the model in a process of its own, so it never waits for the worker's Python "
         "(and the worker's Kafka work never waits for the model's); false runs it in the worker's process.",
     )
+    serving_graph: bool = Field(
+        default=True,
+        description="Where the model runs int8 on the CPU as traced graphs, the model process saves them "
+        "once (with the tokenizer) in EMOTION_GRAPH_CACHE_DIR and serves them without loading transformers: "
+        "the same labels in less memory (the model process's peak under a 100,000-post backlog 482 MiB "
+        "against 602) and a restart that loads in under a second; false loads the model directory every "
+        "start.",
+    )
+    graph_cache_dir: Path | None = Field(
+        default=None,
+        description="Where serving graphs are kept (one per model, torch version and setting that shapes "
+        "it); default: emotion-stream-graphs in the system's temporary directory.",
+    )
 
     language_check: bool = Field(
         default=True,
@@ -414,6 +434,9 @@ class WorkerSettings(ConnectionSettings):
             packing=self.packing,
             prepack=self.prepack_weights,
             revision=self.model_revision,
+            graph_cache_dir=(
+                str(self.graph_cache_dir or default_graph_cache_dir()) if self.serving_graph else None
+            ),
         )
 
     @property

@@ -238,34 +238,75 @@ def test_int8_runs_a_traced_graph_that_gives_the_models_own_results(tmp_path, ar
     assert torch.allclose(traced.predict_proba(texts), plain.predict_proba(texts), atol=1e-5)
 
 
-def test_a_traced_graph_that_differs_from_the_model_is_not_used(tiny_model, monkeypatch):
+def _freeze_gone_wrong(monkeypatch, wrong: str) -> None:
+    """Frozen graphs whose ``wrong`` pass (forward: padded, or packed) is off by one, as if a
+    branch the tracing example took were wrong for other shapes."""
     import torch
 
+    real_freeze = torch.jit.freeze
+
+    class Off:
+        def __init__(self, graph) -> None:
+            self.graph = graph
+
+        def __call__(self, ids, mask):
+            return self.forward(ids, mask)
+
+        def forward(self, ids, mask):
+            return self.graph(ids, mask) + (wrong == "forward")
+
+        def packed(self, *inputs):
+            return self.graph.packed(*inputs) + (wrong == "packed")
+
+    monkeypatch.setattr(torch.jit, "freeze", lambda module, **kw: Off(real_freeze(module, **kw)))
+
+
+def test_a_traced_graph_that_differs_from_the_model_is_not_used(tiny_model, monkeypatch):
     from emotion_stream.worker.model.api import ModelOptions
     from emotion_stream.worker.model.runner import EmotionClassifier
 
-    real_trace = torch.jit.trace
-
-    def trace_gone_wrong(module, example, **kwargs):
-        graph = real_trace(module, example, **kwargs)
-
-        class Off(torch.nn.Module):  # as if a branch the example took were wrong for other shapes
-            def __init__(self) -> None:
-                super().__init__()
-                self.graph = graph
-
-            def forward(self, ids, mask):
-                return self.graph(ids, mask) + (ids.shape[1] != example[0].shape[1])
-
-        return torch.jit.script(Off())
-
-    monkeypatch.setattr(torch.jit, "trace", trace_gone_wrong)
+    _freeze_gone_wrong(monkeypatch, "forward")
     options = ModelOptions(device="cpu", numeric="int8", torch_threads=1, packing=False)
     classifier = EmotionClassifier(str(tiny_model), options)
     assert not classifier.traced
     untraced = EmotionClassifier(str(tiny_model), dataclasses.replace(options, trace=False))
     texts = ["so happy", "i am scared of what comes next " * 4]
     assert [p.label for p in classifier.predict(texts)] == [p.label for p in untraced.predict(texts)]
+
+
+@pytest.mark.parametrize("architecture", ["bert", "distilbert"])
+def test_int8_packed_passes_run_the_traced_graph_and_give_the_models_own_results(tmp_path, architecture):
+    """Small windows run packed: through the graph's ``packed`` pass, the same probabilities as
+    the packed model run operator by operator."""
+    import torch
+
+    from emotion_stream.worker.model.api import ModelOptions
+    from emotion_stream.worker.model.runner import EmotionClassifier
+    from tests.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", architecture=architecture)
+    options = dict(device="cpu", numeric="int8", torch_threads=1, call_cost_tokens=20.0)
+    traced = EmotionClassifier(str(model), ModelOptions(**options))
+    plain = EmotionClassifier(str(model), ModelOptions(**options, trace=False))
+    assert traced.traced and traced._traced_packs and traced.packing and plain.packing
+    windows = [["so happy"], ["i feel so happy", "and then so scared " * 5, "ok", "x" * 90]]
+    for texts in windows:
+        prepared = traced.prepare(texts)
+        assert all(x.firsts is not None for x in prepared.inputs)  # packed
+        assert torch.allclose(traced.run(prepared), plain.predict_proba(texts), atol=1e-5)
+
+
+def test_a_packed_pass_that_traces_wrong_runs_the_model_and_keeps_the_padded_graph(tiny_model, monkeypatch):
+    from emotion_stream.worker.model.api import ModelOptions
+    from emotion_stream.worker.model.runner import EmotionClassifier
+
+    _freeze_gone_wrong(monkeypatch, "packed")
+    options = ModelOptions(device="cpu", numeric="int8", torch_threads=1, call_cost_tokens=20.0)
+    classifier = EmotionClassifier(str(tiny_model), options)
+    assert classifier.traced and not classifier._traced_packs and classifier.packing
+    untraced = EmotionClassifier(str(tiny_model), dataclasses.replace(options, trace=False))
+    texts = ["so happy", "i am scared of what comes next " * 4]
+    assert classifier.predict_proba(texts).tolist() == untraced.predict_proba(texts).tolist()
 
 
 def test_timing_a_mode_runs_the_split_the_directory_records_as_the_worker_does(

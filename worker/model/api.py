@@ -9,6 +9,7 @@ whose model runs in a separate process never loads torch itself.
 
 from __future__ import annotations
 
+import tempfile
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,6 +131,16 @@ class ModelOptions:
     int8_kept_in: Literal["fp32", "bf16"] | None = None
     """The precision of those layers (None: what the verification recorded, bf16 only where this
     CPU runs bf16, else fp32)."""
+    graph_cache_dir: str | None = None
+    """Where the model process keeps the model's serving graph, and serves it from (see
+    :mod:`worker.model.graph`); None: it loads the model directory through transformers."""
+
+
+def default_graph_cache_dir() -> Path:
+    """Where serving graphs are kept unless configured (see :mod:`worker.model.graph`): in the
+    system's temporary directory, an emptyDir in the Kubernetes deployment, so a pod builds
+    its graph once per start."""
+    return Path(tempfile.gettempdir()) / "emotion-stream-graphs"
 
 
 @runtime_checkable

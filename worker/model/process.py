@@ -60,12 +60,12 @@ def _serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from emotion_stream.worker.heap import freeze_startup_objects, release_free_memory
-    from emotion_stream.worker.model.runner import EmotionClassifier
+    from emotion_stream.worker.model.serving import load_classifier
     from emotion_stream.worker.observability import configure_logging
 
     configure_logging(*logging)
     try:
-        clf = EmotionClassifier(model, options)
+        clf = load_classifier(model, options, logging)
     except ModelLoadError as exc:
         responses.send(("failed", str(exc)))
         return
@@ -82,6 +82,7 @@ def _serve(
                 "columns": clf.columns,
                 "device": str(clf.device),
                 "frozen_objects": frozen,
+                "from_graph": clf.from_graph,
             },
         )
     )
@@ -169,6 +170,8 @@ class ModelProcess:
         self.device: str = body["device"]
         self.frozen_objects: int = body["frozen_objects"]
         """Objects the model process exempted from garbage collection once loaded (see worker.heap)."""
+        self.from_graph: bool = body["from_graph"]
+        """Whether the model process serves the model's saved serving graph (see worker.model.graph)."""
         self._reader = threading.Thread(target=self._read_answers, name="model-answers", daemon=True)
         self._reader.start()
         log.info(
@@ -177,6 +180,7 @@ class ModelProcess:
             model=self.info.name,
             device=self.device,
             frozen_objects=self.frozen_objects,
+            from_graph=self.from_graph,
         )
 
     def _first_message(self, timeout: float) -> tuple[str, Any]:

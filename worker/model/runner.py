@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -32,6 +33,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from emotion_stream.worker.model.api import ModelLoadError, ModelOptions, Prediction, to_predictions
+from emotion_stream.worker.model.graph import read_graph
 from emotion_stream.worker.model.loading import (
     apply_numeric,
     load_pretrained,
@@ -79,7 +81,7 @@ class EmotionClassifier:
     :class:`~worker.model.api.ModelRunner`.
     """
 
-    def __init__(self, model: str, options: ModelOptions | None = None) -> None:
+    def __init__(self, model: str, options: ModelOptions | None = None, *, graph: Path | None = None) -> None:
         options = options or ModelOptions()
         self.options = options
         threads, why = torch_threads(options.torch_threads)  # the CPU quota unless configured
@@ -89,10 +91,51 @@ class EmotionClassifier:
         self.device = select_device(options.device)
         self.max_length = options.max_length
         self.batch_size = options.batch_size
+        self._traced_packs = False
+        """Whether the traced graph also has the packed pass (its ``packed`` method)."""
+        if graph is None:
+            self._load_model(model, options)
+        else:
+            self._load_graph(graph, options)
+        self.pass_threads = self._pass_threads(options.cpu_passes)
+        self._passes = self._start_pass_threads()
+        # Planned for the threads a pass runs on.
+        self.call_cost_tokens = (
+            options.call_cost_tokens
+            if options.call_cost_tokens is not None
+            else self._in_pass(self._measure_call_cost)
+        )
+        log.info(
+            "model loaded",
+            model=self.info.name,
+            version=self.info.version,
+            device=str(self.device),
+            numeric=self.numeric,
+            call_cost_tokens=round(self.call_cost_tokens, 1),
+            pass_threads=self.pass_threads,
+            packing=self.packing,
+            prepacked_linears=self.prepacked,
+            traced=self._traced is not None,
+            int8_kept_layers=len(self.fp32_layers),
+            served_from="serving graph" if self.from_graph else "model directory",
+        )
+
+    def _load_model(self, model: str, options: ModelOptions) -> None:
+        """The model and tokenizer through ``transformers``, in the numeric mode asked for."""
         loaded = load_pretrained(model, options.revision)
-        self.tokenizer, self.info, self._columns = loaded.tokenizer, loaded.info, loaded.columns
+        self.from_graph = False
+        tokenizer = loaded.tokenizer
+        self.tokenizer, self.info, self._columns = tokenizer, loaded.info, loaded.columns
         self.model = loaded.model.to(self.device)
-        self._pad_id = self.tokenizer.pad_token_id or 0
+        self._pad_id = tokenizer.pad_token_id or 0
+        self._encode = lambda texts: tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
         # Packing needs the head (see PACKED_HEADS) and an attention that takes a full mask.
         # It stays off on CUDA, where it has not been measured: padded sub-batches there.
         self._head = PACKED_HEADS.get(type(self.model).__name__)
@@ -134,45 +177,43 @@ class EmotionClassifier:
         # int8 traces its graph instead (a prepacked layer's operator does not trace).
         tracing = options.trace and self.numeric == "int8" and self.device.type == "cpu"
         self.prepacked = prepack_linears(self.model) if options.prepack and cpu_fp32 and not tracing else 0
-        self._traced = self._trace() if tracing else None
-        self.pass_threads = self._pass_threads(options.cpu_passes)
-        self._passes = self._start_pass_threads()
-        # Planned for the threads a pass runs on.
-        self.call_cost_tokens = (
-            options.call_cost_tokens
-            if options.call_cost_tokens is not None
-            else self._in_pass(self._measure_call_cost)
-        )
-        log.info(
-            "model loaded",
-            model=self.info.name,
-            version=self.info.version,
-            device=str(self.device),
-            numeric=self.numeric,
-            call_cost_tokens=round(self.call_cost_tokens, 1),
-            pass_threads=self.pass_threads,
-            packing=self.packing,
-            prepacked_linears=self.prepacked,
-            traced=self._traced is not None,
-            int8_kept_layers=len(self.fp32_layers),
-        )
+        self._traced = self._trace(packed=self.packing) if tracing else None
+
+    def _load_graph(self, graph: Path, options: ModelOptions) -> None:
+        """The model as a saved serving graph and its tokenizer, without ``transformers``
+        (see :mod:`worker.model.graph`)."""
+        saved = read_graph(graph, self.max_length)
+        self.from_graph = True
+        self.tokenizer, self._encode = None, saved.encode
+        self.info, self._columns, self._pad_id = saved.info, saved.columns, saved.pad_id
+        self.model, self._head, self._attention = None, None, saved.attention
+        self.numeric, self.numeric_reason = saved.numeric, saved.numeric_reason
+        self.fp32_layers, self.kept_in = saved.fp32_layers, saved.kept_in
+        self._autocast_dtype, self.prepacked = None, 0
+        self._traced, self._traced_packs = saved.graph, saved.packs
+        self.packing = bool(options.packing and self._traced_packs)
+        log.info("numeric mode", mode=self.numeric, reason=self.numeric_reason, model=self.info.version)
 
     @property
     def traced(self) -> bool:
         """Whether padded passes run through a traced graph of the model (see :meth:`_trace`)."""
         return self._traced is not None
 
-    def _trace(self) -> torch.jit.ScriptModule | None:
-        """The model's padded forward pass (ids and mask in, logits out) traced and frozen: a
-        pass then runs as one graph, not as hundreds of operators each dispatched from Python
-        (measured on the 3-layer default in int8: the model alone 1.11-1.15x; bench/README.md).
+    def _trace(self, packed: bool) -> torch.jit.ScriptModule | None:
+        """The model's forward passes traced and frozen as one graph: ``forward`` the padded
+        pass (ids and mask in, logits out) and, if ``packed``, ``packed`` the packed one (see
+        :mod:`worker.model.packing`). A pass then runs as one graph, not as hundreds of
+        operators each dispatched from Python (measured on the 3-layer default in int8: the
+        model alone 1.11-1.15x; bench/README.md).
 
-        A trace keeps the branches its example took, so it is traced on a padded example and
-        checked against the model itself on padded shapes of other sizes, one row and many;
-        where it differs (or does not trace), the model runs as it is, and the log says why.
+        A trace keeps the branches its example took, so each pass is traced on an example and
+        checked against the model itself on shapes of other sizes, one post and many; where the
+        padded pass differs (or does not trace), the model runs as it is, where only the packed
+        one does, it is traced again without it; the log says why.
         """
+        head = self._head
 
-        class Logits(torch.nn.Module):
+        class Passes(torch.nn.Module):
             def __init__(self, model: torch.nn.Module) -> None:
                 super().__init__()
                 self.model = model
@@ -180,38 +221,66 @@ class EmotionClassifier:
             def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
                 return self.model(input_ids=ids, attention_mask=mask).logits
 
-        def padded(rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-            generator = torch.Generator().manual_seed(rows * 1000 + width)
-            lengths = torch.randint(1, width + 1, (rows,), generator=generator)
-            lengths[0] = width  # the longest row sets the width, as in a real sub-batch
-            mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-            vocab = int(getattr(self.model.config, "vocab_size", 1000))
-            ids = torch.randint(
-                self._pad_id + 1, max(self._pad_id + 2, vocab), (rows, width), generator=generator
-            )
-            return ids.masked_fill(mask == 0, self._pad_id), mask
+            def packed(
+                self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, firsts: torch.Tensor
+            ) -> torch.Tensor:
+                assert head is not None
+                hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions)[0]
+                return head(self.model, hidden.reshape(-1, hidden.shape[-1])[firsts])
 
-        module = Logits(self.model).eval()
+        def padded_input(rows: int, width: int) -> tuple[torch.Tensor, ...]:
+            # The longest row sets the width, as in a real sub-batch.
+            x = pad(self._example_rows(rows, width, longest_first=True), self._pad_id)
+            return x.ids, x.mask
+
+        def packed_input(posts: int, longest: int) -> tuple[torch.Tensor, ...]:
+            rows = self._example_rows(posts, longest)
+            x, _ = pack(rows, PACKED_ROW_TOKENS, self._pad_id, self._attention == "eager")
+            assert x.positions is not None and x.firsts is not None
+            return x.ids, x.mask, x.positions, x.firsts
+
+        checks = {
+            "forward": [padded_input(rows, width) for rows, width in ((1, 5), (3, 40), (17, 11), (32, 128))],
+            "packed": [packed_input(posts, most) for posts, most in ((1, 5), (3, 40), (30, 30), (9, 128))],
+        }
+        examples = {"forward": padded_input(8, 24)} | ({"packed": packed_input(12, 40)} if packed else {})
+        module = Passes(self.model).eval()
         try:
             with torch.inference_mode(), warnings.catch_warnings():
                 # The tracer warns of every Python value it keeps; the check below is what counts.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                traced = torch.jit.freeze(torch.jit.trace(module, padded(8, 24), check_trace=False))
-                for rows, width in ((1, 5), (3, 40), (17, 11), (32, 128)):
-                    ids, mask = padded(rows, width)
-                    expected, got = module(ids, mask), traced(ids, mask)
-                    if not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
-                        log.warning(
-                            "the traced graph differs from the model: running the model as it is",
-                            rows=rows,
-                            width=width,
-                            max_diff=float((expected - got).abs().max()),
-                        )
-                        return None
+                traced = torch.jit.freeze(
+                    torch.jit.trace_module(module, examples, check_trace=False),
+                    preserved_attrs=[name for name in examples if name != "forward"],
+                )
+                for method in examples:
+                    for inputs in checks[method]:
+                        expected = getattr(module, method)(*inputs)
+                        got = getattr(traced, method)(*inputs)
+                        if not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
+                            log.warning(
+                                "the traced graph differs from the model: running the model as it is",
+                                passes="padded" if method == "forward" else "packed",
+                                shape=list(inputs[0].shape),
+                                max_diff=float((expected - got).abs().max()),
+                            )
+                            return self._trace(packed=False) if method == "packed" else None
         except Exception as exc:  # any failure to trace leaves the model as it is
-            log.warning("the model does not trace: running it as it is", error=repr(exc))
-            return None
+            log.warning("the model does not trace: running it as it is", packed=packed, error=repr(exc))
+            return self._trace(packed=False) if packed else None
+        self._traced_packs = packed
         return traced
+
+    def _example_rows(self, posts: int, longest: int, longest_first: bool = False) -> list[list[int]]:
+        """``posts`` rows of random token ids, 1 to ``longest`` long (the first that long if
+        ``longest_first``), to trace and check graphs on."""
+        generator = torch.Generator().manual_seed(posts * 1000 + longest)
+        lengths = torch.randint(1, longest + 1, (posts,), generator=generator)
+        if longest_first:
+            lengths[0] = longest
+        vocab = int(getattr(self.model.config, "vocab_size", 1000))
+        low, high = self._pad_id + 1, max(self._pad_id + 2, vocab)
+        return [torch.randint(low, high, (int(n),), generator=generator).tolist() for n in lengths]
 
     def _pass_threads(self, cpu_passes: int | None) -> list[int]:
         if self.device.type == "cuda":  # one pass at a time on CUDA: passes queue on the device anyway
@@ -333,14 +402,7 @@ class EmotionClassifier:
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
+        return self._encode(list(texts))
 
     def run(self, prepared: PreparedTexts) -> torch.Tensor:
         """The model half: probabilities, a (posts, 6) float32 CPU tensor in the texts' order."""
@@ -382,6 +444,8 @@ class EmotionClassifier:
             if self._traced is not None:
                 return self._traced(x.ids, x.mask)
             return self.model(input_ids=x.ids, attention_mask=x.mask).logits
+        if self._traced is not None and self._traced_packs:
+            return self._traced.packed(x.ids, x.mask, x.positions, x.firsts)
         hidden = self.model.base_model(input_ids=x.ids, attention_mask=x.mask, position_ids=x.positions)[0]
         return self._head(self.model, hidden.reshape(-1, hidden.shape[-1])[x.firsts])
 
