@@ -30,6 +30,7 @@ worker otherwise runs its default settings. Writes artifacts/bench/quality.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -45,7 +46,7 @@ from bench.streaming import BenchStream
 from emotion_stream.schemas import LABELS
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR, model_info, read_identity
 from emotion_stream.training.metrics import expected_calibration_error
-from emotion_stream.worker.model.api import NumericMode
+from emotion_stream.worker.model.api import NumericMode, default_graph_cache_dir
 from emotion_stream.worker.model.verify import WINDOW, macro_f1, timed_predictions
 
 BURST_POSTS = 10_000
@@ -83,10 +84,17 @@ def recorded(model_dir: Path) -> dict:
     return out
 
 
-def model_alone(model_dir: Path, mode: str, texts: list[str], threads: int) -> tuple[str, float, np.ndarray]:
+def model_alone(
+    model_dir: Path, mode: str, texts: list[str], threads: int, worker_env: dict[str, str]
+) -> tuple[str, float, np.ndarray]:
     """The mode run, posts/s over ``texts`` (as verify-modes measures it), and the probabilities
-    (columns in LABELS order)."""
-    predictions, posts_per_s, mode_run = timed_predictions(model_dir, mode, texts, threads)
+    (columns in LABELS order). The model runner is the one the worker's model process serves:
+    from the model's serving graph, unless ``worker_env`` turns it off."""
+    off = worker_env.get("EMOTION_SERVING_GRAPH", "true").lower() in ("false", "0", "no", "off")
+    serving = None if off else worker_env.get("EMOTION_GRAPH_CACHE_DIR") or str(default_graph_cache_dir())
+    predictions, posts_per_s, mode_run = timed_predictions(
+        model_dir, mode, texts, threads, graph_cache_dir=serving
+    )
     probs = np.array([[p.scores[label] for label in LABELS] for p in predictions], dtype=np.float64)
     return mode_run, posts_per_s, probs
 
@@ -142,6 +150,7 @@ def _end_to_end(
         "EMOTION_MODEL": row["model"],
         "EMOTION_NUMERIC": row["mode"],
         "EMOTION_TORCH_THREADS": str(threads),
+        **row["worker_env"],
     }
     for attempt in range(2):  # a worker that fails to start or loses posts gets one retry
         try:
@@ -171,9 +180,10 @@ def run(args: argparse.Namespace) -> dict:
     rounds = args.rounds or (1 if args.quick else 2)
 
     rows: list[dict] = []
+    variants = [dict(pair.split("=", 1) for pair in v.split(",") if pair) for v in args.worker_env or [""]]
     for path in map(Path, args.models):
         info = model_info(path)
-        for mode in args.modes:
+        for mode, worker_env in itertools.product(args.modes, variants):
             rows.append(
                 {
                     "model": str(path),
@@ -181,6 +191,7 @@ def run(args: argparse.Namespace) -> dict:
                     "version": info.version,
                     "layers": layers(path),
                     "mode": mode,
+                    "worker_env": worker_env,
                     "mode_run": None,
                     "quality": None,
                     "alone": [],
@@ -199,17 +210,20 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows,
         "recorded": {str(p): recorded(Path(p)) for p in dict.fromkeys(args.models)},
         "order": [],
-        "plain": {"model": rows[0]["model"], "batch": PLAIN_BATCH, "rates": []},
+        "plain": {"model": args.plain or rows[0]["model"], "batch": PLAIN_BATCH, "rates": []},
     }
 
     for round_ in range(rounds):
-        print(f"[bench] the plain model, round {round_ + 1}: {rows[0]['name']} fp32", flush=True)
-        rate, _ = plain_rate(Path(rows[0]["model"]), texts, args.threads)
+        plain_model = Path(report["plain"]["model"])
+        print(f"[bench] the plain model, round {round_ + 1}: {plain_model} fp32", flush=True)
+        rate, _ = plain_rate(plain_model, texts, args.threads)
         report["plain"]["rates"].append(rate)
-        report["order"].append(["plain", rows[0]["name"], "fp32", rate, time.time()])
+        report["order"].append(["plain", str(plain_model), "fp32", rate, time.time()])
         for row in _order(rows, round_):
             print(f"[bench] model alone, round {round_ + 1}: {row['name']} {row['mode']}", flush=True)
-            mode_run, rate, probs = model_alone(Path(row["model"]), row["mode"], texts, args.threads)
+            mode_run, rate, probs = model_alone(
+                Path(row["model"]), row["mode"], texts, args.threads, row["worker_env"]
+            )
             row["alone"].append(rate)
             row["mode_run"] = mode_run
             if row["quality"] is None:  # the same weights and mode give the same labels every round
@@ -244,6 +258,11 @@ def _f(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _variant(row: dict) -> str:
+    env = row.get("worker_env") or {}
+    return f" [worker {', '.join(f'{k}={v}' for k, v in env.items())}]" if env else ""
+
+
 def print_table(report: dict) -> None:
     rows = report["rows"]
     ref = rows[0]
@@ -265,7 +284,7 @@ def print_table(report: dict) -> None:
         failed = f" ({tries} failed {'try' if tries == 1 else 'tries'})" if tries else ""
         print(
             f"| {row['name']} | {row['layers'] if row['layers'] is not None else '-'} "
-            f"| {row['mode']} -> {row['mode_run']} "
+            f"| {row['mode']} -> {row['mode_run']}{_variant(row)} "
             f"| {_f(q.get('accuracy'), '.4f')} | {_f(q.get('f1_macro'), '.4f')} | {_f(q.get('ece'), '.4f')} "
             f"| {_f(row['alone_rate'], '.1f')} | {_f(row['e2e_rate'], '.1f')}{failed} "
             f"| {_f(row['alone_vs_reference'], '.2f')} | {_f(row['e2e_vs_reference'], '.2f')} "
@@ -273,13 +292,15 @@ def print_table(report: dict) -> None:
         )
     plain = report["plain"]
     print(
-        f"\nplain: {ref['name']} in fp32, transformers in this process, sorted batches of {plain['batch']}: "
+        f"\nplain: {plain['model']} in fp32, transformers in this process, "
+        f"sorted batches of {plain['batch']}: "
         f"{plain['rate']:.1f} posts/s ({', '.join(f'{r:.1f}' for r in plain['rates'])})"
     )
     print()
     for row in rows:
         print(
-            f"{row['name']} {row['mode']}: alone {', '.join(f'{r:.1f}' for r in row['alone'])}; "
+            f"{row['name']} {row['mode']}{_variant(row)}: "
+            f"alone {', '.join(f'{r:.1f}' for r in row['alone'])}; "
             f"e2e {', '.join(f'{r:.1f}' for r in row['e2e']) or '-'} posts/s; "
             "each burst over the model alone just before it "
             f"{', '.join(f'{r:.2f}' for r in row['paired']) or '-'}"
@@ -344,6 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: small samples, not for the numbers"
+    )
+    parser.add_argument(
+        "--plain",
+        default=None,
+        help="the model directory of the plain fp32 run that e2e / plain divides by (default: the "
+        "first of --models); the issue's plain model is the demo recipe's, the teacher",
+    )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="worker settings for the end-to-end bursts; repeated, one row per model, mode and "
+        "variant (e.g. --worker-env '' --worker-env EMOTION_SERVING_GRAPH=false: the defaults and without)",
     )
     args = parser.parse_args(argv)
     if not Path(args.data, "validation.txt").is_file():

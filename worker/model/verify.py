@@ -44,12 +44,14 @@ def timed_predictions(
     threads: int | None,
     fp32_layers: Sequence[str] | None = None,
     kept_in: str | None = None,
+    graph_cache_dir: str | None = None,
 ) -> tuple[list[Prediction], float, str]:
     """``texts`` through the worker's model runner in ``mode`` (int8 keeping ``fp32_layers``
     out, in ``kept_in``; None for either: what the model directory records, as the worker
     runs it), in windows of WINDOW after a warm-up window: (the predictions, posts/s, the mode
-    actually run)."""
-    from emotion_stream.worker.model.runner import EmotionClassifier
+    actually run). With ``graph_cache_dir``, the runner the model process serves: from the
+    model's serving graph there where it has one (see :mod:`worker.model.serving`)."""
+    from emotion_stream.worker.model.serving import load_classifier
 
     options = ModelOptions(
         device="cpu",
@@ -57,8 +59,9 @@ def timed_predictions(
         torch_threads=threads,
         int8_fp32_layers=tuple(fp32_layers) if fp32_layers is not None else None,
         int8_kept_in=kept_in,
+        graph_cache_dir=graph_cache_dir,
     )
-    classifier = EmotionClassifier(str(model_dir), options)
+    classifier = load_classifier(str(model_dir), options)
     try:
         classifier.predict(list(texts[:WINDOW]))  # warm up
         started = time.perf_counter()
