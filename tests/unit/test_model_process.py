@@ -38,6 +38,16 @@ def test_answers_match_the_model_in_this_process(model_process, tiny_model):
     assert [p.label for p in model_process.predict(TEXTS)] == [p.label for p in here.predict(TEXTS)]
 
 
+def test_an_int8_model_process_serves_the_saved_graph_with_the_full_loads_answers(tiny_model, tmp_path):
+    int8 = dict(OPTIONS, numeric="int8", cpu_passes=1, call_cost_tokens=20.0)
+    options = ModelOptions(**int8, graph_cache_dir=str(tmp_path))
+    with ModelProcess(str(tiny_model), options, log_level="WARNING") as process:
+        assert process.from_graph and len(list(tmp_path.iterdir())) == 1
+        there = torch.from_numpy(process.run(process.prepare(TEXTS)))
+    here = EmotionClassifier(str(tiny_model), ModelOptions(**int8))
+    torch.testing.assert_close(there, here.predict_proba(TEXTS), rtol=0, atol=1e-6)
+
+
 def test_batches_sent_ahead_come_back_to_their_own_tickets(model_process):
     singles = numpy.concatenate([model_process.run(model_process.prepare([t])) for t in TEXTS])
     # Three batches of different sizes in flight at once: an answer given to the wrong ticket

@@ -71,12 +71,25 @@ def test_a_fresh_process_serves_the_saved_graph_without_transformers_and_gives_t
             torch.testing.assert_close(torch.tensor(probs), full.predict_proba(window), rtol=0, atol=1e-6)
 
 
-def test_a_model_not_served_from_a_graph_is_recorded_once_and_loaded_the_full_way(tiny_model, tmp_path):
+def test_a_model_in_a_mode_without_a_traced_graph_is_loaded_the_full_way_without_a_builder(
+    tiny_model, tmp_path
+):
     options = ModelOptions(device="cpu", numeric="fp32", torch_threads=1, graph_cache_dir=str(tmp_path))
     classifier = load_classifier(str(tiny_model), options, ("WARNING", "json"))
     assert not classifier.from_graph and classifier.numeric == "fp32"
-    (record,) = [read_record(path) for path in tmp_path.iterdir()]
-    assert record["served"] is False and "fp32" in record["reason"]
+    assert list(tmp_path.iterdir()) == []  # decided from the model directory's record, no child spawned
+
+
+def test_a_model_whose_graph_cannot_be_made_is_recorded_once_and_loaded_the_full_way(tiny_model, tmp_path):
+    from emotion_stream.worker.model.graph import save_graph
+
+    options = ModelOptions(**INT8, graph_cache_dir=str(tmp_path))
+    untraced = EmotionClassifier(str(tiny_model), dataclasses.replace(options, trace=False))
+    target = tmp_path / graph_key(tiny_model, options)
+    assert save_graph(untraced, target) == "int8 on cpu runs no traced graph"
+    classifier = load_classifier(str(tiny_model), options, ("WARNING", "json"))
+    assert not classifier.from_graph and classifier.traced
+    assert read_record(target) == {"format": 1, "served": False, "reason": "int8 on cpu runs no traced graph"}
 
 
 def test_a_damaged_graph_is_not_served_the_model_is_loaded_the_full_way(tiny_model, tmp_path, capsys):

@@ -9,10 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import structlog
+import torch
 
+from emotion_stream.schemas.model_directory import read_identity
 from emotion_stream.worker.model.api import ModelLoadError, ModelOptions, model_source
 from emotion_stream.worker.model.graph import graph_key, read_record, save_graph
-from emotion_stream.worker.model.loading import select_device
+from emotion_stream.worker.model.loading import resolve_numeric, select_device
 from emotion_stream.worker.model.runner import EmotionClassifier
 
 log = structlog.get_logger(__name__)
@@ -45,6 +47,10 @@ def serving_graph(
     if the cache has none yet; None where the model is not served from a graph."""
     directory = model_source(model).directory
     if directory is None or not directory.is_dir() or select_device(options.device).type != "cpu":
+        return None
+    # Only int8 runs traced graphs: any other mode is loaded the full way, no child spawned.
+    recorded = (read_identity(directory) or {}).get("numeric_modes")
+    if not options.trace or resolve_numeric(options.numeric, torch.device("cpu"), recorded)[0] != "int8":
         return None
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / graph_key(directory, options)
@@ -81,6 +87,8 @@ def load_classifier(
             graph = serving_graph(model, options, Path(options.graph_cache_dir), logging)
         except OSError as exc:  # an unwritable cache: serve as before, and say so
             log.warning("no serving graph: the graph cache is not usable", error=repr(exc))
+        except Exception as exc:  # anything else the full load reports in its own words
+            log.warning("no serving graph: loading the model the full way", error=repr(exc))
     if graph is not None:
         try:
             return EmotionClassifier(model, options, graph=graph)
