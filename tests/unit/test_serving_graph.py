@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from emotion_stream.worker.model.api import ModelOptions
 from emotion_stream.worker.model.graph import graph_key, graph_tokenizer, read_record
 from emotion_stream.worker.model.runner import EmotionClassifier
-from emotion_stream.worker.model.serving import load_classifier
+from emotion_stream.worker.model.serving import _private, load_classifier
 
 # Small windows run packed, the long one as padded sub-batches: both of the graph's passes.
 WINDOWS = [
@@ -110,6 +110,19 @@ def test_an_unusable_cache_directory_leaves_the_full_load(tiny_model, tmp_path, 
     classifier = load_classifier(str(tiny_model), options, ("INFO", "json"))
     assert not classifier.from_graph and classifier.traced
     assert "the graph cache is not usable" in capsys.readouterr().out
+
+
+def test_a_cache_directory_other_users_can_write_is_never_served_from(tiny_model, tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    options = ModelOptions(**INT8, graph_cache_dir=str(shared))
+    classifier = load_classifier(str(tiny_model), options, ("INFO", "json"))
+    assert not classifier.from_graph and list(shared.iterdir()) == []
+    assert "is writable by other users" in capsys.readouterr().out
+    made = tmp_path / "made" / "graphs"
+    _private(made)  # what a cache directory is made as
+    assert made.stat().st_mode & 0o777 == 0o700
 
 
 def test_the_graph_key_follows_the_model_files_and_the_options_that_shape_it(tiny_model, tmp_path):

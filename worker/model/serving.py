@@ -4,6 +4,7 @@ where it has one, built in a child process the first time, else the model loaded
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +41,18 @@ def _build(model: str, options: ModelOptions, target: Path, logging: tuple[str, 
         log.info("no serving graph for this model: it is served through transformers", reason=why)
 
 
+def _private(cache_dir: Path) -> None:
+    """Make ``cache_dir`` (only this user may write it) or check that it is so: a graph is code
+    the model process runs, so one that others could have put there is never loaded."""
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = cache_dir.stat()
+    if status.st_uid != os.getuid() or status.st_mode & 0o022:
+        raise PermissionError(
+            f"{cache_dir} is writable by other users: set EMOTION_GRAPH_CACHE_DIR to a directory "
+            "of this user's own"
+        )
+
+
 def serving_graph(
     model: str, options: ModelOptions, cache_dir: Path, logging: tuple[str, str] = ("INFO", "json")
 ) -> Path | None:
@@ -52,7 +65,7 @@ def serving_graph(
     recorded = (read_identity(directory) or {}).get("numeric_modes")
     if not options.trace or resolve_numeric(options.numeric, torch.device("cpu"), recorded)[0] != "int8":
         return None
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _private(cache_dir)
     target = cache_dir / graph_key(directory, options)
     if read_record(target) is None:
         log.info("building the model's serving graph in a child process", graph=str(target))
