@@ -319,7 +319,7 @@ class WorkerSettings(ConnectionSettings):
     graph_cache_dir: Path | None = Field(
         default=None,
         description="Where serving graphs are kept (one per model, torch version and setting that shapes "
-        "it); default: emotion-stream-graphs in the system's temporary directory.",
+        "it); default: emotion-stream-graphs-UID (the user's id) in the system's temporary directory.",
     )
 
     language_check: bool = Field(

@@ -314,7 +314,7 @@ def test_timing_a_mode_runs_the_split_the_directory_records_as_the_worker_does(
 ):
     """bench.quality times `auto` through timed_predictions: it must run the recorded split, not
     every layer in int8 (verification's first step asks for that explicitly)."""
-    from emotion_stream.worker.model import runner
+    from emotion_stream.worker.model import serving
     from emotion_stream.worker.model.verify import record_numeric_modes, timed_predictions
 
     model = tmp_path / "model"
@@ -333,13 +333,13 @@ def test_timing_a_mode_runs_the_split_the_directory_records_as_the_worker_does(
         {"modes": {"fp32": figures, "int8": {**figures, "posts_per_s": 9.0, "fp32_layers": [kept]}}},
     )
     built = []
-    real = runner.EmotionClassifier
+    real = serving.EmotionClassifier
 
     def recording(*args, **kwargs):
         built.append(real(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(runner, "EmotionClassifier", recording)
+    monkeypatch.setattr(serving, "EmotionClassifier", recording)
     texts = ["so happy today", "i am scared"]
     assert timed_predictions(model, "auto", texts, 1)[2] == "int8"
     assert timed_predictions(model, "int8", texts, 1, (), "fp32")[2] == "int8"

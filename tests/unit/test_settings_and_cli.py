@@ -167,13 +167,14 @@ def test_a_missing_model_directory_is_not_looked_up_on_the_hub(tmp_path):
 def test_the_model_process_serves_graphs_from_the_temporary_directory_unless_told_otherwise(
     monkeypatch, tmp_path
 ):
+    import os
     import tempfile
     from pathlib import Path
 
     for name in ("EMOTION_SERVING_GRAPH", "EMOTION_GRAPH_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
     default = WorkerSettings().model_options().graph_cache_dir
-    assert default == str(Path(tempfile.gettempdir()) / "emotion-stream-graphs")
+    assert default == str(Path(tempfile.gettempdir()) / f"emotion-stream-graphs-{os.getuid()}")
     monkeypatch.setenv("EMOTION_GRAPH_CACHE_DIR", str(tmp_path))
     assert WorkerSettings().model_options().graph_cache_dir == str(tmp_path)
     monkeypatch.setenv("EMOTION_SERVING_GRAPH", "false")

@@ -9,6 +9,7 @@ whose model runs in a separate process never loads torch itself.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import typing
 from collections.abc import Sequence
@@ -138,9 +139,10 @@ class ModelOptions:
 
 def default_graph_cache_dir() -> Path:
     """Where serving graphs are kept unless configured (see :mod:`worker.model.graph`): in the
-    system's temporary directory, an emptyDir in the Kubernetes deployment, so a pod builds
-    its graph once per start."""
-    return Path(tempfile.gettempdir()) / "emotion-stream-graphs"
+    system's temporary directory (an emptyDir in the Kubernetes deployment, so a pod builds its
+    graph once per start), one directory per user, since only its owner may write it."""
+    user = getattr(os, "getuid", lambda: None)()
+    return Path(tempfile.gettempdir()) / ("emotion-stream-graphs" + (f"-{user}" if user is not None else ""))
 
 
 @runtime_checkable
