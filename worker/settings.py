@@ -15,6 +15,7 @@ from emotion_stream.worker.model.api import (
     ModelSource,
     NumericMode,
     default_graph_cache_dir,
+    graph_cache_problem,
     model_source,
 )
 from emotion_stream.worker.reading import UnreadablePolicy
@@ -321,6 +322,14 @@ class WorkerSettings(ConnectionSettings):
         description="Where serving graphs are kept (one per model, torch version and setting that shapes "
         "it); default: emotion-stream-graphs-UID (the user's id) in the system's temporary directory.",
     )
+
+    @field_validator("graph_cache_dir")
+    @classmethod
+    def _graph_cache_usable(cls, value: Path | None) -> Path | None:
+        problem = None if value is None else graph_cache_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}: name a directory only this user can write, or leave it unset")
+        return value
 
     language_check: bool = Field(
         default=True,

@@ -179,3 +179,19 @@ def test_the_model_process_serves_graphs_from_the_temporary_directory_unless_tol
     assert WorkerSettings().model_options().graph_cache_dir == str(tmp_path)
     monkeypatch.setenv("EMOTION_SERVING_GRAPH", "false")
     assert WorkerSettings().model_options().graph_cache_dir is None
+
+
+def test_a_graph_cache_directory_that_cannot_be_ours_stops_the_worker_saying_what_to_set(
+    monkeypatch, tmp_path
+):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    for value, problem in ((a_file, "is not a directory"), (shared, "is writable by other users")):
+        monkeypatch.setenv("EMOTION_GRAPH_CACHE_DIR", str(value))
+        with pytest.raises(ValidationError, match=problem):
+            WorkerSettings()
+    monkeypatch.setenv("EMOTION_GRAPH_CACHE_DIR", str(tmp_path / "not" / "yet"))
+    assert WorkerSettings().graph_cache_dir == tmp_path / "not" / "yet"  # made when first used

@@ -145,6 +145,23 @@ def default_graph_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / ("emotion-stream-graphs" + (f"-{user}" if user is not None else ""))
 
 
+def graph_cache_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot hold serving graphs, or None: it must be a directory (or one
+    that can be made) that only this user can write, since a graph is code the model process
+    runs."""
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is not a directory"
+    if directory.is_dir():
+        status = directory.stat()
+        if status.st_uid != getattr(os, "getuid", lambda: status.st_uid)() or status.st_mode & 0o022:
+            return f"{directory} is writable by other users"
+        return None if os.access(directory, os.W_OK) else f"{directory} is not writable"
+    parent = next((p for p in directory.parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        return f"{directory} cannot be made here"
+    return None
+
+
 @runtime_checkable
 class ModelRunner(Protocol):
     """Texts in, predictions out, in two halves so that a batch can be prepared ahead.

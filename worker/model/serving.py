@@ -4,7 +4,6 @@ where it has one, built in a child process the first time, else the model loaded
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +12,7 @@ import structlog
 import torch
 
 from emotion_stream.schemas.model_directory import read_identity
-from emotion_stream.worker.model.api import ModelLoadError, ModelOptions, model_source
+from emotion_stream.worker.model.api import ModelLoadError, ModelOptions, graph_cache_problem, model_source
 from emotion_stream.worker.model.graph import graph_key, read_record, save_graph
 from emotion_stream.worker.model.loading import resolve_numeric, select_device
 from emotion_stream.worker.model.runner import EmotionClassifier
@@ -44,13 +43,12 @@ def _build(model: str, options: ModelOptions, target: Path, logging: tuple[str, 
 def _private(cache_dir: Path) -> None:
     """Make ``cache_dir`` (only this user may write it) or check that it is so: a graph is code
     the model process runs, so one that others could have put there is never loaded."""
-    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    status = cache_dir.stat()
-    if status.st_uid != os.getuid() or status.st_mode & 0o022:
-        raise PermissionError(
-            f"{cache_dir} is writable by other users: set EMOTION_GRAPH_CACHE_DIR to a directory "
-            "of this user's own"
-        )
+    problem = graph_cache_problem(cache_dir)
+    if problem is None:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problem = graph_cache_problem(cache_dir)
+    if problem is not None:
+        raise PermissionError(f"{problem}: set EMOTION_GRAPH_CACHE_DIR to a directory of this user's own")
 
 
 def serving_graph(
