@@ -37,7 +37,7 @@ from emotion_stream.worker.model.api import ModelOptions
 from emotion_stream.worker.model.loading import cpu_runs
 
 GRAPH_FORMAT = 1
-"""Raised whenever what a graph directory holds, or how the runner calls its graphs, changes."""
+"""Bumped whenever what a graph directory holds, or how the runner calls its graphs, changes."""
 
 _RECORD = "graph.json"
 _GRAPH, _TOKENIZER = "graph.pt", "tokenizer.json"
