@@ -18,6 +18,12 @@ def setting(text: str) -> tuple[str, str]:
     return name, value
 
 
+def settings_variant(text: str) -> dict[str, str]:
+    """An argparse type for ``NAME=VALUE[,NAME=VALUE]``: the pairs (none for an empty text),
+    each read as :func:`setting` reads one."""
+    return dict(setting(pair) for pair in text.split(",") if pair)
+
+
 def add_data_and_model(parser: argparse.ArgumentParser) -> None:
     """``--data`` (the emotion splits) and ``--model`` (a trained model directory)."""
     parser.add_argument(

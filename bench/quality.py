@@ -39,15 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.host import machine, save_report
+from bench.host import machine, save_report, settings_variant
 from bench.models import read_split
 from bench.run import CACHE, _burst, _started
 from bench.streaming import BenchStream
 from emotion_stream.schemas import LABELS
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR, model_info, read_identity
 from emotion_stream.training.metrics import expected_calibration_error
-from emotion_stream.worker.model.api import NumericMode, default_graph_cache_dir
+from emotion_stream.worker.model.api import NumericMode
 from emotion_stream.worker.model.verify import WINDOW, macro_f1, timed_predictions
+from emotion_stream.worker.settings import WorkerSettings
 
 BURST_POSTS = 10_000
 """Posts per end-to-end burst: about 10 s at the default model's rate, so that what every burst
@@ -90,8 +91,9 @@ def model_alone(
     """The mode run, posts/s over ``texts`` (as verify-modes measures it), and the probabilities
     (columns in LABELS order). The model runner is the one the worker's model process serves:
     from the model's serving graph, unless ``worker_env`` turns it off."""
-    off = worker_env.get("EMOTION_SERVING_GRAPH", "true").lower() in ("false", "0", "no", "off")
-    serving = None if off else worker_env.get("EMOTION_GRAPH_CACHE_DIR") or str(default_graph_cache_dir())
+    read_here = ("EMOTION_SERVING_GRAPH", "EMOTION_GRAPH_CACHE_DIR")  # read as the worker reads them
+    graph = {name.removeprefix("EMOTION_").lower(): v for name, v in worker_env.items() if name in read_here}
+    serving = WorkerSettings(**graph).model_options().graph_cache_dir
     predictions, posts_per_s, mode_run = timed_predictions(
         model_dir, mode, texts, threads, graph_cache_dir=serving
     )
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     rounds = args.rounds or (1 if args.quick else 2)
 
     rows: list[dict] = []
-    variants = [dict(pair.split("=", 1) for pair in v.split(",") if pair) for v in args.worker_env or [""]]
+    variants = args.worker_env or [{}]
     for path in map(Path, args.models):
         info = model_info(path)
         for mode, worker_env in itertools.product(args.modes, variants):
@@ -375,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--worker-env",
         action="append",
+        type=settings_variant,
         metavar="NAME=VALUE[,NAME=VALUE]",
         help="worker settings for the end-to-end bursts; repeated, one row per model, mode and "
         "variant (e.g. --worker-env '' --worker-env EMOTION_SERVING_GRAPH=false: the defaults and without)",

@@ -47,9 +47,9 @@ def graph_key(directory: Path, options: ModelOptions) -> str:
     """What a graph depends on, hashed: the model directory's files, the options that shape the
     load, whether this CPU runs bf16 (the kept layers' precision), torch and this format."""
     files = sorted(
-        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+        (entry.name, status.st_size, status.st_mtime_ns)
         for entry in directory.iterdir()
-        if entry.is_file()
+        if entry.is_file() and (status := entry.stat())
     )
     shaping = {
         "numeric": options.numeric,
