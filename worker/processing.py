@@ -117,29 +117,18 @@ class BatchProcessor:
         """Decode and bound ``records``, and prepare the model's input for their texts followed by
         the ``requested`` ones."""
         batch = PreparedBatch(outcome=BatchOutcome(), valid=[], requested=list(requested))
-        for record in records:
-            reason = undecodable_reason(record.headers)
-            if reason is not None:
-                self._reject(batch.outcome, record, ErrorInfo(kind="undecodable", message=reason))
+        decoded: list[tuple[InboundRecord, Post | ErrorInfo]] = [(r, self._decode(r)) for r in records]
+        # The language check runs over the batch's posts at once (one call into its model).
+        readings = iter(self.reading.reader.read_many([p.text for _, p in decoded if isinstance(p, Post)]))
+        for record, post in decoded:  # dead letters in the order of their records
+            if not isinstance(post, Post):
+                self._reject(batch.outcome, record, post)
                 continue
-            sizes = (len(record.value or b""), len(record.key or b""), headers_size(record.headers))
-            if sum(sizes) > self.max_message_bytes:
-                limit = self.max_message_bytes
-                message = (
-                    f"message of {sum(sizes)} bytes ({sizes[0]} of value, {sizes[1]} of key, {sizes[2]} "
-                    f"of headers) is over the limit of {limit} (EMOTION_MAX_MESSAGE_BYTES)"
-                )
-                self._reject(batch.outcome, record, ErrorInfo(kind="too_large", message=message))
-                continue
-            decoded = decode_post(record.value, self._limits)
-            if isinstance(decoded, Rejected):
-                self._reject(batch.outcome, record, decoded.error)
-                continue
-            reading = self.reading.reader.read(decoded.text)
+            reading = next(readings)
             if self.reading.skips(reading):
                 self._reject(batch.outcome, record, _unreadable_error(reading))
                 continue
-            batch.valid.append((record, decoded))
+            batch.valid.append((record, post))
             batch.readings.append(reading)
         if batch.valid or batch.requested:
             try:
@@ -147,6 +136,22 @@ class BatchProcessor:
             except Exception as exc:  # finish() finds the posts that fail on their own
                 batch.prepare_error = exc
         return batch
+
+    def _decode(self, record: InboundRecord) -> Post | ErrorInfo:
+        """The post in ``record``, or why it cannot be read."""
+        reason = undecodable_reason(record.headers)
+        if reason is not None:
+            return ErrorInfo(kind="undecodable", message=reason)
+        sizes = (len(record.value or b""), len(record.key or b""), headers_size(record.headers))
+        if sum(sizes) > self.max_message_bytes:
+            limit = self.max_message_bytes
+            return ErrorInfo(
+                kind="too_large",
+                message=f"message of {sum(sizes)} bytes ({sizes[0]} of value, {sizes[1]} of key, "
+                f"{sizes[2]} of headers) is over the limit of {limit} (EMOTION_MAX_MESSAGE_BYTES)",
+            )
+        decoded = decode_post(record.value, self._limits)
+        return decoded.error if isinstance(decoded, Rejected) else decoded
 
     def finish(self, batch: PreparedBatch) -> BatchOutcome:
         outcome = batch.outcome

@@ -51,7 +51,10 @@ def has_words(text: str) -> bool:
     return _WORD.search(text) is not None
 
 
-Detect = Callable[[str], Sequence[tuple[str, float]]]
+Found = tuple[str, float]
+"""A language (ISO 639-1 code where there is one) and its probability."""
+
+Detect = Callable[[str], Sequence[Found]]
 """A language detector: the text's most likely languages (ISO 639-1 codes) with their
 probabilities, most likely first."""
 
@@ -67,6 +70,7 @@ class Reading:
 
 
 READABLE = Reading()
+NO_TEXT = Reading(unreadable="no_text")
 
 UnreadablePolicy = Literal["mark", "route", "dead_letter"]
 """What the worker does with an unreadable post: label it and mark it (``mark``), label it,
@@ -89,16 +93,27 @@ class Reader:
         self.min_score = min_score
 
     def read(self, text: str) -> Reading:
-        words = words_left(text)
-        if not has_words(words):
-            return Reading(unreadable="no_text")
+        return self.read_many([text])[0]
+
+    def read_many(self, texts: Sequence[str]) -> list[Reading]:
+        """What :meth:`read` finds in each text, the detector asked once for them all where it
+        takes batches (a ``many`` method, as :class:`~worker.language.LanguageDetector` has)."""
+        readings: list[Reading | None] = [None if has_words(words_left(text)) else NO_TEXT for text in texts]
         if self.languages is None or self.detect is None:
-            return READABLE
-        found = self.detect(for_detection(text))
+            return [READABLE if r is None else r for r in readings]
+        asked = [i for i, r in enumerate(readings) if r is None]
+        detections = [for_detection(texts[i]) for i in asked]
+        many = getattr(self.detect, "many", None)
+        found_all = many(detections) if many is not None else [self.detect(t) for t in detections]
+        for i, found in zip(asked, found_all, strict=True):
+            readings[i] = self._reading(found)
+        return readings  # type: ignore[return-value]  # every None was replaced
+
+    def _reading(self, found: Sequence[Found]) -> Reading:
         if not found:
             return READABLE
         language, score = found[0]
-        readable = sum(p for code, p in found if code in self.languages)
+        readable = sum(p for code, p in found if code in self.languages)  # type: ignore[operator]
         other = 1.0 - readable >= self.min_score
         return Reading(language, round(score, 4), "other_language" if other else None)
 

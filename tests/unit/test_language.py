@@ -91,3 +91,80 @@ def test_the_detector_says_what_the_library_says_on_the_labelled_set():
 @given(st.text(max_size=200))
 def test_the_detector_says_what_the_library_says_on_any_text(text):
     assert DETECT(text) == _library_answer(text)
+
+
+# The batched detector: fastText's model run a batch at a time in numpy (worker/language_numpy.py).
+
+LABELLED = [p["text"] for p in POSTS] + SHOUTED + [t.upper() for t in SHOUTED] + ["line one\nline two"]
+TRICKY = ["", "   ", "a\tb\x0bc\x0cd\re\x00f", "</s> hola", "hola amigo </s> how are you"]
+TRICKY += ["__label__fr bonjour", "un __label__xx deux"]
+
+
+def _same_answers(batched: list[list[tuple[str, float]]], library: list[list[tuple[str, float]]]) -> None:
+    """The same languages in the same order, each probability within 1e-5 of the library's (its
+    sums are float32 in another order); below 1e-4, where languages nearly tie at the library's
+    floor of 1e-5, their order may differ."""
+    for got, want in zip(batched, library, strict=True):
+        assert len(got) == len(want), (got, want)
+        for (code, p), (want_code, want_p) in zip(got, want, strict=True):
+            assert abs(p - want_p) <= 1e-5, (got, want)
+            assert code == want_code or max(p, want_p) < 1e-4, (got, want)
+
+
+def test_the_batched_detector_says_what_the_library_says_on_the_labelled_set():
+    assert DETECT.batch is not None  # numpy is installed beside the model: the batched path runs
+    texts = LABELLED + TRICKY
+    _same_answers(DETECT.many(texts), [_library_answer(t) for t in texts])
+    # Again, now that every word is in its cache, and one post at a time.
+    _same_answers(DETECT.many(texts), [_library_answer(t) for t in texts])
+    _same_answers([DETECT.many([t])[0] for t in texts], [_library_answer(t) for t in texts])
+
+
+@given(st.lists(st.text(max_size=200), max_size=8))
+def test_the_batched_detector_says_what_the_library_says_on_any_batch(texts):
+    _same_answers(DETECT.many(texts), [_library_answer(t) for t in texts])
+
+
+def test_a_full_cache_of_unknown_words_starts_over_and_keeps_the_answers(monkeypatch):
+    import emotion_stream.worker.language as language
+    import emotion_stream.worker.language_numpy as language_numpy
+
+    monkeypatch.setattr(language_numpy, "_CACHE_WORDS", 40)
+    small = detector()
+    assert small.batch is not None
+    words = [f"zq{i}x" for i in range(300)]
+    texts = [" ".join(words[i : i + 25]) for i in range(0, 300, 25)] + LABELLED[:20]
+    _same_answers(small.many(texts), [_library_answer(t) for t in texts])
+    # A post of more unknown words than the cache holds is refused, not answered wrongly ...
+    with pytest.raises(ValueError, match="distinct words"):
+        small.batch([" ".join(words[:41])])
+    # ... which the detector never asks of it: a post that long goes to the library's own call.
+    monkeypatch.setattr(language, "BATCH_LIMIT_CHARS", 100)
+    mixed = [" ".join(words[:41]), "i feel great today", "je suis très content aujourd'hui"]
+    _same_answers(small.many(mixed), [_library_answer(t) for t in mixed])
+
+
+def test_without_numpy_the_detector_takes_the_librarys_call_alone(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "emotion_stream.worker.language_numpy", None)  # import fails
+    plain = detector()
+    assert plain.batch is None
+    assert plain.many(LABELLED[:30]) == [_library_answer(t) for t in LABELLED[:30]]
+
+
+def test_the_reader_reads_a_batch_as_it_reads_each_post_with_the_librarys_call(reader):
+    texts = [p["text"] for p in POSTS] + TRICKY
+    one_by_one = Reader(["en"], _library_detect, reader.min_score)
+    got, want = reader.read_many(texts), [one_by_one.read(t) for t in texts]
+    assert [(r.language, r.unreadable) for r in got] == [(r.language, r.unreadable) for r in want]
+    # The score is rounded to 4 places: a difference in the sixth can move the last one.
+    assert all(
+        (a.language_score is None) == (b.language_score is None)
+        and abs((a.language_score or 0) - (b.language_score or 0)) <= 1e-4
+        for a, b in zip(got, want, strict=True)
+    )
+
+
+def _library_detect(text: str) -> list[tuple[str, float]]:
+    return _library_answer(text)
