@@ -8,14 +8,18 @@ One row per (model, mode): the model's name and layers, the mode requested and t
 then, in that mode:
 - validation accuracy, macro F1 and ECE (15 bins, top label), computed here from the
   probabilities the model runner returns on the validation split;
-- model alone: posts/s of the model runner over the validation texts in windows of 256
-  posts after one untimed warm-up window (as `emotion-stream verify-modes` times them);
-- end to end: posts/s of a burst of 10,000 posts (the validation posts, then training posts)
-  through the embedded broker and a worker with EMOTION_NUMERIC set to the mode, each
-  burst with a fresh broker and worker (bench/run.py's ``_started`` and ``_burst``);
+- model alone: posts/s of the model runner over the burst's posts below (the validation posts,
+  then training posts) in windows of 256 posts after one untimed warm-up window (as
+  `emotion-stream verify-modes` times them), so that it does the same work as the stream;
+- end to end: posts/s of a burst of 10,000 posts through the embedded broker and a worker with
+  EMOTION_NUMERIC set to the mode, each burst with a fresh broker and worker (bench/run.py's
+  ``_started`` and ``_burst_run``), from the first send to the last result; and its steady
+  rate, from the first results to the last (what the stream keeps up once full, without the
+  wait for its first batch: ``StreamRun.steady_rate``);
 - the ratio of each row's posts/s to the first row's (the first model in its first mode:
   pass the released model in fp32 first, it is the reference), each row's end to end over its
-  model alone (the stream's share), and each row's end to end over the plain model: the first
+  model alone (the stream's share, of the burst and of its steady rate), and each row's end to
+  end over the plain model: the first
   model in fp32 run the plain way, ``transformers`` in this process on the validation posts
   sorted by token length and cut into padded batches of 64 (:func:`plain_rate`), measured
   once per round before the rows.
@@ -41,8 +45,8 @@ import numpy as np
 
 from bench.host import machine, save_report, settings_variant
 from bench.models import read_split
-from bench.run import CACHE, _burst, _started
-from bench.streaming import BenchStream
+from bench.run import CACHE, _burst_run, _started
+from bench.streaming import BenchStream, StreamRun
 from emotion_stream.schemas import LABELS
 from emotion_stream.schemas.model_directory import DEFAULT_MODEL_DIR, model_info, read_identity
 from emotion_stream.training.metrics import expected_calibration_error
@@ -145,9 +149,9 @@ def quality(probs: np.ndarray, truth: np.ndarray) -> dict:
 
 def _end_to_end(
     row: dict, threads: int, stream_texts: list[str], burst_texts: list[str], prefix: str
-) -> float | None:
-    """Posts/s of one burst through a fresh broker and worker running ``row``'s model and mode;
-    None when it fails twice (each failure is kept in the row)."""
+) -> StreamRun | None:
+    """One burst through a fresh broker and worker running ``row``'s model and mode; None when
+    it fails twice (each failure is kept in the row)."""
     env = {
         "EMOTION_MODEL": row["model"],
         "EMOTION_NUMERIC": row["mode"],
@@ -158,7 +162,7 @@ def _end_to_end(
         try:
             with BenchStream(env, log=CACHE / "quality-worker.log") as stream:
                 _started(stream, stream_texts)
-                return _burst(stream, burst_texts, f"{prefix}-{attempt}")
+                return _burst_run(stream, burst_texts, f"{prefix}-{attempt}")
         except (RuntimeError, TimeoutError) as exc:
             print(f"[bench] {row['name']} {row['mode']}: {exc}", flush=True)
             row["e2e_errors"].append(str(exc))
@@ -179,6 +183,9 @@ def run(args: argparse.Namespace) -> dict:
     truth = np.array([LABELS.index(name) for name in label_names])
     n_burst = args.posts or (400 if args.quick else BURST_POSTS)
     burst_texts = stream_texts[:n_burst]
+    # The model alone labels the burst's own posts (the validation posts first, then training
+    # posts, a little longer), so that e2e / alone compares the same work.
+    alone_texts = burst_texts if len(burst_texts) >= len(texts) else texts
     rounds = args.rounds or (1 if args.quick else 2)
 
     rows: list[dict] = []
@@ -199,6 +206,8 @@ def run(args: argparse.Namespace) -> dict:
                     "alone": [],
                     "e2e": [],
                     "paired": [],
+                    "e2e_steady": [],
+                    "paired_steady": [],
                     "e2e_errors": [],
                 }
             )
@@ -224,19 +233,22 @@ def run(args: argparse.Namespace) -> dict:
         for row in _order(rows, round_):
             print(f"[bench] model alone, round {round_ + 1}: {row['name']} {row['mode']}", flush=True)
             mode_run, rate, probs = model_alone(
-                Path(row["model"]), row["mode"], texts, args.threads, row["worker_env"]
+                Path(row["model"]), row["mode"], alone_texts, args.threads, row["worker_env"]
             )
+            probs = probs[: len(texts)]  # the validation posts come first
             row["alone"].append(rate)
             row["mode_run"] = mode_run
             if row["quality"] is None:  # the same weights and mode give the same labels every round
                 row["quality"] = quality(probs, truth)
             report["order"].append(["alone", row["name"], row["mode"], rate, time.time()])
             print(f"[bench] end to end, round {round_ + 1}: {row['name']} {row['mode']}", flush=True)
-            e2e = _end_to_end(row, args.threads, stream_texts, burst_texts, f"q{round_}")
-            if e2e is not None:
-                row["e2e"].append(e2e)
-                row["paired"].append(e2e / rate)
-                report["order"].append(["e2e", row["name"], row["mode"], e2e, time.time()])
+            burst = _end_to_end(row, args.threads, stream_texts, burst_texts, f"q{round_}")
+            if burst is not None:
+                row["e2e"].append(burst.rate)
+                row["paired"].append(burst.rate / rate)
+                row["e2e_steady"].append(burst.steady_rate)
+                row["paired_steady"].append(burst.steady_rate / rate)
+                report["order"].append(["e2e", row["name"], row["mode"], burst.rate, time.time()])
 
     for row in rows:
         row["alone_rate"] = statistics.mean(row["alone"]) if row["alone"] else None
@@ -252,6 +264,7 @@ def run(args: argparse.Namespace) -> dict:
         # Each burst over the model-alone run just before it: the drift of a shared machine
         # between the two is seconds' worth, not the minutes between the first and last run.
         row["e2e_vs_alone"] = statistics.mean(row["paired"]) if row["paired"] else None
+        row["steady_vs_alone"] = statistics.mean(row["paired_steady"]) if row["paired_steady"] else None
         row["e2e_vs_plain"] = e2e / plain if e2e else None
     return report
 
@@ -271,15 +284,16 @@ def print_table(report: dict) -> None:
     print(f"\nmachine: {report['machine']}")
     print(
         f"torch threads {report['threads']}; quality on {report['validation_posts']} validation posts; "
-        f"model alone: those posts in windows of {WINDOW}; end to end: bursts of {report['burst_posts']} "
-        f"posts; mean of {report['rounds']} round(s); "
+        f"model alone and end to end: the same {report['burst_posts']} posts (the validation posts "
+        f"first), the model alone in windows of {WINDOW}, end to end in one burst; mean of "
+        f"{report['rounds']} round(s); "
         f"reference (x 1.00): {ref['name']} {ref['mode']}\n"
     )
     print(
         "| model | layers | mode | val. accuracy | macro F1 | ECE | alone posts/s | e2e posts/s "
-        "| alone / ref | e2e / ref | e2e / alone | e2e / plain |"
+        "| alone / ref | e2e / ref | e2e / alone | steady e2e / alone | e2e / plain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         q = row["quality"] or {}
         tries = len(row["e2e_errors"])
@@ -290,7 +304,8 @@ def print_table(report: dict) -> None:
             f"| {_f(q.get('accuracy'), '.4f')} | {_f(q.get('f1_macro'), '.4f')} | {_f(q.get('ece'), '.4f')} "
             f"| {_f(row['alone_rate'], '.1f')} | {_f(row['e2e_rate'], '.1f')}{failed} "
             f"| {_f(row['alone_vs_reference'], '.2f')} | {_f(row['e2e_vs_reference'], '.2f')} "
-            f"| {_f(row['e2e_vs_alone'], '.2f')} | {_f(row['e2e_vs_plain'], '.2f')} |"
+            f"| {_f(row['e2e_vs_alone'], '.2f')} | {_f(row.get('steady_vs_alone'), '.2f')} "
+            f"| {_f(row['e2e_vs_plain'], '.2f')} |"
         )
     plain = report["plain"]
     print(
@@ -305,7 +320,9 @@ def print_table(report: dict) -> None:
             f"alone {', '.join(f'{r:.1f}' for r in row['alone'])}; "
             f"e2e {', '.join(f'{r:.1f}' for r in row['e2e']) or '-'} posts/s; "
             "each burst over the model alone just before it "
-            f"{', '.join(f'{r:.2f}' for r in row['paired']) or '-'}"
+            f"{', '.join(f'{r:.2f}' for r in row['paired']) or '-'}; "
+            f"steady {', '.join(f'{r:.1f}' for r in row.get('e2e_steady', [])) or '-'} posts/s, "
+            f"over the model alone {', '.join(f'{r:.2f}' for r in row.get('paired_steady', [])) or '-'}"
         )
     for path, rec in report["recorded"].items():
         name = next(r["name"] for r in rows if r["model"] == path)

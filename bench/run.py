@@ -30,7 +30,7 @@ from pathlib import Path
 from bench.host import add_data_and_model, machine
 from bench.measure import ModelRate, accuracy, best_model_rate, model_alone, naive_pipeline, on_and_off
 from bench.models import build_distilbert_architecture, read_split
-from bench.streaming import BenchStream, as_posts
+from bench.streaming import BenchStream, StreamRun, as_posts
 from emotion_stream.worker.settings import WorkerSettings
 
 CACHE = Path("artifacts/bench")
@@ -89,12 +89,17 @@ def _started(stream: BenchStream, texts: list[str]) -> None:
 
 
 def _burst(stream: BenchStream, texts: list[str], prefix: str) -> float:
+    return _burst_run(stream, texts, prefix).rate
+
+
+def _burst_run(stream: BenchStream, texts: list[str], prefix: str) -> StreamRun:
+    """``texts`` sent at once; every result read back (RuntimeError where one is missing)."""
     run = stream.paced(as_posts(texts, prefix), rate=None, timeout=len(texts) / 5 + 60)
     if run.posts < len(texts):
         raise RuntimeError(
             f"only {run.posts} of {len(texts)} results came back; see {CACHE / 'e2e-worker.log'}"
         )
-    return run.rate
+    return run
 
 
 def bracketed_bursts(model: Path, texts: list[str], best: ModelRate, wait_ms: int, bursts: int = 5) -> dict:

@@ -34,6 +34,15 @@ def test_stream_run_percentiles_and_rate():
     assert run.percentile(99) == 99.0
 
 
+def test_the_steady_rate_leaves_out_the_wait_for_the_first_results():
+    # The first 4 results after 1 s (the first batch's way through), then 4 more every second.
+    received = [1.0] * 4 + [2.0] * 4 + [3.0] * 4 + [4.0] * 4
+    run = StreamRun(posts=16, seconds=4.0, latencies_ms=[], received_s=received)
+    assert run.rate == 4.0
+    assert run.steady_rate == 12 / 3.0  # the 12 results after the first fetch's, over 3 s
+    assert StreamRun(posts=1, seconds=2.0, latencies_ms=[], received_s=[2.0]).steady_rate == 0.5
+
+
 @pytest.mark.integration
 def test_pipeline_ceiling_smoke(tmp_path, monkeypatch):
     import bench.run as bench_run
