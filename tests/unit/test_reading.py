@@ -2,6 +2,7 @@
 a post it cannot read (mark, route, dead-letter), plus the confidence flag."""
 
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,7 @@ from emotion_stream.schemas import LABELS, EmotionResult, ModelInfo
 from emotion_stream.worker.codec import InboundRecord
 from emotion_stream.worker.model.api import Prediction
 from emotion_stream.worker.processing import BatchProcessor
-from emotion_stream.worker.reading import Reader, ReadingPolicy, has_words, words_left
+from emotion_stream.worker.reading import Reader, ReadingPolicy, for_detection, has_words, words_left
 
 MODEL = ModelInfo(name="m", version="1")
 
@@ -140,3 +141,20 @@ def test_dead_letter_skips_the_model_for_unreadable_posts_and_says_why():
     assert [e["kind"] for e in letters] == ["unreadable", "unreadable"]
     assert letters[0]["message"].startswith("other_language: ") and "'es'" in letters[0]["message"]
     assert letters[1]["message"].startswith("no_text: ")
+
+
+_LINK_PATTERN = re.compile(r"(?:https?://|www\.)\S*", re.IGNORECASE)
+
+
+_PIECES = ["www.", "WwW.", "http://", "HTTPS://", "https:/", "www", "://", "@", "#", "_", ".", ":", "-"]
+_PIECES += ["a", "b", "é", "1", " ", "\n", "\u212a", "\u017f", "\u0130", "x.y", "@me", "#tag_word"]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=20).map("".join))
+def test_posts_without_the_marks_of_a_link_or_mention_skip_the_search_and_lose_nothing(text):
+    """The reader searches for links only where a colon or a dot is, and for mentions and
+    hashtags only where an at sign or a hash is; the answers are those of the plain searches."""
+    linkless = _LINK_PATTERN.sub(" ", text)
+    assert words_left(text) == re.sub(r"[@#][\w.-]*\w", " ", linkless)
+    kept = re.sub(r"@[\w.-]*\w", " ", linkless).replace("#", " ").replace("_", " ")
+    assert for_detection(text) == " ".join(kept.split())
