@@ -193,7 +193,7 @@ def _save(name: str, report: dict) -> None:
 def kills(args: argparse.Namespace) -> dict:
     """Duplicates per SIGKILL at a steady rate, the old commit interval against the new."""
     report = {}
-    for interval_ms in (2800, 100):  # Faust's default, then the worker's
+    for interval_ms in args.intervals:  # Faust's default, then the worker's
         with Stream(args.model) as stream:
             stream.worker("w0", EMOTION_COMMIT_INTERVAL_MS=str(interval_ms)).wait_ready(timeout=120)
             sent = posts(int(args.rate * args.period * (args.kills + 1)), f"k{interval_ms}")
@@ -762,6 +762,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--rate", type=float, default=200.0)
             p.add_argument("--kills", type=int, default=3)
             p.add_argument("--period", type=float, default=10.0, help="seconds between kills")
+            p.add_argument(
+                "--intervals",
+                type=lambda text: [int(ms) for ms in text.split(",")],
+                default=[2800, 100],
+                help="commit intervals in ms, each run in turn (default 2800,100: Faust's, the worker's)",
+            )
         if name == "memory":
             p.add_argument("--posts", type=int, default=100_000)
             p.add_argument("--bytes", type=int, default=4000, help="size of each post")

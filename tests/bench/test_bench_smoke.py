@@ -129,15 +129,14 @@ def test_the_gpu_benchmark_refuses_to_run_without_a_gpu_unless_told(tmp_path, ca
     assert "no CUDA device is visible" in capsys.readouterr().err
 
 
-def test_the_kills_benchmark_counts_duplicates_per_kill_for_both_commit_intervals(
-    tiny_model, tmp_path, monkeypatch
-):
+def test_the_kills_benchmark_counts_duplicates_per_kill(tiny_model, tmp_path, monkeypatch):
     import bench.faults as faults
 
     monkeypatch.setattr(faults, "OUT", tmp_path)
-    args = faults.argparse.Namespace(model=str(tiny_model), rate=40.0, kills=1, period=4.0)
+    # One interval: the benchmark runs each the same way, and two would double this test's minute.
+    args = faults.argparse.Namespace(model=str(tiny_model), rate=40.0, kills=1, period=4.0, intervals=[100])
     report = faults.kills(args)
-    assert set(report) == {"commit interval 2800 ms", "commit interval 100 ms"}
+    assert set(report) == {"commit interval 100 ms"}
     for row in report.values():
         assert row["missing"] == 0 and row["posts"] == 320 and row["duplicates per kill"] >= 0
 
