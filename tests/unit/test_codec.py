@@ -27,3 +27,17 @@ def test_bad_messages_are_rejected_with_a_reason(raw, kind, fragment):
     assert isinstance(outcome, Rejected)
     assert outcome.error.kind == kind
     assert fragment in outcome.error.message
+
+
+def test_a_result_is_built_as_the_schemas_own_constructor_builds_it():
+    """encode_result skips model_construct's pass over the fields: what it builds is the same
+    model, field for field, and serializes the same; a value missing is refused."""
+    from emotion_stream.schemas.messages import ResultSource
+    from emotion_stream.worker.codec import _constructed
+
+    values = {"topic": "posts", "partition": 3, "offset": 42}
+    fast, slow = _constructed(ResultSource, dict(values)), ResultSource.model_construct(**values)
+    assert fast == slow and fast.model_dump_json() == slow.model_dump_json()
+    assert fast.model_fields_set == slow.model_fields_set
+    with pytest.raises(ValueError, match="a value for each of its 3 fields"):
+        _constructed(ResultSource, {"topic": "posts", "partition": 3})
