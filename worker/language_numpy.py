@@ -94,7 +94,7 @@ def _quantized_rows(src: _Bytes) -> np.ndarray:
 
 
 class FastTextLanguages:
-    """The model, ready to run: :meth:`predict` one post, :meth:`predict_many` a batch."""
+    """The model, ready to run a batch of posts (:meth:`predict_many`)."""
 
     def __init__(self, data: bytes) -> None:
         src = _Bytes(data)
@@ -146,7 +146,7 @@ class FastTextLanguages:
 
     def _tree(self, counts: np.ndarray, output: np.ndarray) -> None:
         """The library's Huffman tree over the labels (by their counts, most frequent first),
-        kept as, per leaf, which inner nodes its path takes left and which right."""
+        kept as its levels from the root: each one's nodes, their parents and the branch taken."""
         n = len(counts)
         total = 2 * n - 1
         count = np.full(total, 1e15)
@@ -321,9 +321,6 @@ class FastTextLanguages:
             [(labels[j], p) for j, p in zip(row_top, row_probs, strict=True) if j >= 0]
             for row_top, row_probs in zip(top.tolist(), probs.tolist(), strict=True)
         ]
-
-    def predict(self, text: str, k: int) -> list[tuple[str, float]]:
-        return self.predict_many([text], k)[0]
 
 
 def load(path: Path) -> FastTextLanguages | None:

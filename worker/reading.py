@@ -35,17 +35,23 @@ _WORD = re.compile(r"[^\W\d_]{2,}")  # two or more letters in a row
 
 def words_left(text: str) -> str:
     """``text`` without its links, mentions and hashtags."""
-    text = _without_links(text)
-    return _MENTION_OR_HASHTAG.sub(" ", text) if "@" in text or "#" in text else text
+    return _without_tags(_without_links(text))
 
 
 def for_detection(text: str) -> str:
     """What the language detector sees: ``text`` without links and mentions, a hashtag's words
     kept (``#buenos_dias`` reads as ``buenos dias``), spaces collapsed."""
-    text = _without_links(text)
-    if "@" in text:
-        text = _MENTION.sub(" ", text)
-    return " ".join(text.replace("#", " ").replace("_", " ").split())
+    return _detection_text(_without_links(text))
+
+
+def _without_tags(linkless: str) -> str:
+    return _MENTION_OR_HASHTAG.sub(" ", linkless) if "@" in linkless or "#" in linkless else linkless
+
+
+def _detection_text(linkless: str) -> str:
+    if "@" in linkless:
+        linkless = _MENTION.sub(" ", linkless)
+    return " ".join(linkless.replace("#", " ").replace("_", " ").split())
 
 
 def _without_links(text: str) -> str:
@@ -107,11 +113,12 @@ class Reader:
     def read_many(self, texts: Sequence[str]) -> list[Reading]:
         """What :meth:`read` finds in each text, the detector asked once for them all where it
         takes batches (a ``many`` method, as :class:`~worker.language.LanguageDetector` has)."""
-        readings: list[Reading | None] = [None if has_words(words_left(text)) else NO_TEXT for text in texts]
+        linkless = [_without_links(text) for text in texts]  # once for both rules below
+        readings: list[Reading | None] = [None if has_words(_without_tags(t)) else NO_TEXT for t in linkless]
         if self.languages is None or self.detect is None:
             return [READABLE if r is None else r for r in readings]
         asked = [i for i, r in enumerate(readings) if r is None]
-        detections = [for_detection(texts[i]) for i in asked]
+        detections = [_detection_text(linkless[i]) for i in asked]
         many = getattr(self.detect, "many", None)
         found_all = many(detections) if many is not None else [self.detect(t) for t in detections]
         for i, found in zip(asked, found_all, strict=True):
