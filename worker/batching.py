@@ -143,6 +143,10 @@ class MicroBatcher(Generic[T]):
             batch.append(item)
         return batch
 
+    def waiting(self) -> int:
+        """Items already gathered behind the batch last taken."""
+        return self._queue.qsize()
+
     def full_batch_waiting(self) -> bool:
         """Whether a whole batch is already queued, so the next one can be taken at once."""
         return self._queue.qsize() >= self.max_size

@@ -136,7 +136,7 @@ class Pipeline:
                 if requests and self.desk is not None:
                     self.desk.fail(requests, RuntimeError("the worker is stopping"))
                 break
-            in_model = asyncio.ensure_future(self.run_model(prepared, len(batch)))
+            in_model = asyncio.ensure_future(self.run_model(prepared, len(batch), batches.waiting()))
             if requests:
                 in_model.add_done_callback(partial(self._answer, requests))
             publishing = asyncio.ensure_future(self._publish_after(batch, in_model, publishing, started))
@@ -230,14 +230,18 @@ class Pipeline:
         texts = ClassifyDesk.texts_of(list(requests))
         return await loop.run_in_executor(self._prepare_executor, self.processor.prepare, records, texts)
 
-    async def run_model(self, prepared: PreparedBatch, posts: int) -> BatchOutcome:
-        """Run a prepared batch through the model and encode its results, off the event loop."""
+    async def run_model(self, prepared: PreparedBatch, posts: int, behind: int = 0) -> BatchOutcome:
+        """Run a prepared batch of ``posts`` through the model and encode its results, off the
+        event loop; ``behind``: posts already gathered for the batches after it."""
         loop = asyncio.get_running_loop()
         pacer = self._pacer()
         if pacer is not None and self._seconds_per_post is not None:
-            # A little under the expected model time: a fetch that comes back early costs
-            # one more request, one that comes back late delays the next batch.
-            pacer.busy_for(0.8 * self._seconds_per_post * posts)
+            # A little under the time the model needs for this batch and the posts already
+            # gathered behind it: a post fetched sooner could not go in sooner. A fetch that
+            # comes back early costs one more request in the broker and the worker (timed for
+            # this batch alone, about 5 a batch under a backlog, nearly all empty; about 1 now),
+            # one that comes back late delays the next batch.
+            pacer.busy_for(0.8 * self._seconds_per_post * (posts + behind))
         self.watchdog.model_started(self.model_bound())
         try:
             outcome = await loop.run_in_executor(self._executor, self.processor.finish, prepared)

@@ -166,3 +166,30 @@ async def test_a_send_the_broker_refuses_stops_the_worker_without_acking():
     stream.app.crash = crash
     await _run(stream, [Event(i, acks) for i in range(4)], until=lambda: bool(crashed))
     assert acks == [] and len(crashed) == 1 and "broker unreachable" in str(crashed[0])
+
+
+class RecordingPacer:
+    def __init__(self) -> None:
+        self.busy: list[float] = []
+
+    def busy_for(self, seconds: float) -> None:
+        self.busy.append(seconds)
+
+    def idle(self) -> None:
+        pass
+
+
+async def test_the_fetch_waits_while_the_model_is_busy_with_the_posts_already_held():
+    """A fetch that comes back while the model still has the posts gathered behind the current
+    batch to do brings nothing that could go in sooner: the pacer is told the model is busy for
+    the posts in the model and those waiting behind them, not for the current batch alone."""
+    stages, producer, acks = Stages(model_seconds=0.1), Producer(), []
+    stream = _stream(stages, producer)
+    stream.app.fetch_pacer = pacer = RecordingPacer()
+    await _run(stream, [Event(i, acks) for i in range(12)], until=lambda: len(acks) == 12)
+    assert acks == list(range(12))
+    # The first batch has no measured speed yet; the second (posts 4-7) has posts 8-11 behind
+    # it: 8 posts at 25 ms or more each, told as 0.8 of that; the third has none behind it.
+    second, third = pacer.busy
+    assert second >= 0.8 * 8 * 0.025
+    assert third < 0.8 * 8 * 0.025
