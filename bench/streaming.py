@@ -29,10 +29,15 @@ from emotion_stream.worker.broker.clients import follow, produce
 from emotion_stream.worker.broker.embedded import EmbeddedBroker
 from emotion_stream.worker.broker.profiles import profile_for
 from emotion_stream.worker.cli.worker_process import WorkerProcess
+from emotion_stream.worker.pacing import FetchPacer
 
 # The embedded broker holds every fetch for its full wait: a throughput reader polls it at
-# this interval, which adds at most this much to a run of many seconds.
+# this interval (until the last results of a burst, see _NEAR_THE_END).
 _THROUGHPUT_FETCH_WAIT_MS = 100
+
+_NEAR_THE_END = 512
+"""Results still to come when a throughput reader goes back to short fetches: two of the
+worker's batches, about 0.4 s of fetches every 10 ms at 1,200 posts/s."""
 
 INFRASTRUCTURE_NICE = 10
 """CPU priority of the broker and the load generator, relative to the worker under test."""
@@ -208,13 +213,20 @@ async def _paced(
     done = asyncio.Event()
 
     # Timing each result needs short fetches; timing a burst only needs its last result,
-    # and a reader polling 100 times a second takes CPU from the worker under test.
-    wait = None if rate else _THROUGHPUT_FETCH_WAIT_MS
+    # and a reader polling 100 times a second takes CPU from the worker under test. Near the
+    # burst's end the reader fetches every 10 ms again: a wait of its own would add to the
+    # burst's time (the broker holds each fetch for its full wait).
+    pacer = None
+    if not rate:
+        pacer = FetchPacer(profile_for("embedded").consumer["fetch_max_wait_ms"], _THROUGHPUT_FETCH_WAIT_MS)
+        pacer.busy_for(timeout + 60.0)
 
     async def reader() -> None:
-        async for r in follow(bootstrap, [topics["output"]], backend="embedded", fetch_max_wait_ms=wait):
+        async for r in follow(bootstrap, [topics["output"]], backend="embedded", pacer=pacer):
             if r.key in sent_at and r.key not in got_at:
                 got_at[r.key] = time.time()
+                if pacer is not None and len(got_at) >= len(posts) - _NEAR_THE_END:
+                    pacer.idle()
                 if len(got_at) >= len(posts):
                     done.set()
                     return

@@ -20,7 +20,8 @@ library offers an extension point for, and all three live here, nowhere else:
    holds every fetch for the full wait (the embedded one) adds to every post's latency;
    and the wait should follow the model (see :mod:`worker.pacing`). aiokafka reads it from
    a private attribute as it builds each fetch request: :func:`pace_fetcher` sets that
-   attribute from the pacer just before each build.
+   attribute from the pacer just before each build (for a plain reader given a pacer too,
+   :func:`worker.broker.clients.follow`).
 
 All were written against the versions in :data:`PINNED` (pyproject.toml pins them too),
 and :data:`RELIED_ON` holds a digest of the source of every private function they depend

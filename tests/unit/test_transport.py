@@ -253,3 +253,40 @@ def test_records_of_a_partition_the_rebalance_took_away_are_not_handed_on():
         return consumer
 
     assert asyncio.run(scenario()).handed_on == [(3, offset) for offset in range(5)]
+
+
+async def test_a_reader_given_a_pacer_asks_it_for_the_wait_of_each_fetch(monkeypatch):
+    """What the benchmark's reader relies on to stop its own fetch wait from adding to a
+    burst's end: ``follow`` with a pacer builds each fetch with the pacer's wait of the moment."""
+    from emotion_stream.worker.broker import clients
+
+    waits: list[int] = []
+
+    class Client:
+        def __init__(self, *topics, **settings) -> None:
+            self._fetcher = SimpleNamespace(_fetch_max_wait_ms=settings["fetch_max_wait_ms"])
+            self._fetcher._get_actions_per_node = lambda assignment: waits.append(
+                self._fetcher._fetch_max_wait_ms
+            )
+            self.offset = 0
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+            self._fetcher._get_actions_per_node(None)  # as the client's fetch loop does per request
+            self.offset += 1
+            return {"tp": [SimpleNamespace(offset=self.offset, timestamp=self.offset)]}
+
+    monkeypatch.setattr(clients, "AIOKafkaConsumer", Client)
+    pacer = FetchPacer(10, 100)
+    pacer.busy_for(60)
+    got = 0
+    async for _ in clients.follow("b:9092", ["t"], backend="embedded", pacer=pacer):
+        got += 1
+        if got == 2:
+            pacer.idle()  # near the end: short fetches
+        if got == 4:
+            break
+    assert waits == [100, 100, 10, 10]
