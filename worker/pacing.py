@@ -3,8 +3,8 @@
 A broker that holds every fetch for its full wait (the embedded one) needs a short wait for
 low latency, but an idle consumer then polls it a hundred times a second, which costs CPU
 the model needs. A :class:`FetchPacer` stretches the wait while the model is busy with a
-batch and the posts already gathered behind it (whatever arrives meanwhile cannot be
-processed before the model is through them anyway) and shortens it again when not.
+batch and the whole batches already gathered behind it (whatever arrives meanwhile cannot
+be processed before the model is through them anyway) and shortens it again when not.
 Brokers that answer a fetch as soon as data arrives (Apache Kafka) get no pacer: see the
 broker profiles.
 """

@@ -136,7 +136,10 @@ class Pipeline:
                 if requests and self.desk is not None:
                     self.desk.fail(requests, RuntimeError("the worker is stopping"))
                 break
-            in_model = asyncio.ensure_future(self.run_model(prepared, len(batch), batches.waiting()))
+            # Only whole batches behind this one go in before a post fetched now: a partial
+            # one is taken when the model is free, with whatever arrived by then.
+            behind = batches.waiting() // self.batch_size * self.batch_size
+            in_model = asyncio.ensure_future(self.run_model(prepared, len(batch), behind))
             if requests:
                 in_model.add_done_callback(partial(self._answer, requests))
             publishing = asyncio.ensure_future(self._publish_after(batch, in_model, publishing, started))
@@ -232,12 +235,12 @@ class Pipeline:
 
     async def run_model(self, prepared: PreparedBatch, posts: int, behind: int = 0) -> BatchOutcome:
         """Run a prepared batch of ``posts`` through the model and encode its results, off the
-        event loop; ``behind``: posts already gathered for the batches after it."""
+        event loop; ``behind``: posts already gathered in whole batches after it."""
         loop = asyncio.get_running_loop()
         pacer = self._pacer()
         if pacer is not None and self._seconds_per_post is not None:
-            # A little under the time the model needs for this batch and the posts already
-            # gathered behind it: a post fetched sooner could not go in sooner. A fetch that
+            # A little under the time the model needs for this batch and the whole batches
+            # already gathered behind it: a post fetched sooner could not go in sooner. A fetch that
             # comes back early costs one more request in the broker and the worker (timed for
             # this batch alone, about 5 a batch under a backlog, nearly all empty; about 1 now),
             # one that comes back late delays the next batch.
