@@ -149,7 +149,7 @@ class MicroBatcher(Generic[T]):
 
     def full_batch_waiting(self) -> bool:
         """Whether a whole batch is already queued, so the next one can be taken at once."""
-        return self._queue.qsize() >= self.max_size
+        return self.waiting() >= self.max_size
 
     async def aclose(self) -> None:
         """Stop reading the source."""

@@ -240,10 +240,10 @@ class Pipeline:
         pacer = self._pacer()
         if pacer is not None and self._seconds_per_post is not None:
             # A little under the time the model needs for this batch and the whole batches
-            # already gathered behind it: a post fetched sooner could not go in sooner. A fetch that
-            # comes back early costs one more request in the broker and the worker (timed for
-            # this batch alone, about 5 a batch under a backlog, nearly all empty; about 1 now),
-            # one that comes back late delays the next batch.
+            # already gathered behind it: a post fetched sooner could not go in sooner. A fetch
+            # that comes back early costs a request in the broker and the worker (under a
+            # backlog, nearly all empty: bench/README.md), one that comes back late delays the
+            # next batch.
             pacer.busy_for(0.8 * self._seconds_per_post * (posts + behind))
         self.watchdog.model_started(self.model_bound())
         try:
